@@ -1,0 +1,5 @@
+"""Provides `python -m natbox`."""
+
+from natbox.cli import main
+
+raise SystemExit(main())

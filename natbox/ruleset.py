@@ -1,0 +1,176 @@
+"""Provides the iptables-save parser and the reconstruction of natbox forwards from tagged rules.
+
+The kernel is the truth: a forward is whatever its `natbox:<name>` rules say, checked against the
+plan those rules imply.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections import Counter
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+from natbox.errors import NatboxError, ValidationError
+from natbox.model import COMMENT_PREFIX, Chain, Endpoint, Forward, Rule, Ruleset, Table, parse_cidr
+from natbox.plan import build_plan
+
+_COUNTERS_RE = re.compile(r"\[(\d+):(\d+)\]")
+_COMMENT_RE = re.compile(r'--comment (?:"((?:[^"\\]|\\.)*)"|(\S+))')
+_UNESCAPE_RE = re.compile(r"\\(.)")
+
+
+def rule_comment(text: str) -> str | None:
+    """The comment of a rule in save form, unescaped, or None."""
+    m = _COMMENT_RE.search(text)
+    if m is None:
+        return None
+    if m.group(1) is not None:
+        return _UNESCAPE_RE.sub(r"\1", m.group(1))
+    return m.group(2)
+
+
+def classify_owner(chain: str, text: str) -> str:
+    """Who wrote a rule: `natbox:<name>`, `natbox` (its jumps), `docker`, `kube` or `other`."""
+    comment = rule_comment(text) if "--comment" in text else None
+    if comment is not None:
+        if comment == COMMENT_PREFIX or comment.startswith(COMMENT_PREFIX + ":"):
+            return comment
+    if chain.startswith("DOCKER") or " -j DOCKER" in text or "docker" in text:
+        return "docker"
+    if chain.startswith(("KUBE-", "CNI-", "CALI-")) or " -j KUBE-" in text or "kubernetes" in text:
+        return "kube"
+    return "other"
+
+
+def parse_save(text: str) -> Ruleset:
+    """Parse `iptables-save [-c]` output (nft or legacy flavour) into a Ruleset."""
+    rs = Ruleset()
+    table: Table | None = None
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("#"):
+            if "Warning" in line:
+                rs.warnings.append(line.lstrip("# ").strip())
+            continue
+        if line.startswith("*"):
+            table = Table(line[1:])
+            rs.tables[table.name] = table
+            continue
+        if line == "COMMIT":
+            table = None
+            continue
+        if table is None:
+            raise NatboxError(
+                f"iptables-save line {lineno} is outside a table: {line[:60]}",
+                "is this iptables-save output?",
+            )
+        if line.startswith(":"):
+            parts = line[1:].split()
+            name = parts[0]
+            policy = parts[1] if len(parts) > 1 and parts[1] != "-" else None
+            pk = by = 0
+            if len(parts) > 2 and (m := _COUNTERS_RE.fullmatch(parts[2])):
+                pk, by = int(m.group(1)), int(m.group(2))
+            table.chains[name] = Chain(name, policy, pk, by)
+            continue
+        pk = by = 0
+        if line.startswith("["):
+            counters, _, line = line.partition(" ")
+            if m := _COUNTERS_RE.fullmatch(counters):
+                pk, by = int(m.group(1)), int(m.group(2))
+        if not line.startswith("-A "):
+            raise NatboxError(
+                f"iptables-save line {lineno} is not a rule: {line[:60]}",
+                "is this iptables-save output?",
+            )
+        chain_name = line.split(" ", 2)[1]
+        chain = table.chains.get(chain_name)
+        if chain is None:
+            chain = table.chains[chain_name] = Chain(chain_name)
+        owner = classify_owner(chain_name, line)
+        chain.rules.append(Rule(table.name, chain_name, line, pk, by, owner))
+    return rs
+
+
+@dataclass
+class ForwardState:
+    """A natbox forward as found in the kernel."""
+
+    name: str
+    rules: list[Rule]
+    forward: Forward | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def intact(self) -> bool:
+        """True when the kernel holds exactly the rules the reconstructed forward plans."""
+        return self.forward is not None and not self.problems
+
+    @property
+    def packets(self) -> int:
+        """Packets counted by the DNAT rules (new connections, as nat sees only first packets)."""
+        return sum(r.packets for r in self.rules if " -j DNAT " in r.text)
+
+
+def _opt(tokens: list[str], flag: str) -> str | None:
+    for i, tok in enumerate(tokens[:-1]):
+        if tok == flag:
+            return tokens[i + 1]
+    return None
+
+
+def _strip32(addr: str) -> str:
+    return addr[:-3] if addr.endswith("/32") else addr
+
+
+def forward_from_rules(name: str, rules: list[Rule]) -> Forward:
+    """Rebuild the Forward that `rules` (all tagged natbox:<name>) were planned from."""
+    dnats = [shlex.split(r.text) for r in rules if " -j DNAT " in r.text]
+    if not dnats:
+        raise ValidationError(f"forward {name} has no DNAT rule", "remove it and add it again")
+    first = dnats[0]
+    listen_ip, dport = _opt(first, "-d"), _opt(first, "--dport")
+    to_dest = _opt(first, "--to-destination")
+    if listen_ip is None or dport is None or to_dest is None:
+        raise ValidationError(f"forward {name}'s DNAT rule is not natbox's shape", "remove it")
+    protos = sorted({p for t in dnats if (p := _opt(t, "-p"))})
+    proto = "both" if protos == ["tcp", "udp"] else protos[0]
+    listen = Endpoint.parse(f"{_strip32(listen_ip)}:{dport.replace(':', '-')}")
+    backend = Endpoint.parse(to_dest.split("/", 1)[0])
+    sources = tuple(dict.fromkeys(parse_cidr(s) for t in dnats if (s := _opt(t, "-s"))))
+    snat: IPv4Address | None = None
+    masquerade = False
+    for r in rules:
+        if " -j SNAT " in r.text:
+            src = _opt(shlex.split(r.text), "--to-source")
+            snat = IPv4Address(src) if src else None
+        elif r.text.endswith(" -j MASQUERADE"):
+            masquerade = True
+    mss = any(" -j TCPMSS " in r.text for r in rules)
+    return Forward(name, proto, listen, backend, snat, masquerade, mss, sources)  # type: ignore[arg-type]
+
+
+def forward_states(rs: Ruleset) -> list[ForwardState]:
+    """Every natbox forward in the ruleset, each checked against its own plan."""
+    states: list[ForwardState] = []
+    for name in rs.forward_names():
+        rules = rs.forward_rules(name)
+        state = ForwardState(name, rules)
+        try:
+            state.forward = forward_from_rules(name, rules)
+        except (NatboxError, ValueError, IndexError) as exc:
+            state.problems.append(f"cannot read forward {name} back: {exc}")
+            states.append(state)
+            continue
+        want = Counter((r.table, r.save_line) for r in build_plan(state.forward).rules)
+        have = Counter((r.table, r.text) for r in rules)
+        for table, line in sorted((want - have).elements()):
+            state.problems.append(f"missing in {table}: {line}")
+        for table, line in sorted((have - want).elements()):
+            state.problems.append(f"unexpected in {table}: {line}")
+        states.append(state)
+    return states

@@ -1,0 +1,99 @@
+"""Provides facts about this host: root, sysctls, interfaces and MTUs (psutil), route lookups."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import psutil
+
+from natbox.errors import NatboxError
+from natbox.runner import Runner
+
+PROC_SYS = Path("/proc/sys")
+
+
+def is_root() -> bool:
+    """Whether natbox runs with the effective uid 0."""
+    return os.geteuid() == 0
+
+
+def read_sysctl(name: str, root: Path = PROC_SYS) -> str | None:
+    """Read a sysctl like `net.ipv4.ip_forward`; None if the kernel has no such key."""
+    try:
+        return (root / name.replace(".", "/")).read_text().strip()
+    except OSError:
+        return None
+
+
+def ip_forward_enabled(root: Path = PROC_SYS) -> bool:
+    """Whether IPv4 forwarding is on."""
+    return read_sysctl("net.ipv4.ip_forward", root) == "1"
+
+
+@dataclass(frozen=True)
+class Route:
+    """How the kernel would reach an address: out of `dev`, from local address `src`."""
+
+    dst: IPv4Address
+    dev: str
+    src: IPv4Address | None
+    via: IPv4Address | None
+
+
+def parse_route_get(text: str, dst: IPv4Address) -> Route:
+    """Parse one line of `ip -4 -o route get DST` output."""
+    tokens = text.split()
+    fields: dict[str, str] = {}
+    for key in ("dev", "src", "via"):
+        if key in tokens and tokens.index(key) + 1 < len(tokens):
+            fields[key] = tokens[tokens.index(key) + 1]
+    if "dev" not in fields:
+        raise NatboxError(f"no route to {dst}", "add a route or pass --snat/--masquerade")
+    return Route(
+        dst,
+        fields["dev"],
+        IPv4Address(fields["src"]) if "src" in fields else None,
+        IPv4Address(fields["via"]) if "via" in fields else None,
+    )
+
+
+def route_to(dst: IPv4Address, runner: Runner | None = None) -> Route:
+    """Ask the kernel how it would reach `dst`; raise NatboxError when it has no route."""
+    res = (runner or Runner()).run(["ip", "-4", "-o", "route", "get", str(dst)])
+    if not res.ok:
+        raise NatboxError(
+            f"no route to {dst}: {res.first_error_line()}",
+            "pass --snat ADDR (the box's backend-side address) or --masquerade",
+        )
+    return parse_route_get(res.stdout, dst)
+
+
+@dataclass(frozen=True)
+class Interface:
+    """A network interface with its IPv4 addresses."""
+
+    name: str
+    addresses: tuple[IPv4Address, ...]
+    mtu: int
+    up: bool
+
+
+def interfaces() -> list[Interface]:
+    """This host's interfaces (psutil), loopback last."""
+    addrs = psutil.net_if_addrs()
+    stats = psutil.net_if_stats()
+    out: list[Interface] = []
+    for name, entries in addrs.items():
+        v4 = tuple(IPv4Address(a.address) for a in entries if a.family == socket.AF_INET)
+        st = stats.get(name)
+        out.append(Interface(name, v4, st.mtu if st else 0, bool(st and st.isup)))
+    return sorted(out, key=lambda i: (i.name == "lo", i.name))
+
+
+def local_addresses() -> dict[IPv4Address, str]:
+    """Every local IPv4 address and the interface that holds it."""
+    return {a: i.name for i in interfaces() for a in i.addresses}

@@ -1,0 +1,94 @@
+"""The CLI: one line and exit 2 for every user error, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from natbox.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "natbox", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+SEED = ["192.168.1.30:1234", "10.0.2.50:80", "--snat", "10.0.2.40"]
+
+
+def test_version() -> None:
+    out = run_cli("--version")
+    assert out.returncode == 0 and out.stdout.startswith("natbox ")
+
+
+def test_plan_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", *SEED, "--name", "web", "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["forward"]["name"] == "web"
+    assert [r["kind"] for r in data["rules"]] == ["dnat", "snat", "accept", "return"]
+    assert data["restore"].startswith("*filter\n")
+
+
+def test_plan_text_and_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", *SEED]) == 0
+    text = capsys.readouterr().out
+    assert "DNAT" in text and "*nat" in text
+    assert main(["plan", *SEED, "--format", "commands"]) == 0
+    assert capsys.readouterr().out.startswith("iptables -w -t filter -N NATBOX-FORWARD\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (
+            ["plan", "192.168.1.30:70000", "10.0.2.50:80", "--snat", "10.0.2.40"],
+            "port 70000 is out of range",
+        ),
+        (
+            ["plan", "192.168.1.300:1", "10.0.2.50:80", "--snat", "10.0.2.40"],
+            "192.168.1.300 is not an IPv4",
+        ),
+        (["plan", "192.168.1.30:1", "10.0.2.50:80", "--snat", "x"], "x is not an IPv4 address"),
+        (
+            ["plan", "192.168.1.30:1", "10.0.2.50:80", "--snat", "10.0.2.40", "--name", "A!"],
+            "name 'A!'",
+        ),
+        (["plan", "192.168.1.30:1", "10.0.2.50:80", "--proto", "sctp"], "invalid choice"),
+        (
+            ["plan", "192.168.1.30:1", "10.0.2.50:80", "--snat", "10.0.2.40", "--masquerade"],
+            "not allowed",
+        ),
+        (
+            [
+                "plan",
+                "192.168.1.30:1",
+                "10.0.2.50:80",
+                "--snat",
+                "10.0.2.40",
+                "--from",
+                "1.2.3.4/33",
+            ],
+            "not an IPv4 network",
+        ),
+        (["plan", "192.168.1.30:1234"], "required"),
+        (
+            ["plan", "192.168.1.30:1234", "192.168.1.30:1234", "--snat", "10.0.2.40"],
+            "is the listen address itself",
+        ),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(args: list[str], needle: str) -> None:
+    out = run_cli(*args)
+    assert out.returncode == 2, out
+    assert out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("natbox: ") and needle in out.stderr and "hint:" in out.stderr
+    assert "Traceback" not in out.stderr and out.stdout == ""

@@ -1,0 +1,128 @@
+"""Parsing real iptables-save dumps (made by tests/fixtures/make_fixtures.sh) and reading forwards back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from natbox.errors import NatboxError
+from natbox.model import Forward
+from natbox.plan import build_plan
+from natbox.ruleset import classify_owner, forward_states, parse_save, rule_comment
+
+FIX = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(params=["nft", "legacy"])
+def dump(request: pytest.FixtureRequest) -> str:
+    return (FIX / f"{request.param}-foreign-and-natbox.save").read_text()
+
+
+def test_tables_chains_policies(dump: str) -> None:
+    rs = parse_save(dump)
+    assert set(rs.tables) == {"filter", "nat"}
+    fwd = rs.chain("filter", "FORWARD")
+    assert fwd is not None and fwd.policy == "DROP" and fwd.builtin
+    docker_user = rs.chain("filter", "DOCKER-USER")
+    assert docker_user is not None and docker_user.policy is None
+    # natbox's jump is first in FORWARD, before kube's and Docker's.
+    assert fwd.rules[0].text == "-A FORWARD -m comment --comment natbox -j NATBOX-FORWARD"
+    assert fwd.rules[0].owner == "natbox"
+
+
+def test_owners(dump: str) -> None:
+    rs = parse_save(dump)
+    owners = {r.owner for r in rs.rules()}
+    assert {"natbox", "natbox:web", "natbox:dns", "docker", "kube", "other"} <= owners
+    hand = [r for r in rs.rules() if "hand made: ssh" in r.text]
+    assert len(hand) == 1 and hand[0].owner == "other"
+    assert rule_comment(hand[0].text) == "hand made: ssh to the dmz"
+
+
+def test_warning_line_is_kept() -> None:
+    rs = parse_save((FIX / "nft-foreign-and-natbox.save").read_text())
+    assert any("iptables-legacy tables present" in w for w in rs.warnings)
+
+
+def test_verbatim_text_rerenders_byte_exactly(dump: str) -> None:
+    rs = parse_save(dump)
+    rule_lines = [line.split(" ", 1)[1] for line in dump.splitlines() if line.startswith("[")]
+    assert [r.text for r in rs.rules()] == rule_lines
+
+
+def test_forwards_reconstructed_and_intact(dump: str) -> None:
+    states = {s.name: s for s in forward_states(parse_save(dump))}
+    assert set(states) == {"web", "dns"}
+    web, dns = states["web"], states["dns"]
+    assert web.intact and dns.intact, (web.problems, dns.problems)
+    assert web.forward == Forward.from_text(
+        "192.168.1.30:1234", "10.0.2.50:80", name="web", snat="10.0.2.40", mss_clamp=True
+    )
+    assert dns.forward is not None and dns.forward.proto == "udp"
+    assert [n.with_prefixlen for n in dns.forward.sources] == ["192.168.1.0/24"]
+
+
+def test_tampered_forward_is_reported() -> None:
+    dump = (FIX / "nft-foreign-and-natbox.save").read_text()
+    snat_line = next(line for line in dump.splitlines() if '"natbox:web" -j SNAT' in line)
+    states = {s.name: s for s in forward_states(parse_save(dump.replace(snat_line + "\n", "")))}
+    assert not states["web"].intact
+    assert len(states["web"].problems) == 1 and "no SNAT source" in states["web"].problems[0]
+    assert states["dns"].intact
+
+
+def test_counters_are_read() -> None:
+    text = "*nat\n:PREROUTING ACCEPT [7:420]\n[3:180] -A PREROUTING -j ACCEPT\nCOMMIT\n"
+    rs = parse_save(text)
+    chain = rs.chain("nat", "PREROUTING")
+    assert chain is not None and (chain.packets, chain.bytes) == (7, 420)
+    assert (chain.rules[0].packets, chain.rules[0].bytes) == (3, 180)
+
+
+def test_kube_at_scale() -> None:
+    rs = parse_save((FIX / "nft-kube-scale.save").read_text())
+    kube = [r for r in rs.rules("nat") if r.owner == "kube"]
+    assert len(kube) >= 1500
+    assert forward_states(rs)  # natbox's forwards still found among the crowd
+
+
+def test_plan_equals_its_parse() -> None:
+    fwd = Forward.from_text(
+        "192.168.1.30:1000-1010",
+        "10.0.2.50:2000-2010",
+        proto="both",
+        name="r",
+        masquerade=True,
+        sources=["10.9.0.0/16"],
+    )
+    plan = build_plan(fwd)
+    text = "".join(
+        f"*{t}\n" + "".join(r.save_line + "\n" for r in plan.table_rules(t)) + "COMMIT\n"
+        for t in ("filter", "nat")
+    )
+    (state,) = forward_states(parse_save(text))
+    assert state.intact and state.forward == fwd
+
+
+@pytest.mark.parametrize("bad", ["-A FORWARD -j ACCEPT\n", "*nat\nnonsense\nCOMMIT\n"])
+def test_garbage_is_one_clear_error(bad: str) -> None:
+    with pytest.raises(NatboxError) as info:
+        parse_save(bad)
+    assert "iptables-save line" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("chain", "text", "owner"),
+    [
+        ("FORWARD", "-A FORWARD -j DOCKER-USER", "docker"),
+        ("DOCKER", "-A DOCKER -j RETURN", "docker"),
+        ("KUBE-SERVICES", "-A KUBE-SERVICES -j ACCEPT", "kube"),
+        ("INPUT", "-A INPUT -m comment --comment natbox -j NATBOX-FORWARD", "natbox"),
+        ("INPUT", '-A INPUT -m comment --comment "natbox:x" -j ACCEPT', "natbox:x"),
+        ("INPUT", '-A INPUT -m comment --comment "natboxer" -j ACCEPT', "other"),
+        ("INPUT", "-A INPUT -p tcp -j ACCEPT", "other"),
+    ],
+)
+def test_classify_owner(chain: str, text: str, owner: str) -> None:
+    assert classify_owner(chain, text) == owner

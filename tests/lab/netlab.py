@@ -1,0 +1,253 @@
+"""Provides the seed's lab: client, nat box and server in network namespaces this process creates.
+
+    client 192.168.1.20 (eth0) -- (lan0) 192.168.1.30 [nat] 10.0.2.40 (dmz0) -- (eth0) 10.0.2.50 server
+
+Neither client nor server has a route to the other subnet, exactly as in the article. The server
+runs an HTTP server and a UDP echo, both on port 80. Everything is torn down by `close()`: the
+processes started here (by pid), then the namespaces. No traffic ever leaves these namespaces.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CLIENT_IP, NAT_LAN_IP, NAT_DMZ_IP, SERVER_IP = (
+    "192.168.1.20",
+    "192.168.1.30",
+    "10.0.2.40",
+    "10.0.2.50",
+)
+PAGE_TOKEN = "natbox-lab-server-page"
+
+_UDP_ECHO = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+while True:
+    data, peer = s.recvfrom(4096)
+    s.sendto(b"echo:" + data, peer)
+"""
+
+_HTTP_GET = """
+import sys, urllib.request
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])) as r:
+        sys.stdout.write(r.read().decode())
+except Exception as exc:
+    sys.stdout.write(f"FAILED: {exc}")
+    sys.exit(1)
+"""
+
+_UDP_ASK = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(float(sys.argv[3]))
+s.sendto(b"ping", (sys.argv[1], int(sys.argv[2])))
+try:
+    sys.stdout.write(s.recvfrom(4096)[0].decode())
+except Exception as exc:
+    sys.stdout.write(f"FAILED: {exc}")
+    sys.exit(1)
+"""
+
+
+def sh(
+    *argv: str, check: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a command (argv, no shell), raising with its stderr when check fails."""
+    proc = subprocess.run(
+        argv, input=stdin, capture_output=True, text=True, check=False, timeout=60
+    )
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc
+
+
+class Lab:
+    """The seed topology in three fresh namespaces named nbt-<unique>-{client,nat,server}."""
+
+    def __init__(self) -> None:
+        tag = f"nbt-{os.getpid()}-{secrets.token_hex(3)}"
+        self.client, self.nat, self.server = (f"{tag}-c", f"{tag}-n", f"{tag}-s")
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.workdir = Path(tempfile.mkdtemp(prefix="nbt-lab-"))
+        self.lockfile = str(self.workdir / "xtables.lock")
+        self.env = {**os.environ, "XTABLES_LOCKFILE": self.lockfile}
+
+    # -- building -------------------------------------------------------------------------
+    def up(self) -> Lab:
+        """Create namespaces, links, addresses and the servers."""
+        try:
+            for ns in (self.client, self.nat, self.server):
+                sh("ip", "netns", "add", ns)
+                sh("ip", "-n", ns, "link", "set", "lo", "up")
+            # veth pairs are created inside the namespaces: no name ever lands in the host's.
+            sh(
+                "ip",
+                "-n",
+                self.client,
+                "link",
+                "add",
+                "eth0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "lan0",
+                "netns",
+                self.nat,
+            )
+            sh(
+                "ip",
+                "-n",
+                self.server,
+                "link",
+                "add",
+                "eth0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "dmz0",
+                "netns",
+                self.nat,
+            )
+            for ns, dev, addr in (
+                (self.client, "eth0", f"{CLIENT_IP}/24"),
+                (self.nat, "lan0", f"{NAT_LAN_IP}/24"),
+                (self.nat, "dmz0", f"{NAT_DMZ_IP}/24"),
+                (self.server, "eth0", f"{SERVER_IP}/24"),
+            ):
+                sh("ip", "-n", ns, "addr", "add", addr, "dev", dev)
+                sh("ip", "-n", ns, "link", "set", dev, "up")
+            self.nat_exec("sysctl", "-qw", "net.ipv4.ip_forward=1")
+            www = self.workdir / "www"
+            www.mkdir()
+            (www / "index.html").write_text(PAGE_TOKEN + "\n")
+            self.spawn(
+                self.server,
+                sys.executable,
+                "-m",
+                "http.server",
+                "80",
+                "--bind",
+                SERVER_IP,
+                "--directory",
+                str(www),
+            )
+            self.spawn(self.server, sys.executable, "-c", _UDP_ECHO, SERVER_IP, "80")
+            self._wait_for_http()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def spawn(self, ns: str, *argv: str) -> subprocess.Popen[bytes]:
+        """Start a long-running process inside `ns`; close() ends it by pid."""
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *argv],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def _wait_for_http(self) -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if (
+                self.exec(
+                    self.server,
+                    sys.executable,
+                    "-c",
+                    _HTTP_GET,
+                    f"http://{SERVER_IP}/",
+                    "1",
+                    check=False,
+                ).returncode
+                == 0
+            ):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("the lab's HTTP server did not come up")
+
+    # -- using ----------------------------------------------------------------------------
+    def exec(
+        self, ns: str, *argv: str, check: bool = True, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command inside `ns` with the lab's private xtables lock."""
+        proc = subprocess.run(
+            ["ip", "netns", "exec", ns, *argv],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+            env=self.env,
+        )
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} in {ns} failed: {proc.stderr.strip()}")
+        return proc
+
+    def nat_exec(
+        self, *argv: str, check: bool = True, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command on the nat box."""
+        return self.exec(self.nat, *argv, check=check, stdin=stdin)
+
+    def natbox(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run the natbox CLI on the nat box (never checked: tests look at rc and output)."""
+        return self.exec(self.nat, sys.executable, "-m", "natbox", *args, check=False, stdin=stdin)
+
+    def fetch(self, host: str = NAT_LAN_IP, port: int = 1234, timeout: float = 2.0) -> str | None:
+        """GET http://host:port/ from the client; the body, or None when it fails."""
+        p = self.exec(
+            self.client,
+            sys.executable,
+            "-c",
+            _HTTP_GET,
+            f"http://{host}:{port}/",
+            str(timeout),
+            check=False,
+        )
+        return p.stdout if p.returncode == 0 else None
+
+    def udp_ask(self, host: str = NAT_LAN_IP, port: int = 1234, timeout: float = 2.0) -> str | None:
+        """Send one UDP datagram from the client; the answer, or None."""
+        p = self.exec(
+            self.client, sys.executable, "-c", _UDP_ASK, host, str(port), str(timeout), check=False
+        )
+        return p.stdout if p.returncode == 0 else None
+
+    def save(self, flavour: str = "nft", counters: bool = False) -> str:
+        """The nat box's iptables-save output, without the timestamp comment lines."""
+        argv = [f"iptables-{flavour}-save", *(["-c"] if counters else [])]
+        out = self.nat_exec(*argv).stdout
+        return "".join(line + "\n" for line in out.splitlines() if not line.startswith("#"))
+
+    # -- tearing down ---------------------------------------------------------------------
+    def close(self) -> None:
+        """End the processes started here, delete the namespaces and the work dir."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+        for ns in (self.client, self.nat, self.server):
+            sh("ip", "netns", "del", ns, check=False)
+        sh("rm", "-rf", str(self.workdir), check=False)

@@ -1,0 +1,1 @@
+"""Provides natbox's Textual dashboard (wiring only; the engine lives in natbox/)."""

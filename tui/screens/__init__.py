@@ -1,0 +1,1 @@
+"""Provides natbox's screens."""

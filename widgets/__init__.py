@@ -1,0 +1,1 @@
+"""Provides reusable widgets for natbox; they may use natbox.model, never tui/."""
