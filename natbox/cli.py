@@ -8,15 +8,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from natbox import __version__
+from natbox import __version__, txn
+from natbox.backends import Backend
+from natbox.backends.detect import BACKEND_CHOICES, choose_backend
 from natbox.errors import NatboxError
 from natbox.model import PROTOS, Forward
 from natbox.plan import build_plan
 from natbox.runner import Runner
+from natbox.status import snapshot
 from natbox.system import route_to
 
 
@@ -103,6 +107,120 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backend(args: argparse.Namespace) -> Backend:
+    backend, _det = choose_backend(args.backend_choice)
+    return backend
+
+
+def _confirm(args: argparse.Namespace, question: str) -> None:
+    """Go on only with --yes or an interactive y; a non-TTY without --yes is an error."""
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise NatboxError(
+            "refusing to change the firewall without --yes (stdin is not a terminal)",
+            "add --yes, or --dry-run to only look",
+        )
+    answer = input(f"{question} [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise NatboxError("nothing changed", "answer y to apply, or pass --yes")
+
+
+def _print_lines(per_table: dict[str, list[str]]) -> None:
+    for table, lines in per_table.items():
+        print(f"*{table}")
+        print("\n".join(lines))
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    """Add a forward: show the plan, ask, apply all or nothing."""
+    fwd = forward_from_args(args)
+    if not args.dry_run:
+        txn.require_root()
+    backend = _backend(args)
+    plan = build_plan(fwd)
+    if args.dry_run:
+        pending = txn.preview_apply(backend, fwd)
+        if args.json:
+            print(json.dumps({**plan.to_dict(), "would_commit": pending}, indent=2))
+        else:
+            print("\n".join(plan.plain()))
+            _print_lines(pending)
+        return 0
+    if not args.json:
+        print(f"forward {fwd.name}: {fwd.proto} {fwd.listen} → {fwd.backend} via {backend.label}")
+        print("\n".join(plan.plain()))
+    _confirm(args, f"Apply forward {fwd.name}?")
+    outcome = txn.apply(backend, fwd, enable_ip_forward=args.enable_forwarding)
+    if args.json:
+        print(json.dumps(outcome.to_dict(), indent=2))
+    else:
+        for note in outcome.notes:
+            print(f"note: {note}")
+        print(f"added {fwd.name} ({outcome.seconds * 1000:.0f} ms)")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    """Remove a forward: show exactly the rules that go (asking first unless --yes), delete them."""
+    if not args.dry_run:
+        txn.require_root()
+    backend = _backend(args)
+    if args.dry_run or not args.yes:
+        pending = txn.preview_remove(backend, args.name)
+        if args.json and args.dry_run:
+            print(json.dumps({"name": args.name, "would_commit": pending}, indent=2))
+            return 0
+        if not args.json:
+            _print_lines(pending)
+        if args.dry_run:
+            return 0
+        _confirm(args, f"Remove forward {args.name}?")
+    outcome = txn.remove(backend, args.name)
+    if args.json:
+        print(json.dumps(outcome.to_dict(), indent=2))
+        return 0
+    if args.yes:
+        _print_lines(outcome.lines)
+    print(f"removed {args.name} ({outcome.seconds * 1000:.0f} ms)")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Show natbox's forwards, the foreign NAT/FORWARD rules and the facts that matter."""
+    backend, det = choose_backend(args.backend_choice)
+    snap = snapshot(backend, det)
+    if args.json:
+        print(json.dumps(snap, indent=2))
+        return 0
+    forwarding = "on" if snap["ip_forward"] else "OFF"
+    print(f"backend {snap['backend']}   ip_forward {forwarding}")
+    policies = snap["policies"]
+    assert isinstance(policies, dict)
+    print("policies " + "  ".join(f"{k} {v}" for k, v in policies.items()))
+    forwards = snap["forwards"]
+    assert isinstance(forwards, list)
+    print(f"\nforwards ({len(forwards)})")
+    for f in forwards:
+        health = "ok" if f["intact"] else "BROKEN: " + "; ".join(f["problems"])
+        snat = "masquerade" if f.get("masquerade") else f"snat {f.get('snat')}"
+        opts = " mss-clamp" if f.get("mss_clamp") else ""
+        print(
+            f"  {f['name']:<16} {f.get('proto', '?'):<4} {f.get('listen', '?')} → {f.get('backend', '?')}"
+            f"  {snat}{opts}  {health}"
+        )
+    foreign = snap["foreign"]
+    assert isinstance(foreign, list)
+    print(f"\nforeign NAT and FORWARD rules ({len(foreign)})")
+    for r in foreign:
+        print(f"  {r['table']}/{r['chain']:<12} {r['owner']:<6} {r['rule']}")
+    warnings = snap["warnings"]
+    assert isinstance(warnings, list)
+    for w in warnings:
+        print(f"warning: {w}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
     parser = _Parser(
@@ -111,11 +229,39 @@ def build_parser() -> argparse.ArgumentParser:
         "Without a command, opens the dashboard.",
     )
     parser.add_argument("--version", action="version", version=f"natbox {__version__}")
+    parser.add_argument(
+        "--backend",
+        dest="backend_choice",
+        choices=BACKEND_CHOICES,
+        default=None,
+        help="how to write rules (default auto, or $NATBOX_BACKEND)",
+    )
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
     p = sub.add_parser("plan", help="show the rules a forward needs (changes nothing)")
     _add_forward_args(p)
     p.add_argument("--format", choices=("text", "restore", "commands", "json"), default="text")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("list", help="natbox's forwards and the foreign NAT/FORWARD rules")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("add", help="add a forward (all four rules, or none)")
+    _add_forward_args(p)
+    p.add_argument(
+        "--enable-forwarding", action="store_true", help="turn on net.ipv4.ip_forward if it is off"
+    )
+    p.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_add)
+
+    p = sub.add_parser("remove", help="remove a forward's rules, exactly those")
+    p.add_argument("name")
+    p.add_argument("--dry-run", action="store_true", help="show what would go, change nothing")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_remove)
     return parser
 
 
@@ -141,3 +287,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("natbox: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: say so on one line; NATBOX_DEBUG=1 shows the traceback
+        if os.environ.get("NATBOX_DEBUG"):
+            raise
+        print(
+            f"natbox: internal error: {type(exc).__name__}: {exc} "
+            "(hint: this is a bug; rerun with NATBOX_DEBUG=1 and report the traceback)",
+            file=sys.stderr,
+        )
+        return 70

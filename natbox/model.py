@@ -302,7 +302,7 @@ def forward_problem(fwd: Forward) -> tuple[str, str] | None:
 # ---------------------------------------------------------------- rules and rulesets
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rule:
     """One rule as iptables-save prints it: `text` is `-A CHAIN ...` verbatim."""
 

@@ -33,9 +33,11 @@ def rule_comment(text: str) -> str | None:
 
 def classify_owner(chain: str, text: str) -> str:
     """Who wrote a rule: `natbox:<name>`, `natbox` (its jumps), `docker`, `kube` or `other`."""
-    comment = rule_comment(text) if "--comment" in text else None
-    if comment is not None:
-        if comment == COMMENT_PREFIX or comment.startswith(COMMENT_PREFIX + ":"):
+    if "--comment natbox" in text or '--comment "natbox:' in text:
+        comment = rule_comment(text)
+        if comment is not None and (
+            comment == COMMENT_PREFIX or comment.startswith(COMMENT_PREFIX + ":")
+        ):
             return comment
     if chain.startswith("DOCKER") or " -j DOCKER" in text or "docker" in text:
         return "docker"
@@ -44,8 +46,12 @@ def classify_owner(chain: str, text: str) -> str:
     return "other"
 
 
-def parse_save(text: str) -> Ruleset:
-    """Parse `iptables-save [-c]` output (nft or legacy flavour) into a Ruleset."""
+def parse_save(text: str, natbox_only: bool = False) -> Ruleset:
+    """Parse `iptables-save [-c]` output (nft or legacy flavour) into a Ruleset.
+
+    With `natbox_only`, every table and chain is kept but only natbox's own rules (its jumps and its
+    tagged rules): all that apply and remove need, at a fraction of the cost on big rulesets.
+    """
     rs = Ruleset()
     table: Table | None = None
     for lineno, raw in enumerate(text.splitlines(), 1):
@@ -76,6 +82,8 @@ def parse_save(text: str) -> Ruleset:
             if len(parts) > 2 and (m := _COUNTERS_RE.fullmatch(parts[2])):
                 pk, by = int(m.group(1)), int(m.group(2))
             table.chains[name] = Chain(name, policy, pk, by)
+            continue
+        if natbox_only and "natbox" not in line and "NATBOX" not in line:
             continue
         pk = by = 0
         if line.startswith("["):

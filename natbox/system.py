@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
-import psutil
-
 from natbox.errors import NatboxError
 from natbox.runner import Runner
 
@@ -84,6 +82,8 @@ class Interface:
 
 def interfaces() -> list[Interface]:
     """This host's interfaces (psutil), loopback last."""
+    import psutil  # imported on use: the CLI's write paths never need it
+
     addrs = psutil.net_if_addrs()
     stats = psutil.net_if_stats()
     out: list[Interface] = []

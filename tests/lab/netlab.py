@@ -10,6 +10,7 @@ processes started here (by pid), then the namespaces. No traffic ever leaves the
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -160,6 +161,19 @@ class Lab:
         self.procs.append(proc)
         return proc
 
+    def spawn_capture(self, ns: str, *argv: str) -> subprocess.Popen[str]:
+        """Start a process inside `ns` whose stdout the caller reads; close() ends it if still running."""
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+            env=self.env,
+        )
+        self.procs.append(proc)  # type: ignore[arg-type]
+        return proc
+
     def _wait_for_http(self) -> None:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -228,10 +242,17 @@ class Lab:
         return p.stdout if p.returncode == 0 else None
 
     def save(self, flavour: str = "nft", counters: bool = False) -> str:
-        """The nat box's iptables-save output, without the timestamp comment lines."""
+        """The nat box's iptables-save output without timestamps (and without policy counters,
+        which iptables-save prints even without -c, unless `counters`)."""
         argv = [f"iptables-{flavour}-save", *(["-c"] if counters else [])]
         out = self.nat_exec(*argv).stdout
-        return "".join(line + "\n" for line in out.splitlines() if not line.startswith("#"))
+        lines = [line for line in out.splitlines() if not line.startswith("#")]
+        if not counters:
+            lines = [
+                re.sub(r" \[\d+:\d+\]$", " [0:0]", line) if line.startswith(":") else line
+                for line in lines
+            ]
+        return "".join(line + "\n" for line in lines)
 
     # -- tearing down ---------------------------------------------------------------------
     def close(self) -> None:

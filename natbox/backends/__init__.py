@@ -1,0 +1,65 @@
+"""Provides the backend interface: read the ruleset, commit one table's changes atomically.
+
+Changes are expressed as iptables-restore lines (`:CHAIN - [0:0]`, `-I CHAIN 1 ...`, `-A CHAIN ...`,
+`-D CHAIN ...`, `-X CHAIN`): the restore backend feeds them to iptables-restore, the iptc backend
+translates them into python-iptables calls.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from natbox.errors import BackendError, NotRootError
+from natbox.model import Ruleset
+from natbox.ruleset import parse_save
+from natbox.runner import Runner
+from natbox.system import is_root
+
+
+class Backend(ABC):
+    """One way of writing rules; reading always goes through iptables-<flavour>-save."""
+
+    name: str = "?"
+
+    def __init__(self, flavour: str, runner: Runner | None = None) -> None:
+        self.flavour = flavour
+        """`nft` or `legacy`: which kernel tables this backend reads and writes."""
+        self.runner = runner or Runner()
+
+    @property
+    def label(self) -> str:
+        """How the UI names this backend, e.g. `restore (nft)`."""
+        return f"{self.name} ({self.flavour})"
+
+    def read(self, natbox_only: bool = False) -> Ruleset:
+        """The current ruleset of this backend's flavour, with counters (see parse_save)."""
+        res = self.runner.run([f"iptables-{self.flavour}-save", "-c"])
+        if not res.ok:
+            if not is_root() or "ermission denied" in res.stderr:
+                raise NotRootError("read the firewall")
+            raise BackendError(
+                f"iptables-{self.flavour}-save failed: {res.first_error_line()}",
+                "is the iptables package installed and the kernel's netfilter available?",
+            )
+        rs = parse_save(res.stdout, natbox_only)
+        rs.warnings.extend(
+            line.lstrip("# ").strip() for line in res.stderr.splitlines() if "Warning" in line
+        )
+        return rs
+
+    def validate(self, per_table: dict[str, list[str]]) -> None:
+        """Check all tables' lines parse (one `iptables-restore --test`); the kernel may still
+        reject them at commit."""
+        text = "".join(
+            f"*{table}\n" + "".join(line + "\n" for line in lines) + "COMMIT\n"
+            for table, lines in per_table.items()
+        )
+        res = self.runner.run([f"iptables-{self.flavour}-restore", "--test", "--noflush"], text)
+        if not res.ok:
+            raise BackendError(
+                f"the rules do not parse: {res.first_error_line()}", "nothing was changed"
+            )
+
+    @abstractmethod
+    def commit(self, table: str, lines: list[str]) -> None:
+        """Apply `lines` to `table` as one transaction; raise BackendError if the kernel refuses."""

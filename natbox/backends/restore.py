@@ -1,0 +1,24 @@
+"""Provides the restore backend: iptables-<flavour>-restore --noflush, one transaction per table."""
+
+from __future__ import annotations
+
+from natbox.backends import Backend
+from natbox.errors import BackendError
+
+
+class RestoreBackend(Backend):
+    """Writes with iptables-restore; works for nft and legacy alike."""
+
+    name = "restore"
+    wait_seconds = 10
+
+    def commit(self, table: str, lines: list[str]) -> None:
+        """Feed one table's lines to iptables-restore; all of them or none land."""
+        text = f"*{table}\n" + "".join(line + "\n" for line in lines) + "COMMIT\n"
+        argv = [f"iptables-{self.flavour}-restore", "--noflush", "-w", str(self.wait_seconds)]
+        res = self.runner.run(argv, text)
+        if not res.ok:
+            raise BackendError(
+                f"iptables-{self.flavour}-restore refused the {table} table: {res.first_error_line()}",
+                f"the {table} table was left as it was",
+            )

@@ -1,0 +1,240 @@
+"""The engine on the real kernel, one conformance suite for both backends.
+
+restore = iptables-nft-save/-restore (this machine's iptables is nft); iptc = python-iptables on the
+legacy tables (selected with --backend iptc, as on a legacy host).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.lab.netlab import NAT_LAN_IP, PAGE_TOKEN, SERVER_IP, Lab
+
+FOREIGN = (Path(__file__).parents[1] / "fixtures" / "foreign.rules").read_text()
+FLAVOUR = {"restore": "nft", "iptc": "legacy"}
+
+
+@pytest.fixture(params=["restore", "iptc"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def nb(lab: Lab, backend: str, *args: str) -> tuple[int, str, str]:
+    out = lab.natbox("--backend", backend, *args)
+    assert "Traceback" not in out.stderr and "internal error" not in out.stderr, out.stderr
+    return out.returncode, out.stdout, out.stderr
+
+
+def with_foreign(lab: Lab, backend: str) -> str:
+    """Load Docker/kube/hand-made rules (FORWARD policy DROP) and return the save before natbox."""
+    lab.nat_exec(f"iptables-{FLAVOUR[backend]}-restore", stdin=FOREIGN)
+    return lab.save(FLAVOUR[backend])
+
+
+def test_seed_end_to_end_and_byte_exact_removal(lab: Lab, backend: str) -> None:
+    before = with_foreign(lab, backend)
+    assert lab.fetch(timeout=1) is None
+    rc, out, err = nb(lab, backend, "add", f"{NAT_LAN_IP}:1234", f"{SERVER_IP}:80", "--yes")
+    assert rc == 0, err
+    body = lab.fetch()
+    assert body is not None and PAGE_TOKEN in body, "FORWARD policy is DROP: our jump must be first"
+
+    rc, out, err = nb(lab, backend, "list", "--json")
+    assert rc == 0, err
+    snap = json.loads(out)
+    (fwd,) = snap["forwards"]
+    assert fwd["name"] == "tcp-1234" and fwd["intact"] and fwd["snat"] == "10.0.2.40"
+    assert snap["policies"]["filter/FORWARD"] == "DROP"
+    owners = {r["owner"] for r in snap["foreign"]}
+    assert {"docker", "kube", "other"} <= owners
+    assert len(fwd["rules"]) == 4 and any(r["packets"] > 0 for r in fwd["rules"])
+
+    rc, out, err = nb(lab, backend, "remove", "tcp-1234", "--yes")
+    assert rc == 0, err
+    assert lab.fetch(timeout=1) is None
+    assert lab.save(FLAVOUR[backend]) == before
+
+
+def test_udp_forward(lab: Lab, backend: str) -> None:
+    rc, _, err = nb(
+        lab, backend, "add", f"{NAT_LAN_IP}:1234", f"{SERVER_IP}:80", "--proto", "udp", "--yes"
+    )
+    assert rc == 0, err
+    assert lab.udp_ask() == "echo:ping"
+    assert lab.fetch(timeout=1) is None, "a udp forward must not carry tcp"
+
+
+def test_two_forwards_then_remove_one_keeps_the_other(lab: Lab, backend: str) -> None:
+    before = with_foreign(lab, backend)
+    for args in (["--name", "web"], ["--name", "dns", "--proto", "udp"]):
+        rc, _, err = nb(
+            lab,
+            backend,
+            "add",
+            f"{NAT_LAN_IP}:{1234 if 'web' in args else 5353}",
+            f"{SERVER_IP}:80",
+            *args,
+            "--yes",
+        )
+        assert rc == 0, err
+    rc, _, err = nb(lab, backend, "remove", "web", "--yes")
+    assert rc == 0, err
+    assert lab.udp_ask(port=5353) == "echo:ping"
+    rc, out, _ = nb(lab, backend, "list", "--json")
+    assert [f["name"] for f in json.loads(out)["forwards"]] == ["dns"]
+    rc, _, err = nb(lab, backend, "remove", "dns", "--yes")
+    assert rc == 0, err
+    assert lab.save(FLAVOUR[backend]) == before
+
+
+def test_conflicts_are_refused(lab: Lab, backend: str) -> None:
+    rc, _, err = nb(
+        lab, backend, "add", f"{NAT_LAN_IP}:1234", f"{SERVER_IP}:80", "--name", "web", "--yes"
+    )
+    assert rc == 0, err
+    before = lab.save(FLAVOUR[backend])
+    rc, _, err = nb(
+        lab, backend, "add", f"{NAT_LAN_IP}:1234", f"{SERVER_IP}:8080", "--name", "other", "--yes"
+    )
+    assert rc == 2 and "already forwarded by web" in err
+    rc, _, err = nb(
+        lab,
+        backend,
+        "add",
+        f"{NAT_LAN_IP}:1230-1240",
+        f"{SERVER_IP}:80",
+        "--proto",
+        "both",
+        "--yes",
+    )
+    assert rc == 2 and "already forwarded by web" in err
+    rc, _, err = nb(
+        lab, backend, "add", f"{NAT_LAN_IP}:9999", f"{SERVER_IP}:80", "--name", "web", "--yes"
+    )
+    assert rc == 2 and "a forward named web already exists" in err
+    rc, _, err = nb(lab, backend, "remove", "nope", "--yes")
+    assert rc == 2 and "there is no forward named nope" in err
+    assert lab.save(FLAVOUR[backend]) == before
+
+
+def test_kernel_rejects_second_table_first_is_undone(lab: Lab, backend: str) -> None:
+    before = with_foreign(lab, backend)
+    out = lab.nat_exec(sys.executable, str(Path(__file__).with_name("fault_apply.py")), backend)
+    result = json.loads(out.stdout)
+    assert result["error"] and "nat" in result["error"], result
+    assert "filter table was undone" in result["hint"]
+    assert lab.save(FLAVOUR[backend]) == before
+    assert lab.fetch(timeout=1) is None
+
+
+def test_ip_forward_off_is_refused_then_enabled(lab: Lab, backend: str) -> None:
+    lab.nat_exec("sysctl", "-qw", "net.ipv4.ip_forward=0")
+    before = lab.save(FLAVOUR[backend])
+    rc, _, err = nb(lab, backend, "add", f"{NAT_LAN_IP}:1234", f"{SERVER_IP}:80", "--yes")
+    assert rc == 2 and "forwarding is off" in err and "--enable-forwarding" in err
+    assert lab.save(FLAVOUR[backend]) == before
+    rc, out, err = nb(
+        lab, backend, "add", f"{NAT_LAN_IP}:1234", f"{SERVER_IP}:80", "--yes", "--enable-forwarding"
+    )
+    assert rc == 0, err
+    assert "enabled net.ipv4.ip_forward" in out
+    assert lab.nat_exec("sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "1"
+    assert lab.fetch() is not None
+
+
+def test_no_tty_without_yes_and_dry_run(lab: Lab, backend: str) -> None:
+    before = lab.save(FLAVOUR[backend])
+    rc, _, err = nb(lab, backend, "add", f"{NAT_LAN_IP}:1234", f"{SERVER_IP}:80")
+    assert rc == 2 and "--yes" in err
+    rc, out, err = nb(lab, backend, "add", f"{NAT_LAN_IP}:1234", f"{SERVER_IP}:80", "--dry-run")
+    assert rc == 0 and "-A NATBOX-PREROUTING" in out and ":NATBOX-FORWARD - [0:0]" in out
+    assert lab.save(FLAVOUR[backend]) == before
+
+
+def test_concurrent_writer_loses_nothing(lab: Lab, backend: str) -> None:
+    flavour = FLAVOUR[backend]
+    script = (
+        "import subprocess, sys, time\n"
+        "end = time.monotonic() + float(sys.argv[2]); i = 0\n"
+        "while time.monotonic() < end:\n"
+        "    i += 1\n"
+        "    subprocess.run([sys.argv[1], '-w', '5', '-A', 'FORWARD', '-s', f'10.77.{i // 250}.{i % 250}', '-j', 'ACCEPT'], check=True)\n"
+        "    if i > 1:\n"
+        "        j = i - 1\n"
+        "        subprocess.run([sys.argv[1], '-w', '5', '-D', 'FORWARD', '-s', f'10.77.{j // 250}.{j % 250}', '-j', 'ACCEPT'], check=True)\n"
+        "print(i)\n"
+    )
+    proc = lab.spawn_capture(lab.nat, sys.executable, "-c", script, f"iptables-{flavour}", "4")
+    deadline = time.monotonic() + 3.5
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
+        rc, _, err = nb(lab, backend, "add", f"{NAT_LAN_IP}:{2000 + n}", f"{SERVER_IP}:80", "--yes")
+        assert rc == 0, err
+        if n % 2 == 0:
+            rc, _, err = nb(lab, backend, "remove", f"tcp-{2000 + n - 1}", "--yes")
+            assert rc == 0, err
+    written = int(proc.communicate(timeout=30)[0])
+    assert proc.returncode == 0
+    saved = lab.save(flavour)
+    theirs = [line for line in saved.splitlines() if line.startswith("-A FORWARD -s 10.77.")]
+    assert theirs == [f"-A FORWARD -s 10.77.{written // 250}.{written % 250}/32 -j ACCEPT"]
+    rc, out, _ = nb(lab, backend, "list", "--json")
+    names = sorted(f["name"] for f in json.loads(out)["forwards"] if f["intact"])
+    expected = sorted(f"tcp-{2000 + k}" for k in range(1, n + 1) if not (k % 2 == 1 and k + 1 <= n))
+    assert names == expected and n >= 2
+
+
+def test_auto_on_an_nft_host_creates_no_legacy_table(lab: Lab) -> None:
+    names = "/proc/net/ip_tables_names"
+    assert lab.nat_exec("cat", names).stdout == ""
+    for args in (
+        ["list"],
+        ["add", f"{NAT_LAN_IP}:1234", f"{SERVER_IP}:80", "--yes"],
+        ["list", "--json"],
+        ["remove", "tcp-1234", "--yes"],
+    ):
+        out = lab.natbox(*args)
+        assert out.returncode == 0, out.stderr
+    assert lab.nat_exec("cat", names).stdout == "", "python-iptables must not touch an nft host"
+
+
+def test_not_root_refuses_writes(lab: Lab) -> None:
+    out = lab.exec(
+        lab.nat,
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        sys.executable,
+        "-m",
+        "natbox",
+        "add",
+        f"{NAT_LAN_IP}:1234",
+        f"{SERVER_IP}:80",
+        "--yes",
+        check=False,
+    )
+    assert out.returncode == 2
+    assert (
+        out.stderr.strip()
+        == "natbox: natbox must run as root to change the firewall (hint: run it again with sudo)"
+    )
+    out = lab.exec(
+        lab.nat,
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        sys.executable,
+        "-m",
+        "natbox",
+        "list",
+        check=False,
+    )
+    assert out.returncode == 2 and "must run as root to read the firewall" in out.stderr
