@@ -10,15 +10,17 @@ import importlib
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from natbox import __version__, txn
+from natbox import __version__, conntrack, txn
 from natbox.backends import Backend
 from natbox.backends.detect import BACKEND_CHOICES, choose_backend
-from natbox.errors import NatboxError
+from natbox.errors import NatboxError, NotFoundError
 from natbox.model import PROTOS, Forward
 from natbox.plan import build_plan
+from natbox.ruleset import forward_states
 from natbox.runner import Runner
 from natbox.status import snapshot
 from natbox.system import route_to
@@ -221,6 +223,104 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flows_with_forwards(
+    args: argparse.Namespace,
+) -> tuple[list[conntrack.Flow], conntrack.ForwardIndex, list[str]]:
+    """Read the table and the forwards (from the kernel's rules) that flows are matched to."""
+    table = conntrack.read_flows()
+    backend, _det = choose_backend(args.backend_choice)
+    states = forward_states(backend.read(natbox_only=True))
+    index = conntrack.ForwardIndex(s.forward for s in states if s.forward is not None)
+    names = [s.name for s in states]
+    if args.forward is not None and args.forward not in names:
+        raise NotFoundError(
+            f"there is no forward named {args.forward}",
+            f"natbox list shows them (now: {', '.join(names) or 'none'})",
+        )
+    notes = [f"skipped {table.skipped} malformed lines"] if table.skipped else []
+    return table.flows, index, notes
+
+
+def cmd_conntrack(args: argparse.Namespace) -> int:
+    """List flows with both tuples, or kill some."""
+    if args.action == "kill":
+        return _conntrack_kill(args)
+    if args.tuple:
+        raise UsageError(
+            "--tuple is for `natbox conntrack kill`", "natbox conntrack kill --tuple ..."
+        )
+    if args.enable_accounting:
+        conntrack.enable_accounting()
+    flows, index, notes = _flows_with_forwards(args)
+    if args.enable_accounting:
+        notes.append("accounting is on: new flows count packets and bytes")
+    shown = conntrack.select(
+        flows,
+        index=index,
+        forward=args.forward,
+        proto=args.proto,
+        state=args.state,
+        sort=args.sort,
+        limit=args.limit,
+    )
+    fill = conntrack.table_fill()
+    if args.json:
+        doc = {
+            "count": fill.count,
+            "max": fill.max,
+            "accounting": fill.accounting,
+            "total": len(flows),
+            "shown": len(shown),
+            "notes": notes,
+            "flows": [f.to_dict(index(f)) for f in shown],
+        }
+        print(json.dumps(doc, indent=1))
+        return 0
+    print(
+        f"{'PROTO':<7}{'STATE':<12}{'TTL':>6}  {'FLOW  client → listen ⇒ snat → backend':<62}{'PKTS':>7}{'BYTES':>10}  FORWARD"
+    )
+    for f in shown:
+        counters = f"{f.packets:>7}{f.bytes:>10}" if fill.accounting else f"{'-':>7}{'-':>10}"
+        print(
+            f"{f.proto:<7}{(f.state or '-'):<12}{f.timeout:>6}  {f.path():<62}{counters}  {index(f) or ''}"
+        )
+    print(f"{len(shown)} of {len(flows)} flows; table {fill.count}/{fill.max}")
+    if not fill.accounting:
+        print(
+            "note: packet/byte counters are off (sysctl net.netfilter.nf_conntrack_acct=1 turns them on)"
+        )
+    for note in notes:
+        print(f"note: {note}")
+    return 0
+
+
+def _conntrack_kill(args: argparse.Namespace) -> int:
+    if (args.forward is None) == (args.tuple is None):
+        raise UsageError(
+            "kill needs exactly one of --forward NAME or --tuple PROTO SRC:SPORT DST:DPORT",
+            "see natbox conntrack --help",
+        )
+    wanted = conntrack.parse_tuple(*args.tuple) if args.tuple else None
+    if not args.yes and not sys.stdin.isatty():
+        raise NatboxError(
+            "refusing to kill flows without --yes (stdin is not a terminal)", "add --yes"
+        )
+    flows, index, _notes = _flows_with_forwards(args)
+    if wanted is not None:
+        victims = [conntrack.find(flows, wanted)]
+    else:
+        victims = conntrack.select(flows, index=index, forward=args.forward)
+    for f in victims:
+        print(f"{f.proto:<6}{f.path()}")
+    _confirm(args, f"Kill {len(victims)} flows?")
+    start = time.perf_counter()
+    deleted = conntrack.kill(victims)
+    print(
+        f"killed {deleted} of {len(victims)} flows ({(time.perf_counter() - start) * 1000:.1f} ms)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
     parser = _Parser(
@@ -255,6 +355,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", "-y", action="store_true", help="do not ask")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_add)
+
+    p = sub.add_parser(
+        "conntrack", help="live flows with both tuples; `conntrack kill` deletes some"
+    )
+    p.add_argument("action", nargs="?", choices=("list", "kill"), default="list")
+    p.add_argument("--forward", metavar="NAME", help="only this forward's flows")
+    p.add_argument("--proto", help="tcp, udp, icmp, ...")
+    p.add_argument("--state", help="TCP state, e.g. ESTABLISHED")
+    p.add_argument("--sort", choices=conntrack.SORT_KEYS)
+    p.add_argument("--limit", type=int, metavar="N")
+    p.add_argument(
+        "--tuple", nargs=3, metavar=("PROTO", "SRC:SPORT", "DST:DPORT"), help="kill: one flow"
+    )
+    p.add_argument("--yes", "-y", action="store_true", help="kill: do not ask")
+    p.add_argument(
+        "--enable-accounting",
+        action="store_true",
+        help="turn on per-flow packet/byte counters (sysctl net.netfilter.nf_conntrack_acct=1)",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_conntrack)
 
     p = sub.add_parser("remove", help="remove a forward's rules, exactly those")
     p.add_argument("name")

@@ -92,3 +92,22 @@ def test_user_errors_are_one_line_exit_2(args: list[str], needle: str) -> None:
     assert out.stderr.count("\n") == 1, out.stderr
     assert out.stderr.startswith("natbox: ") and needle in out.stderr and "hint:" in out.stderr
     assert "Traceback" not in out.stderr and out.stdout == ""
+
+
+def test_not_root_refuses_writes_before_touching_anything(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import natbox.system
+
+    monkeypatch.setattr(natbox.system.os, "geteuid", lambda: 1000)
+    called: list[object] = []
+    monkeypatch.setattr("natbox.cli.choose_backend", lambda *a: called.append(a))
+    assert main(["add", *SEED, "--yes"]) == 2
+    assert main(["remove", "web", "--yes"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert (
+        err
+        == ["natbox: natbox must run as root to change the firewall (hint: run it again with sudo)"]
+        * 2
+    )
+    assert called == [], "nothing may be read or touched without root"

@@ -1,0 +1,122 @@
+"""Conntrack on the real kernel: natbox's flow set equals conntrack -L's; kill removes exactly one flow."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from tests.lab.netlab import NAT_LAN_IP, SERVER_IP, Lab
+
+TUPLE = re.compile(
+    r"^(\S+)\s+\d+\s+\d+\s+(?:[A-Z_]+\s+)?src=(\S+) dst=(\S+)(?: sport=(\d+) dport=(\d+))?"
+)
+
+
+def oracle(lab: Lab) -> set[tuple[str, str, str, int | None, int | None]]:
+    """The flows conntrack -L prints, as (proto, src, dst, sport, dport) of the original direction."""
+    out = lab.nat_exec("conntrack", "-L").stdout
+    found = set()
+    for line in out.splitlines():
+        m = TUPLE.match(line)
+        assert m, line
+        proto, src, dst, sport, dport = m.groups()
+        found.add((proto, src, dst, int(sport) if sport else None, int(dport) if dport else None))
+    return found
+
+
+def natbox_flows(lab: Lab, *args: str) -> list[dict[str, object]]:
+    out = lab.natbox("conntrack", "--json", *args)
+    assert out.returncode == 0, out.stderr
+    flows: list[dict[str, object]] = json.loads(out.stdout)["flows"]
+    return flows
+
+
+def as_set(flows: list[dict[str, object]]) -> set[tuple[object, ...]]:
+    return {
+        (f["proto"], f["orig"]["src"], f["orig"]["dst"], f["orig"]["sport"], f["orig"]["dport"])  # type: ignore[index]
+        for f in flows
+    }
+
+
+def make_flows(lab: Lab) -> None:
+    out = lab.natbox(
+        "add", f"{NAT_LAN_IP}:1234", f"{SERVER_IP}:80", "--proto", "both", "--name", "web", "--yes"
+    )
+    assert out.returncode == 0, out.stderr
+    assert lab.fetch() is not None
+    for _ in range(3):
+        assert lab.udp_ask() == "echo:ping"
+    lab.exec(lab.client, "ping", "-c", "1", "-W", "1", NAT_LAN_IP)
+
+
+def test_flow_set_equals_conntrack_L(lab: Lab) -> None:
+    make_flows(lab)
+    flows = natbox_flows(lab)
+    assert as_set(flows) == oracle(lab)
+    assert len(flows) == len(oracle(lab)) >= 5
+    web = [f for f in flows if f["forward"] == "web"]
+    assert sorted(str(f["proto"]) for f in web) == ["tcp", "udp", "udp", "udp"]
+    for f in web:
+        assert f["dnat"] and f["snat"]
+        assert f["reply"] == {
+            "src": SERVER_IP,
+            "dst": "10.0.2.40",
+            "sport": 80,
+            "dport": f["reply"]["dport"],
+        }  # type: ignore[index]
+    assert any(f["proto"] == "icmp" and not f["dnat"] for f in flows)
+    human = lab.natbox("conntrack", "--forward", "web", "--proto", "tcp")
+    assert human.returncode == 0 and "⇒ 10.0.2.40:" in human.stdout and "1 of " in human.stdout
+
+
+def test_kill_one_flow_by_tuple(lab: Lab) -> None:
+    make_flows(lab)
+    before = oracle(lab)
+    victim = next(f for f in natbox_flows(lab, "--forward", "web", "--proto", "udp"))
+    o = victim["orig"]
+    out = lab.natbox(
+        "conntrack",
+        "kill",
+        "--tuple",
+        "udp",
+        f"{o['src']}:{o['sport']}",
+        f"{o['dst']}:{o['dport']}",
+        "--yes",
+    )  # type: ignore[index]
+    assert out.returncode == 0, out.stderr
+    assert "killed 1 of 1" in out.stdout
+    after = oracle(lab)
+    assert before - after == {("udp", o["src"], o["dst"], o["sport"], o["dport"])}  # type: ignore[index]
+    assert after <= before
+
+
+def test_kill_a_forwards_flows(lab: Lab) -> None:
+    make_flows(lab)
+    before = oracle(lab)
+    out = lab.natbox("conntrack", "kill", "--forward", "web", "--yes")
+    assert out.returncode == 0, out.stderr
+    after = oracle(lab)
+    gone = before - after
+    assert len(gone) == 4 and all(t[2] == NAT_LAN_IP and t[4] == 1234 for t in gone)
+    assert any(t[0] == "icmp" for t in after), "flows of other traffic stay"
+
+
+def test_kill_errors(lab: Lab) -> None:
+    out = lab.natbox("conntrack", "kill", "--yes")
+    assert out.returncode == 2 and "exactly one of --forward" in out.stderr
+    out = lab.natbox("conntrack", "kill", "--tuple", "udp", "1.2.3.4:5", "6.7.8.9:10", "--yes")
+    assert out.returncode == 2 and "no udp flow 1.2.3.4:5 → 6.7.8.9:10" in out.stderr
+    out = lab.natbox("conntrack", "--forward", "nope")
+    assert out.returncode == 2 and "there is no forward named nope" in out.stderr
+
+
+def test_enable_accounting(lab: Lab) -> None:
+    assert lab.nat_exec("sysctl", "-n", "net.netfilter.nf_conntrack_acct").stdout.strip() == "0"
+    out = lab.natbox("conntrack", "--json")
+    assert json.loads(out.stdout)["accounting"] is False
+    out = lab.natbox("conntrack", "--enable-accounting", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["accounting"] is True
+    make_flows(lab)
+    web = natbox_flows(lab, "--forward", "web", "--proto", "tcp")
+    assert web[0]["orig_packets"] and web[0]["reply_bytes"]
