@@ -16,25 +16,7 @@ import argparse
 import os
 import sys
 
-from tests.lab.netlab import Lab
-
-FLOOD = r"""
-import socket, struct, sys
-n = int(sys.argv[1])
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-dst = socket.inet_aton("192.168.1.30")
-sent = 0
-for host in range(20, 40):
-    src = socket.inet_aton(f"192.168.1.{host}")
-    for sport in range(10000, 60000):
-        if sent == n:
-            break
-        udp = struct.pack("!HHHH", sport, 1234 + sent % 4, 9, 0) + b"x"
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 29, 0, 0, 64, 17, 0, src, dst)
-        s.sendto(ip + udp, ("192.168.1.30", 0))
-        sent += 1
-print(sent)
-"""
+from natbox.lab import Lab
 
 MEASURE = r"""
 import statistics, subprocess, sys, time
@@ -73,13 +55,12 @@ def main() -> int:
         return 2
     lab = Lab().up()
     try:
-        lab.nat_exec("sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=600")
         # One SNAT address has ~64k source ports per backend ip:port, so spread over four ports.
         out = lab.natbox(
             "add", "192.168.1.30:1234-1237", "10.0.2.50:9-12", "--proto", "udp", "--yes"
         )
         assert out.returncode == 0, out.stderr
-        sent = lab.exec(lab.client, sys.executable, "-c", FLOOD, str(args.flows)).stdout.strip()
+        sent = lab.flood(args.flows, 1234, 4)
         print(f"sent {sent} datagrams from the client namespace, {args.runs} runs, medians")
         print(lab.exec(lab.nat, sys.executable, "-c", MEASURE, str(args.runs)).stdout, end="")
     finally:

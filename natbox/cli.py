@@ -321,6 +321,17 @@ def _conntrack_kill(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The seed's lab in namespaces with the dashboard inside the nat box."""
+    from natbox import demo
+
+    if args.down:
+        gone = demo.down()
+        print(f"removed {', '.join(gone)}" if gone else "no demo was running")
+        return 0
+    return demo.run(args.flows, args.backend_choice)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
     parser = _Parser(
@@ -377,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_conntrack)
 
+    p = sub.add_parser("demo", help="the article's lab in namespaces, with the dashboard inside")
+    p.add_argument("--flows", type=int, default=0, metavar="N", help="also create N UDP flows")
+    p.add_argument("--down", action="store_true", help="remove a demo left by a crash")
+    p.set_defaults(func=cmd_demo)
+
     p = sub.add_parser("remove", help="remove a forward's rules, exactly those")
     p.add_argument("name")
     p.add_argument("--dry-run", action="store_true", help="show what would go, change nothing")
@@ -386,11 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_tui() -> int:
+def _run_tui(backend_choice: str | None) -> int:
     # Imported here so that `import natbox` never pulls in textual.
     app_module = importlib.import_module("tui.app")
-    run: Callable[[], int] = app_module.run
-    return run()
+    run: Callable[[str | None], int] = app_module.run
+    return run(backend_choice)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -399,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(args_list)
         if args.command is None:
-            return _run_tui()
+            return _run_tui(args.backend_choice)
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except NatboxError as exc:

@@ -2,43 +2,64 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Iterable
+from functools import partial
+from typing import Any, ClassVar
 
-from textual.app import App, ComposeResult
+from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
-from textual.widgets import Footer, Header, Static
+from textual.screen import Screen
 
-from natbox import __version__
+from tui.screens.dashboard import DashboardScreen
 
-PLACEHOLDER = (
-    f"natbox {__version__}\n\n"
-    "The dashboard is on its way. Until then the engine is on the command line:\n\n"
-    "  natbox plan 192.168.1.30:1234 10.0.2.50:80 --snat 10.0.2.40\n"
-    "  natbox --help"
-)
+PALETTE = [
+    ("Add a forward", "Open the add wizard", "add"),
+    ("Remove the selected forward", "Show its rules, then remove them", "remove"),
+    ("Conntrack viewer", "Live flows with both tuples", "conntrack"),
+    ("Flows of the selected forward", "The viewer, filtered to that forward", "flows_of_forward"),
+    ("Refresh", "Read rules, flows and interfaces now", "refresh"),
+    ("Filter rules", "Filter the rules table as you type", "filter_rules"),
+    ("Show rules", "The rules tab", "tab('rules')"),
+    ("Show interfaces", "The interfaces tab", "tab('interfaces')"),
+    ("Help", "Every key", "help"),
+]
 
 
 class NatboxApp(App[int]):
-    """The natbox dashboard."""
+    """The natbox dashboard. `engine` does every read and write (a fake in tests)."""
 
     CSS_PATH = "styles/app.tcss"
     TITLE = "natbox"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("q", "quit", "Quit", id="quit", tooltip="Leave natbox"),
+        Binding("ctrl+c", "quit", "Quit", show=False, id="app.quit", tooltip="Leave natbox"),
     ]
 
-    def compose(self) -> ComposeResult:
-        yield Header(icon="⇄")
-        yield Static(PLACEHOLDER, id="placeholder")
-        yield Footer()
+    def __init__(self, engine: Any) -> None:
+        super().__init__()
+        self.engine = engine
+
+    def on_mount(self) -> None:
+        self.push_screen(DashboardScreen())
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        if isinstance(screen, DashboardScreen):
+            for title, help_text, action in PALETTE:
+                yield SystemCommand(title, help_text, partial(screen.run_action, action))
 
 
-def make_app() -> NatboxApp:
-    """Build the app; tests and screenshots pass their fakes here as the app grows."""
-    return NatboxApp()
+def make_app(engine: Any = None) -> NatboxApp:
+    """Build the app around `engine` (the real Engine when None)."""
+    if engine is None:
+        from natbox.engine import Engine
+
+        engine = Engine()
+    return NatboxApp(engine)
 
 
-def run() -> int:
+def run(backend_choice: str | None = None) -> int:
     """Run the dashboard in this terminal."""
-    make_app().run()
-    return 0
+    from natbox.engine import Engine
+
+    result = make_app(Engine(backend_choice)).run()
+    return result or 0

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.lab.netlab import Lab
+from natbox.lab import Lab
 
 
 def _lab_unavailable() -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from tests.lab.netlab import NAT_LAN_IP, SERVER_IP, Lab
+from natbox.lab import NAT_LAN_IP, SERVER_IP, Lab
 
 TUPLE = re.compile(
     r"^(\S+)\s+\d+\s+\d+\s+(?:[A-Z_]+\s+)?src=(\S+) dst=(\S+)(?: sport=(\d+) dport=(\d+))?"

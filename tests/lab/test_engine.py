@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.netlab import NAT_LAN_IP, PAGE_TOKEN, SERVER_IP, Lab
+from natbox.lab import NAT_LAN_IP, PAGE_TOKEN, SERVER_IP, Lab
 
 FOREIGN = (Path(__file__).parents[1] / "fixtures" / "foreign.rules").read_text()
 FLAVOUR = {"restore": "nft", "iptc": "legacy"}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from natbox.lab import NAT_DMZ_IP, NAT_LAN_IP, PAGE_TOKEN, SERVER_IP, Lab
 from natbox.model import Forward
 from natbox.plan import build_plan
-from tests.lab.netlab import NAT_DMZ_IP, NAT_LAN_IP, PAGE_TOKEN, SERVER_IP, Lab
 
 SEED = Forward.from_text(f"{NAT_LAN_IP}:1234", f"{SERVER_IP}:80", name="web", snat=NAT_DMZ_IP)
 

@@ -59,6 +59,55 @@ except Exception as exc:
 """
 
 
+_TRAFFIC = """
+import socket, sys, time, urllib.request
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    try:
+        urllib.request.urlopen("http://192.168.1.30:1234/", timeout=1).read()
+    except Exception:
+        pass
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(1)
+    try:
+        s.sendto(b"ping", ("192.168.1.30", 1234))
+        s.recvfrom(100)
+    except Exception:
+        pass
+    s.close()
+    time.sleep(0.4)
+"""
+
+_FLOOD = """
+import socket, struct, sys
+n, sent = int(sys.argv[1]), 0
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+dst = socket.inet_aton("192.168.1.30")
+for host in range(20, 40):
+    src = socket.inet_aton(f"192.168.1.{host}")
+    for sport in range(10000, 60000):
+        if sent == n:
+            break
+        udp = struct.pack("!HHHH", sport, int(sys.argv[2]) + sent % int(sys.argv[3]), 9, 0) + b"x"
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 29, 0, 0, 64, 17, 0, src, dst)
+        s.sendto(ip + udp, ("192.168.1.30", 0))
+        sent += 1
+print(sent)
+"""
+
+# A few rules natbox does not own, so the dashboard has foreign rules to show (Docker-like, hand-made).
+DEMO_FOREIGN = """*filter
+:DOCKER-USER - [0:0]
+-A FORWARD -j DOCKER-USER
+-A FORWARD -s 192.168.1.0/24 -p tcp -m tcp --dport 22 -m comment --comment "hand made: ssh to the dmz" -j ACCEPT
+-A DOCKER-USER -j RETURN
+COMMIT
+*nat
+-A POSTROUTING -s 10.0.2.0/24 -o lan0 -m comment --comment "hand made masquerade" -j MASQUERADE
+COMMIT
+"""
+
+
 def sh(
     *argv: str, check: bool = True, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -72,10 +121,10 @@ def sh(
 
 
 class Lab:
-    """The seed topology in three fresh namespaces named nbt-<unique>-{client,nat,server}."""
+    """The seed topology in three fresh namespaces named <tag>-{c,n,s} (tag nbt-<unique> by default)."""
 
-    def __init__(self) -> None:
-        tag = f"nbt-{os.getpid()}-{secrets.token_hex(3)}"
+    def __init__(self, tag: str | None = None) -> None:
+        tag = tag or f"nbt-{os.getpid()}-{secrets.token_hex(3)}"
         self.client, self.nat, self.server = (f"{tag}-c", f"{tag}-n", f"{tag}-s")
         self.procs: list[subprocess.Popen[bytes]] = []
         self.workdir = Path(tempfile.mkdtemp(prefix="nbt-lab-"))
@@ -254,6 +303,18 @@ class Lab:
             ]
         return "".join(line + "\n" for line in lines)
 
+    def traffic(self, seconds: float = 86400.0) -> None:
+        """Start a gentle client: one HTTP request and one UDP echo every ~0.4 s, through the forward."""
+        self.spawn(self.client, sys.executable, "-c", _TRAFFIC, str(seconds))
+
+    def flood(self, flows: int, first_port: int = 1234, ports: int = 1) -> int:
+        """Create `flows` UDP flows from the client (one datagram per source address and port)."""
+        self.nat_exec("sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=600")
+        out = self.exec(
+            self.client, sys.executable, "-c", _FLOOD, str(flows), str(first_port), str(ports)
+        )
+        return int(out.stdout.strip() or 0)
+
     # -- tearing down ---------------------------------------------------------------------
     def close(self) -> None:
         """End the processes started here, delete the namespaces and the work dir."""
@@ -272,3 +333,20 @@ class Lab:
         for ns in (self.client, self.nat, self.server):
             sh("ip", "netns", "del", ns, check=False)
         sh("rm", "-rf", str(self.workdir), check=False)
+
+
+def teardown(tag: str) -> list[str]:
+    """Delete the namespaces <tag>-{c,n,s} left by a crashed run, ending the processes inside them."""
+    gone: list[str] = []
+    listed = sh("ip", "netns", "list", check=False).stdout.split()
+    for ns in (f"{tag}-c", f"{tag}-n", f"{tag}-s"):
+        if ns not in listed:
+            continue
+        for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        sh("ip", "netns", "del", ns, check=False)
+        gone.append(ns)
+    return gone

@@ -1,0 +1,161 @@
+"""Provides the Engine: the one object the TUI talks to (and tests replace with a fake).
+
+Every method may block (it runs iptables-save, reads /proc); the TUI calls them from thread workers.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass, field
+
+from natbox import conntrack, txn
+from natbox.backends import Backend
+from natbox.backends.detect import choose_backend
+from natbox.errors import NatboxError
+from natbox.model import Chain, Forward
+from natbox.ruleset import ForwardState, forward_states
+from natbox.status import WATCHED
+from natbox.system import ip_forward_enabled, is_root
+
+
+@dataclass(frozen=True)
+class InterfaceStat:
+    """One interface at one moment: addresses, MTU, link state and byte counters."""
+
+    name: str
+    addresses: tuple[str, ...]
+    mtu: int
+    up: bool
+    rx_bytes: int
+    tx_bytes: int
+
+
+@dataclass
+class Dashboard:
+    """Everything the dashboard shows, read in one go."""
+
+    host: str
+    backend: str
+    read_only: bool
+    ip_forward: bool
+    fill: conntrack.Fill
+    forwards: list[ForwardState] = field(default_factory=list)
+    chains: list[tuple[str, Chain]] = field(default_factory=list)
+    """(table, chain) for the watched built-in chains and natbox's own, in display order."""
+    interfaces: list[InterfaceStat] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+    taken_at: float = 0.0
+
+
+@dataclass
+class FlowSnapshot:
+    """One read of the conntrack table, with the index that tags flows with forwards."""
+
+    flows: list[conntrack.Flow]
+    index: conntrack.ForwardIndex
+    fill: conntrack.Fill
+    skipped: int = 0
+
+
+def interface_stats() -> list[InterfaceStat]:
+    """Interfaces with their counters (psutil)."""
+    import psutil  # imported on use: the CLI's write paths never need it
+
+    addrs = psutil.net_if_addrs()
+    stats = psutil.net_if_stats()
+    io = psutil.net_io_counters(pernic=True)
+    out: list[InterfaceStat] = []
+    for name in sorted(addrs, key=lambda n: (n == "lo", n)):
+        v4 = tuple(a.address for a in addrs[name] if a.family == socket.AF_INET)
+        st, counters = stats.get(name), io.get(name)
+        out.append(
+            InterfaceStat(
+                name,
+                v4,
+                st.mtu if st else 0,
+                bool(st and st.isup),
+                counters.bytes_recv if counters else 0,
+                counters.bytes_sent if counters else 0,
+            )
+        )
+    return out
+
+
+class Engine:
+    """The real engine: this host's netfilter, conntrack and interfaces."""
+
+    def __init__(self, backend_choice: str | None = None) -> None:
+        self._choice = backend_choice
+        self._backend: Backend | None = None
+        self._warnings: list[str] = []
+        self._forwards: list[Forward] = []
+
+    @property
+    def read_only(self) -> bool:
+        """Without root natbox can show what it may read, and changes nothing."""
+        return not is_root()
+
+    def backend(self) -> Backend:
+        """The backend, chosen once (detection has no side effects)."""
+        if self._backend is None:
+            self._backend, det = choose_backend(self._choice)
+            self._warnings = det.warnings
+        return self._backend
+
+    def dashboard(self) -> Dashboard:
+        """Read rules, forwards, facts and interfaces."""
+        data = Dashboard(
+            host=socket.gethostname(),
+            backend="?",
+            read_only=self.read_only,
+            ip_forward=ip_forward_enabled(),
+            fill=conntrack.table_fill(),
+            interfaces=interface_stats(),
+            taken_at=time.time(),
+        )
+        try:
+            backend = self.backend()
+            data.backend = backend.label
+            rs = backend.read()
+        except NatboxError as exc:
+            data.error = exc.one_line().removeprefix("natbox: ")
+            return data
+        data.forwards = forward_states(rs)
+        self._forwards = [s.forward for s in data.forwards if s.forward is not None]
+        for table, names in WATCHED.items():
+            for name in names:
+                chain = rs.chain(table, name)
+                if chain is not None:
+                    data.chains.append((table, chain))
+        for table in ("nat", "filter"):
+            t = rs.tables.get(table)
+            if t:
+                data.chains.extend(
+                    (table, c) for n, c in t.chains.items() if n.startswith("NATBOX-")
+                )
+        data.warnings = list(dict.fromkeys([*self._warnings, *rs.warnings]))
+        return data
+
+    def flows(self) -> FlowSnapshot:
+        """Read the conntrack table and tag flows with the forwards seen at the last dashboard()."""
+        table = conntrack.read_flows()
+        return FlowSnapshot(
+            table.flows,
+            conntrack.ForwardIndex(self._forwards),
+            conntrack.table_fill(),
+            table.skipped,
+        )
+
+    def preview_remove(self, name: str) -> dict[str, list[str]]:
+        """The exact lines removing `name` would commit."""
+        return txn.preview_remove(self.backend(), name)
+
+    def remove(self, name: str) -> txn.Outcome:
+        """Remove a forward (all its rules, or none)."""
+        return txn.remove(self.backend(), name)
+
+    def kill(self, flows: list[conntrack.Flow]) -> int:
+        """Delete flows by tuple."""
+        return conntrack.kill(flows)

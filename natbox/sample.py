@@ -1,0 +1,195 @@
+"""Provides SampleEngine: the seed's NAT box as fixed data, for tests, snapshots, screenshots and the
+viewer benchmark. Same interface as Engine; deterministic; changes only its own memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from natbox import conntrack
+from natbox.engine import Dashboard, FlowSnapshot, InterfaceStat
+from natbox.errors import NotFoundError
+from natbox.model import Forward
+from natbox.plan import OWN_CHAINS, build_plan, jump_rule
+from natbox.ruleset import parse_save
+from natbox.status import WATCHED
+from natbox.txn import Outcome, remove_lines
+
+SEED = Forward.from_text(
+    "192.168.1.30:1234", "10.0.2.50:80", proto="both", name="web", snat="10.0.2.40", mss_clamp=True
+)
+DNS = Forward.from_text(
+    "192.168.1.30:5353",
+    "10.0.2.53:53",
+    proto="udp",
+    name="dns",
+    snat="10.0.2.40",
+    sources=["192.168.1.0/24"],
+)
+FOREIGN = {
+    "filter": [
+        "-A FORWARD -j DOCKER-USER",
+        "-A FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        '-A FORWARD -s 192.168.1.0/24 -p tcp -m tcp --dport 22 -m comment --comment "hand made: ssh to the dmz" -j ACCEPT',
+        "-A DOCKER-USER -j RETURN",
+    ],
+    "nat": [
+        '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+        "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
+        "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE",
+        '-A POSTROUTING -s 10.0.2.0/24 -o lan0 -m comment --comment "hand made masquerade" -j MASQUERADE',
+        "-A DOCKER -i docker0 -j RETURN",
+        "-A DOCKER ! -i docker0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80",
+    ],
+}
+FOREIGN_CHAINS = {"filter": ["DOCKER-USER"], "nat": ["DOCKER", "KUBE-SERVICES"]}
+POLICIES = {
+    "filter": ("INPUT ACCEPT", "FORWARD DROP", "OUTPUT ACCEPT"),
+    "nat": ("PREROUTING ACCEPT", "INPUT ACCEPT", "OUTPUT ACCEPT", "POSTROUTING ACCEPT"),
+}
+
+
+def sample_save(forwards: list[Forward]) -> str:
+    """iptables-save -c text of the sample box: foreign rules plus these natbox forwards."""
+    out: list[str] = []
+    for table in ("filter", "nat"):
+        out.append(f"*{table}")
+        out.extend(f":{p} [1200:96000]" for p in POLICIES[table])
+        out.extend(f":{c} - [0:0]" for c in FOREIGN_CHAINS[table])
+        if forwards:
+            out.extend(f":{own} - [0:0]" for _, own in OWN_CHAINS[table])
+            out.extend(
+                f"[812:65012] {jump_rule(table, b, o).save_line}" for b, o in OWN_CHAINS[table]
+            )
+        out.extend(f"[3:180] {line}" for line in FOREIGN[table])
+        for fwd in forwards:
+            out.extend(f"[406:32506] {r.save_line}" for r in build_plan(fwd).table_rules(table))
+        out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
+def sample_flows(n: int) -> str:
+    """/proc/net/nf_conntrack text: n flows, most of them through the seed forward."""
+    lines: list[str] = []
+    kinds = ("tcp-est", "udp", "tcp-tw", "icmp", "ssh")
+    for i in range(n):
+        kind = kinds[i % len(kinds)] if i < 50 else ("udp" if i % 2 else "tcp-est")
+        c = f"192.168.{1 + (i // 60000)}.{20 + (i // 3000) % 200}"
+        sport = 10000 + i % 50000
+        acct = f"packets={3 + i % 17} bytes={180 + (i * 37) % 90000}"
+        back = f"packets={2 + i % 11} bytes={120 + (i * 53) % 400000}"
+        if kind in ("tcp-est", "tcp-tw"):
+            state, ttl = (
+                ("ESTABLISHED", 431999 - i % 500)
+                if kind == "tcp-est"
+                else ("TIME_WAIT", 30 + i % 90)
+            )
+            lines.append(
+                f"ipv4     2 tcp      6 {ttl} {state} src={c} dst=192.168.1.30 sport={sport} dport=1234 "
+                f"{acct} src=10.0.2.50 dst=10.0.2.40 sport=80 dport={sport} {back} [ASSURED] mark=0 zone=0 use=2"
+            )
+        elif kind == "udp":
+            lines.append(
+                f"ipv4     2 udp      17 {10 + i % 20} src={c} dst=192.168.1.30 sport={sport} dport=1234 "
+                f"{acct} src=10.0.2.50 dst=10.0.2.40 sport=80 dport={sport} {back} mark=0 zone=0 use=2"
+            )
+        elif kind == "icmp":
+            lines.append(
+                f"ipv4     2 icmp     1 29 src={c} dst=192.168.1.30 type=8 code=0 id={i} {acct} "
+                f"src=192.168.1.30 dst={c} type=0 code=0 id={i} {back} mark=0 zone=0 use=2"
+            )
+        else:
+            lines.append(
+                f"ipv4     2 tcp      6 7200 ESTABLISHED src={c} dst=192.168.1.30 sport={sport} dport=22 "
+                f"{acct} src=192.168.1.30 dst={c} sport=22 dport={sport} {back} [ASSURED] mark=0 zone=0 use=2"
+            )
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class SampleEngine:
+    """The seed's box as data. `flow_count` sets the table size (100k for the viewer benchmark)."""
+
+    flow_count: int = 40
+    forwards: list[Forward] = field(default_factory=lambda: [SEED, DNS])
+    read_only: bool = False
+    removed: list[str] = field(default_factory=list)
+    killed: list[conntrack.Flow] = field(default_factory=list)
+    reads: int = 0
+
+    def __post_init__(self) -> None:
+        self._flows = conntrack.parse_text(sample_flows(self.flow_count)).flows
+
+    def dashboard(self) -> Dashboard:
+        """The sample box's rules and facts; interface counters grow with each read."""
+        self.reads += 1
+        rs = parse_save(sample_save(self.forwards))
+        from natbox.ruleset import forward_states
+
+        data = Dashboard(
+            host="natbox-lab",
+            backend="restore (nft)",
+            read_only=self.read_only,
+            ip_forward=True,
+            fill=conntrack.Fill(len(self._flows), 262144, True, False),
+            forwards=forward_states(rs),
+            interfaces=[
+                InterfaceStat(
+                    "lan0",
+                    ("192.168.1.30",),
+                    1500,
+                    True,
+                    9_000_000 + 48_000 * self.reads,
+                    4_000_000 + 31_000 * self.reads,
+                ),
+                InterfaceStat(
+                    "dmz0",
+                    ("10.0.2.40",),
+                    1400,
+                    True,
+                    5_100_000 + 30_000 * self.reads,
+                    8_800_000 + 47_000 * self.reads,
+                ),
+                InterfaceStat("lo", ("127.0.0.1",), 65536, True, 1000, 1000),
+            ],
+            taken_at=1_700_000_000.0 + 3 * self.reads,
+        )
+        for table, names in WATCHED.items():
+            for name in names:
+                chain = rs.chain(table, name)
+                if chain is not None:
+                    data.chains.append((table, chain))
+        for table in ("nat", "filter"):
+            data.chains.extend(
+                (table, c) for n, c in rs.tables[table].chains.items() if n.startswith("NATBOX-")
+            )
+        return data
+
+    def flows(self) -> FlowSnapshot:
+        """The sample conntrack table."""
+        return FlowSnapshot(
+            list(self._flows),
+            conntrack.ForwardIndex(self.forwards),
+            conntrack.Fill(len(self._flows), 262144, True, False),
+        )
+
+    def preview_remove(self, name: str) -> dict[str, list[str]]:
+        """What removing `name` would commit on the sample box."""
+        lines = remove_lines(parse_save(sample_save(self.forwards)), name)
+        if not lines:
+            raise NotFoundError(f"there is no forward named {name}", "natbox list shows them")
+        return lines
+
+    def remove(self, name: str) -> Outcome:
+        """Drop the forward from the sample box."""
+        lines = self.preview_remove(name)
+        self.forwards = [f for f in self.forwards if f.name != name]
+        self.removed.append(name)
+        return Outcome("remove", name, "restore (nft)", lines, seconds=0.05)
+
+    def kill(self, flows: list[conntrack.Flow]) -> int:
+        """Forget these flows."""
+        keys = {f.key for f in flows}
+        before = len(self._flows)
+        self._flows = [f for f in self._flows if f.key not in keys]
+        self.killed.extend(flows)
+        return before - len(self._flows)

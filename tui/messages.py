@@ -1,0 +1,48 @@
+"""Provides the app's messages (past tense: they report what happened)."""
+
+from __future__ import annotations
+
+from textual.message import Message
+
+from natbox.conntrack import Flow
+from natbox.engine import Dashboard, FlowSnapshot
+
+
+class DashboardLoaded(Message):
+    """A fresh read of rules, forwards, facts and interfaces."""
+
+    def __init__(self, data: Dashboard) -> None:
+        self.data = data
+        super().__init__()
+
+
+class FlowsCounted(Message):
+    """Per-forward flow counts and bytes from one read of the conntrack table."""
+
+    def __init__(self, counts: dict[str, tuple[int, int]], snapshot: FlowSnapshot) -> None:
+        self.counts = counts
+        self.snapshot = snapshot
+        super().__init__()
+
+
+class FlowsRefreshed(Message):
+    """The viewer's rows after reading, filtering and sorting (done off the UI thread)."""
+
+    def __init__(
+        self, rows: list[Flow], total: int, cursor: int, snapshot: FlowSnapshot, generation: int
+    ) -> None:
+        self.rows = rows
+        self.generation = generation
+        self.total = total
+        self.cursor = cursor
+        self.snapshot = snapshot
+        super().__init__()
+
+
+class ForwardRemoved(Message):
+    """A forward's rules were removed."""
+
+    def __init__(self, name: str, seconds: float) -> None:
+        self.name = name
+        self.seconds = seconds
+        super().__init__()

@@ -1,0 +1,80 @@
+"""Provides ConfirmScreen: a yes/no modal that shows exactly what is about to happen."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Label, Static
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Ask before a change; `y` confirms, `n` or Escape declines."""
+
+    DEFAULT_CSS = """
+    ConfirmScreen {
+        align: center middle;
+    }
+    ConfirmScreen > Vertical {
+        width: 90%;
+        max-width: 110;
+        height: auto;
+        max-height: 90%;
+        border: thick $warning;
+        background: $surface;
+        padding: 0 1;
+    }
+    ConfirmScreen #question {
+        text-style: bold;
+        margin-bottom: 1;
+    }
+    ConfirmScreen VerticalScroll {
+        height: auto;
+        max-height: 12;
+    }
+    ConfirmScreen #detail {
+        color: $text-muted;
+    }
+    ConfirmScreen Horizontal {
+        height: auto;
+        align-horizontal: right;
+        margin-top: 1;
+    }
+    ConfirmScreen Button {
+        margin-left: 2;
+    }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y", "answer(True)", "Yes", id="confirm.yes", tooltip="Go ahead"),
+        Binding("n,escape", "answer(False)", "No", id="confirm.no", tooltip="Change nothing"),
+    ]
+
+    def __init__(self, question: str, detail: str = "") -> None:
+        super().__init__()
+        self.question = question
+        self.detail = detail
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(self.question, id="question")
+            if self.detail:
+                with VerticalScroll():
+                    yield Static(self.detail, id="detail", markup=False)
+            with Horizontal():
+                yield Button("No (n)", id="no", variant="default")
+                yield Button("Yes (y)", id="yes", variant="warning")
+
+    @on(Button.Pressed, "#yes")
+    def _yes(self) -> None:
+        self.dismiss(True)
+
+    @on(Button.Pressed, "#no")
+    def _no(self) -> None:
+        self.dismiss(False)
+
+    def action_answer(self, answer: bool) -> None:
+        self.dismiss(answer)
