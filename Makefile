@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := iptables conntrack iproute2 procps iputils-ping gcc tmux fonts-firacode
+APT_PACKAGES := iptables conntrack iproute2 procps iputils-ping gcc tmux fonts-firacode libcairo2
 export XTABLES_LOCKFILE ?= /tmp/natbox-test-xtables.lock
 
 .PHONY: test lint typecheck pytest deps venv screenshots bench demo clean
@@ -41,6 +41,15 @@ pytest: venv
 
 screenshots: venv
 	$(BIN)/python -m tui.screenshots screenshots
+
+# The article's lab in network namespaces, the seed's forward, traffic, and the dashboard (root).
+demo: venv
+	$(BIN)/natbox demo
+
+bench: venv
+	$(BIN)/python -m benchmarks.conntrack_100k
+	$(BIN)/python -m benchmarks.viewer_100k
+	$(BIN)/python -m benchmarks.apply_10k
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

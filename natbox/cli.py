@@ -277,7 +277,7 @@ def cmd_conntrack(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=1))
         return 0
     print(
-        f"{'PROTO':<7}{'STATE':<12}{'TTL':>6}  {'FLOW  client → listen ⇒ snat → backend':<62}{'PKTS':>7}{'BYTES':>10}  FORWARD"
+        f"{'PROTO':<7}{'STATE':<12}{'TTL':>6}  {'FLOW  client → listen => snat → backend':<62}{'PKTS':>7}{'BYTES':>10}  FORWARD"
     )
     for f in shown:
         counters = f"{f.packets:>7}{f.bytes:>10}" if fill.accounting else f"{'-':>7}{'-':>10}"

@@ -249,14 +249,14 @@ class Flow(tuple[str, ...]):
         return r[_D2] != self[_S1] or r[_DP2] != self[_SP1]
 
     def path(self) -> str:
-        """client → listen ⇒ snat-source → backend, the translation made visible."""
+        """client → listen => snat-source → backend, the translation made visible."""
         o = self.orig
         client, listen = _hostport(o.src, o.sport), _hostport(o.dst, o.dport)
         if not (self.dnat or self.snat):
             return f"{client} → {listen}"
         r = self.reply
         # The server sees the reply tuple reversed: from reply.dst to reply.src.
-        return f"{client} → {listen} ⇒ {_hostport(r.dst, r.dport)} → {_hostport(r.src, r.sport)}"
+        return f"{client} → {listen} => {_hostport(r.dst, r.dport)} → {_hostport(r.src, r.sport)}"
 
     def to_dict(self, forward: str | None = None) -> dict[str, object]:
         """JSON-ready, both tuples in full."""
@@ -349,6 +349,11 @@ class Table:
     source: str = ""
 
 
+CHUNK = 32 * 1024
+"""Characters parsed per regex call (~200 lines): the regex holds the GIL for one call, so a big
+table is parsed in slices and a UI thread waits at most one slice (~1 ms) for its turn."""
+
+
 def parse_text(text: str) -> Table:
     """Parse conntrack output (proc or `conntrack -L [-o extended]` format) in one regex pass."""
     # 100k rows of small objects would trigger the cyclic GC dozens of times; none of them can form
@@ -356,20 +361,45 @@ def parse_text(text: str) -> Table:
     gc_was_on = gc.isenabled()
     gc.disable()
     try:
-        return _parse_rows(_LINE.findall(text))
+        table = Table([], 0)
+        # Values that repeat across a big table (protocol, timeout, state, addresses, listen port)
+        # are stored once; slice by slice, the duplicates are freed before the next slice.
+        pool: dict[str, str] = {}
+        start = 0
+        while start < len(text):
+            end = text.find("\n", start + CHUNK)
+            end = len(text) if end < 0 else end + 1
+            _parse_rows(_LINE.findall(text, start, end), table, pool)
+            start = end
+        return table
     finally:
         if gc_was_on:
             gc.enable()
 
 
-def _parse_rows(rows: list[tuple[str, ...]]) -> Table:
+def _parse_rows(rows: list[tuple[str, ...]], table: Table, pool: dict[str, str]) -> None:
     new = tuple.__new__
-    flows: list[Flow] = []
-    append = flows.append
-    skipped = 0
+    append = table.flows.append
+    share = pool.setdefault
     for row in rows:
         if not row[_OTHER]:
-            append(new(Flow, row))
+            p, t, st, s1, d1, sp, dp, rest, _ = row
+            append(
+                new(
+                    Flow,
+                    (
+                        share(p, p),
+                        share(t, t),
+                        share(st, st),
+                        share(s1, s1),
+                        share(d1, d1),
+                        sp,
+                        share(dp, dp),
+                        rest,
+                        "",
+                    ),
+                )
+            )
             continue
         line = row[_OTHER]
         if line.startswith("conntrack v") or not line.strip():
@@ -377,8 +407,7 @@ def _parse_rows(rows: list[tuple[str, ...]]) -> Table:
         try:
             append(parse_generic(line))
         except (ValueError, IndexError, KeyError):
-            skipped += 1
-    return Table(flows, skipped)
+            table.skipped += 1
 
 
 def parse_lines(lines: Iterable[str]) -> Table:

@@ -10,7 +10,7 @@ from natbox.engine import Dashboard, FlowSnapshot, InterfaceStat
 from natbox.errors import NotFoundError
 from natbox.model import Forward
 from natbox.plan import OWN_CHAINS, build_plan, jump_rule
-from natbox.ruleset import parse_save
+from natbox.ruleset import forward_states, parse_save
 from natbox.status import WATCHED
 from natbox.txn import Outcome, remove_lines
 
@@ -117,13 +117,17 @@ class SampleEngine:
     reads: int = 0
 
     def __post_init__(self) -> None:
-        self._flows = conntrack.parse_text(sample_flows(self.flow_count)).flows
+        self._text = sample_flows(self.flow_count)
+        self._flows = conntrack.parse_text(self._text).flows
 
     def dashboard(self) -> Dashboard:
         """The sample box's rules and facts; interface counters grow with each read."""
         self.reads += 1
         rs = parse_save(sample_save(self.forwards))
-        from natbox.ruleset import forward_states
+
+        def wave(step: int) -> int:
+            # Traffic that rises and falls from read to read, so sparklines have a shape.
+            return sum(step * (1 + (i * 7) % 5) // 3 for i in range(self.reads))
 
         data = Dashboard(
             host="natbox-lab",
@@ -165,7 +169,9 @@ class SampleEngine:
         return data
 
     def flows(self) -> FlowSnapshot:
-        """The sample conntrack table."""
+        """The sample conntrack table, parsed anew on every read as the real engine does."""
+        killed = {f.key for f in self.killed}
+        self._flows = [f for f in conntrack.parse_text(self._text).flows if f.key not in killed]
         return FlowSnapshot(
             list(self._flows),
             conntrack.ForwardIndex(self.forwards),

@@ -19,7 +19,7 @@ from textual.strip import Strip
 
 from natbox.conntrack import Flow, ForwardIndex
 
-WIDE = 118
+WIDE = 128
 """From this width on, rows show the full path (listen and SNAT addresses) and the forward column."""
 
 
@@ -34,14 +34,14 @@ def human_bytes(n: int) -> str:
 
 
 def compact_path(flow: Flow) -> str:
-    """client → :listen-port ⇒ backend: the translation in as few columns as it takes."""
+    """client → :listen-port => backend: the translation in as few columns as it takes."""
     o = flow.orig
     client = f"{o.src}:{o.sport}" if o.sport is not None else o.src
     if not (flow.dnat or flow.snat):
         return f"{client} → {o.dst}:{o.dport}" if o.dport is not None else f"{client} → {o.dst}"
     r = flow.reply
     backend = f"{r.src}:{r.sport}" if r.sport is not None else r.src
-    return f"{client} →:{o.dport} ⇒ {backend}"
+    return f"{client} →:{o.dport} => {backend}"
 
 
 class FlowTable(ScrollView, can_focus=True):
@@ -118,14 +118,14 @@ class FlowTable(ScrollView, can_focus=True):
     def header(self, width: int) -> str:
         """The column titles for this width (the screen shows them above the rows)."""
         if width >= WIDE:
-            path = "FLOW  client → listen ⇒ snat source → backend"
-            return f"{'PROTO':<6}{'STATE':<12}{'TTL':>6}  {path:<{width - 66}}{'PKTS':>8}{'BYTES':>8}  {'FORWARD':<12}"
-        return f"{'PROTO':<6}{'STATE':<12}{'TTL':>5}  {'client →:port ⇒ backend':<{width - 33}}{'BYTES':>7}"
+            path = "FLOW  client → listen => snat source → backend"
+            return f"{'PROTO':<6}{'STATE':<12}{'TTL':>6}  {path:<{width - 56}}{'PKTS':>8}{'BYTES':>8}  {'FORWARD':<12}"
+        return f"{'PROTO':<6}{'STATE':<12}{'TTL':>6}  {'client →:port => backend':<{width - 34}}{'BYTES':>8}"
 
     def render_line(self, y: int) -> Strip:
         """One row, formatted only now that it is on screen."""
         index = int(self.scroll_offset.y) + y
-        width = self.size.width
+        width = self.scrollable_content_region.width
         if index >= len(self._rows):
             return Strip.blank(width, self.rich_style)
         flow = self._rows[index]
@@ -136,20 +136,20 @@ class FlowTable(ScrollView, can_focus=True):
         dim = base + self.get_component_rich_style("flow-table--dim", partial=True)
         state = (flow.state or "-")[:11]
         if width >= WIDE:
-            path, pwidth = flow.path(), width - 66
+            path, pwidth = flow.path(), width - 56
             head = f"{flow.proto[:5]:<6}{state:<12}{flow.timeout:>6}  "
             counters = f"{flow.packets:>8}{human_bytes(flow.bytes):>8}  "
             tail = f"{(self._owner(flow) or '')[:12]:<12}"
         else:
-            path, pwidth = compact_path(flow), width - 33
-            head = f"{flow.proto[:5]:<6}{state:<12}{flow.timeout:>5}  "
-            counters = f"{human_bytes(flow.bytes):>7}"
+            path, pwidth = compact_path(flow), width - 34
+            head = f"{flow.proto[:5]:<6}{state:<12}{flow.timeout:>6}  "
+            counters = f"{human_bytes(flow.bytes):>8}"
             tail = ""
         path = path[:pwidth].ljust(pwidth)
-        plain, _, translated = path.partition("⇒")
+        plain, _, translated = path.partition("=>")
         segments = [Segment(head, base), Segment(plain, base)]
         if translated:
-            segments.append(Segment("⇒" + translated, nat))
+            segments.append(Segment("=>" + translated, nat))
         segments += [Segment(counters, dim), Segment(tail, base)]
         return Strip(segments).adjust_cell_length(width, base)
 

@@ -9,14 +9,14 @@ from natbox.conntrack import Fill
 
 
 def gauge(count: int | None, maximum: int | None, width: int = 8) -> Text:
-    """`▰▰▱▱▱▱▱▱ 1234/262144`, coloured by how full the table is."""
+    """`██░░░░░░ 1234/262144`, coloured by how full the table is."""
     if count is None or not maximum:
         return Text("conntrack ?", style="dim")
     share = count / maximum
     filled = min(width, round(share * width))
     style = "red" if share > 0.8 else "yellow" if share > 0.5 else "green"
     return Text.assemble(
-        ("▰" * filled, style), ("▱" * (width - filled), "dim"), f" {count}/{maximum}"
+        ("█" * filled, style), ("░" * (width - filled), "dim"), f" {count}/{maximum}"
     )
 
 

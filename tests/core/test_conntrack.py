@@ -59,7 +59,7 @@ def test_the_forwarded_tcp_flow_shows_the_translation() -> None:
     assert tcp.dnat and tcp.snat
     assert (
         tcp.path()
-        == f"192.168.1.20:{tcp.orig.sport} → 192.168.1.30:1234 ⇒ 10.0.2.40:{tcp.reply.dport} → 10.0.2.50:80"
+        == f"192.168.1.20:{tcp.orig.sport} → 192.168.1.30:1234 => 10.0.2.40:{tcp.reply.dport} → 10.0.2.50:80"
     )
     assert tcp.orig_packets and tcp.reply_bytes  # accounting was on in the lab
 

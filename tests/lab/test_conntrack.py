@@ -66,7 +66,7 @@ def test_flow_set_equals_conntrack_L(lab: Lab) -> None:
         }  # type: ignore[index]
     assert any(f["proto"] == "icmp" and not f["dnat"] for f in flows)
     human = lab.natbox("conntrack", "--forward", "web", "--proto", "tcp")
-    assert human.returncode == 0 and "⇒ 10.0.2.40:" in human.stdout and "1 of " in human.stdout
+    assert human.returncode == 0 and "=> 10.0.2.40:" in human.stdout and "1 of " in human.stdout
 
 
 def test_kill_one_flow_by_tuple(lab: Lab) -> None:

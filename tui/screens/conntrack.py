@@ -82,7 +82,7 @@ class ConntrackScreen(Screen[None]):
         self._timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
-        yield Header(icon="⇄")
+        yield Header(icon="»")
         yield Input(placeholder="filter: words that must all appear (Esc closes)", id="filter")
         yield Static("", id="columns")
         yield FlowTable(id="flows")
@@ -99,7 +99,7 @@ class ConntrackScreen(Screen[None]):
         self._columns()
 
     def _columns(self) -> None:
-        width = self.table.size.width or self.size.width
+        width = self.table.scrollable_content_region.width or self.size.width
         self.query_one("#columns", Static).update(self.table.header(width))
 
     # ---------------------------------------------------------------- worker
@@ -165,8 +165,9 @@ class ConntrackScreen(Screen[None]):
         self._total = message.total
         with self.app.batch_update():
             self.table.set_rows(message.rows, message.snapshot.index, message.cursor)
-            self._columns()
             self._status()
+        # After layout: the scrollbar (when rows overflow) narrows the rows the header must match.
+        self.call_after_refresh(self._columns)
         self._schedule()
 
     def _status(self) -> None:

@@ -118,7 +118,7 @@ class DashboardScreen(Screen[None]):
         self._polls: dict[str, Timer] = {}
 
     def compose(self) -> ComposeResult:
-        yield Header(icon="⇄")
+        yield Header(icon="»")
         yield StatusBar("reading the firewall…", id="status")
         yield Static("", id="problem")
         yield DataTable(id="forwards", cursor_type="row", zebra_stripes=True)

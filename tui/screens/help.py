@@ -31,9 +31,11 @@ def key_table(screen: Screen[Any]) -> Table:
         if keys in seen:
             continue
         seen.add(keys)
+        seen.update(keys.split())
         table.add_row(keys, binding.tooltip or binding.description)
     for key, text in GLOBAL_KEYS:
-        table.add_row(key, text)
+        if key not in seen:
+            table.add_row(key, text)
     return table
 
 

@@ -1,0 +1,104 @@
+"""Provides the screen states worth looking at, and `python -m tui.screenshots DIR` to write them as
+SVG and PNG. The snapshot tests use the same STATES, so the pictures are what the tests check."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from textual.pilot import Pilot
+from textual.widgets import Input
+from textual.worker import WorkerState
+
+from natbox.sample import SampleEngine
+from tui.app import NatboxApp, make_app
+
+
+async def settle(pilot: Pilot[int]) -> None:
+    """Let thread workers finish and their messages be handled (a modal's async worker may wait)."""
+    for _ in range(3):
+        busy = [
+            w
+            for w in pilot.app.workers
+            if w._thread_worker and w.state in (WorkerState.PENDING, WorkerState.RUNNING)
+        ]
+        if busy:
+            await asyncio.wait([asyncio.ensure_future(w.wait()) for w in busy], timeout=10)
+        await pilot.pause()
+
+
+async def _no_blink(pilot: Pilot[int]) -> None:
+    for box in pilot.app.screen.query(Input):
+        box.cursor_blink = False
+    await pilot.pause()
+
+
+@dataclass(frozen=True)
+class State:
+    """One screen state: its name, terminal size, the keys that reach it, the sample size."""
+
+    name: str
+    size: tuple[int, int]
+    keys: tuple[str, ...] = ()
+    flows: int = 60
+    after: Callable[[Pilot[int]], Awaitable[None]] | None = field(default=None, compare=False)
+
+    def app(self) -> NatboxApp:
+        """A fresh app over a fresh sample engine."""
+        return make_app(SampleEngine(flow_count=self.flows))
+
+    async def reach(self, pilot: Pilot[int]) -> None:
+        """Drive the app to this state."""
+        await settle(pilot)
+        for key in self.keys:
+            await pilot.press(key)
+            await settle(pilot)
+        if self.after is not None:
+            await self.after(pilot)
+
+
+STATES = [
+    State("dashboard", (120, 34)),
+    State("dashboard-80x24", (80, 24)),
+    State("dashboard-interfaces-80x24", (80, 24), ("2", "r", "r", "r", "r")),
+    State("rules-filter-80x24", (80, 24), ("slash", *"masq"), after=_no_blink),
+    State("remove-confirm-80x24", (80, 24), ("d",)),
+    State("help-80x24", (80, 24), ("question_mark",)),
+    State("conntrack", (130, 34), ("c",), flows=100_000),
+    State("conntrack-80x24", (80, 24), ("c",), flows=100_000),
+    State("conntrack-filter-80x24", (80, 24), ("c", "slash", *"icmp", "enter"), after=_no_blink),
+    State("conntrack-kill-80x24", (80, 24), ("c", "down", "x")),
+]
+
+
+async def shoot(state: State, out: Path) -> Path:
+    """Save one state as SVG (and PNG when cairosvg is there); returns the SVG path."""
+    app = state.app()
+    async with app.run_test(size=state.size) as pilot:
+        await state.reach(pilot)
+        svg = Path(app.save_screenshot(filename=f"{state.name}.svg", path=str(out)))
+    try:
+        import cairosvg
+    except ImportError:  # PNGs need cairosvg (pip) and the Fira Code font (fonts-firacode)
+        return svg
+    cairosvg.svg2png(
+        url=str(svg), write_to=str(svg.with_suffix(".png")), output_width=state.size[0] * 12
+    )
+    return svg
+
+
+def main(argv: list[str]) -> int:
+    """Write every state to the directory given (default screenshots/)."""
+    out = Path(argv[0] if argv else "screenshots")
+    out.mkdir(parents=True, exist_ok=True)
+    for state in STATES:
+        path = asyncio.run(shoot(state, out))
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
