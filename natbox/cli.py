@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from natbox import __version__, conntrack, txn
+from natbox import __version__, conntrack, txn, watchdog
 from natbox.backends import Backend
 from natbox.backends.detect import BACKEND_CHOICES, choose_backend
 from natbox.errors import NatboxError, NotFoundError
@@ -153,7 +153,19 @@ def cmd_add(args: argparse.Namespace) -> int:
         print(f"forward {fwd.name}: {fwd.proto} {fwd.listen} → {fwd.backend} via {backend.label}")
         print("\n".join(plan.plain()))
     _confirm(args, f"Apply forward {fwd.name}?")
-    outcome = txn.apply(backend, fwd, enable_ip_forward=args.enable_forwarding)
+    if args.confirm is not None:
+        # The watchdog is armed before the rules go in; a failed apply disarms it.
+        armed = watchdog.arm(fwd.name, args.confirm, args.backend_choice)
+        try:
+            outcome = txn.apply(backend, fwd, enable_ip_forward=args.enable_forwarding)
+        except BaseException:
+            watchdog.disarm(armed)
+            raise
+        outcome.notes.append(
+            f"rolled back in {args.confirm:g} s unless you run: natbox confirm (or natbox rollback now)"
+        )
+    else:
+        outcome = txn.apply(backend, fwd, enable_ip_forward=args.enable_forwarding)
     if args.json:
         print(json.dumps(outcome.to_dict(), indent=2))
     else:
@@ -185,6 +197,20 @@ def cmd_remove(args: argparse.Namespace) -> int:
     if args.yes:
         _print_lines(outcome.lines)
     print(f"removed {args.name} ({outcome.seconds * 1000:.0f} ms)")
+    return 0
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    """Keep the change waiting in its confirm window."""
+    txn.require_root()
+    print(f"kept {watchdog.confirm()}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Roll back the change waiting in its confirm window, now."""
+    txn.require_root()
+    print(f"rolled back {watchdog.rollback()}")
     return 0
 
 
@@ -363,9 +389,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--enable-forwarding", action="store_true", help="turn on net.ipv4.ip_forward if it is off"
     )
     p.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
+    p.add_argument(
+        "--confirm",
+        type=float,
+        metavar="SECONDS",
+        help="roll back after SECONDS unless `natbox confirm` (survives a dropped SSH session)",
+    )
     p.add_argument("--yes", "-y", action="store_true", help="do not ask")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_add)
+
+    p = sub.add_parser("confirm", help="keep the change waiting in its confirm window")
+    p.set_defaults(func=cmd_confirm)
+    p = sub.add_parser("rollback", help="roll back the change waiting in its confirm window, now")
+    p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser(
         "conntrack", help="live flows with both tuples; `conntrack kill` deletes some"

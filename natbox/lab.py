@@ -129,7 +129,12 @@ class Lab:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.workdir = Path(tempfile.mkdtemp(prefix="nbt-lab-"))
         self.lockfile = str(self.workdir / "xtables.lock")
-        self.env = {**os.environ, "XTABLES_LOCKFILE": self.lockfile}
+        self.state_dir = str(self.workdir / "state")
+        self.env = {
+            **os.environ,
+            "XTABLES_LOCKFILE": self.lockfile,
+            "NATBOX_STATE_DIR": self.state_dir,
+        }
 
     # -- building -------------------------------------------------------------------------
     def up(self) -> Lab:
