@@ -373,6 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="how to write rules (default auto, or $NATBOX_BACKEND)",
     )
+    parser.add_argument(
+        "--confirm-window",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="dashboard: how long a new forward waits for y before it is rolled back (default 30)",
+    )
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
     p = sub.add_parser("plan", help="show the rules a forward needs (changes nothing)")
     _add_forward_args(p)
@@ -439,11 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_tui(backend_choice: str | None) -> int:
+def _run_tui(backend_choice: str | None, confirm_seconds: float) -> int:
     # Imported here so that `import natbox` never pulls in textual.
     app_module = importlib.import_module("tui.app")
-    run: Callable[[str | None], int] = app_module.run
-    return run(backend_choice)
+    run: Callable[[str | None, float], int] = app_module.run
+    return run(backend_choice, confirm_seconds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -452,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(args_list)
         if args.command is None:
-            return _run_tui(args.backend_choice)
+            return _run_tui(args.backend_choice, args.confirm_window)
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except NatboxError as exc:

@@ -8,15 +8,17 @@ from __future__ import annotations
 import socket
 import time
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 
-from natbox import conntrack, txn
+from natbox import conntrack, txn, watchdog
 from natbox.backends import Backend
 from natbox.backends.detect import choose_backend
+from natbox.checks import Facts, Finding, preflight
 from natbox.errors import NatboxError
 from natbox.model import Chain, Forward
 from natbox.ruleset import ForwardState, forward_states
 from natbox.status import WATCHED
-from natbox.system import ip_forward_enabled, is_root
+from natbox.system import ip_forward_enabled, is_root, route_to
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,25 @@ class Dashboard:
     taken_at: float = 0.0
 
 
+@dataclass(frozen=True)
+class Derived:
+    """What natbox works out from the listen and backend addresses (the wizard shows and prefills it)."""
+
+    snat: str | None
+    """The local address the kernel uses to reach the backend."""
+    backend_dev: str | None
+    listen_dev: str | None
+    mtu_listen: int | None
+    mtu_backend: int | None
+    ip_forward: bool
+    route_error: str = ""
+
+    @property
+    def mss_suggested(self) -> bool:
+        """The two sides' MTUs differ: clamp the MSS."""
+        return bool(self.mtu_listen and self.mtu_backend and self.mtu_listen != self.mtu_backend)
+
+
 @dataclass
 class FlowSnapshot:
     """One read of the conntrack table, with the index that tags flows with forwards."""
@@ -57,6 +78,10 @@ class FlowSnapshot:
     index: conntrack.ForwardIndex
     fill: conntrack.Fill
     skipped: int = 0
+
+
+def _mtu(stats: dict[str, InterfaceStat], dev: str | None) -> int | None:
+    return stats[dev].mtu if dev in stats else None
 
 
 def interface_stats() -> list[InterfaceStat]:
@@ -147,6 +172,64 @@ class Engine:
             conntrack.table_fill(),
             table.skipped,
         )
+
+    def local_addresses(self) -> list[tuple[str, str]]:
+        """(address, interface) of this host, loopback last: the wizard's choices for the listen side."""
+        return [(a, i.name) for i in interface_stats() for a in i.addresses]
+
+    def derive(self, listen_ip: str, backend_ip: str) -> Derived:
+        """The SNAT source (route lookup), both sides' interfaces and MTUs, ip_forward."""
+        stats = {i.name: i for i in interface_stats()}
+        local = {a: i.name for i in stats.values() for a in i.addresses}
+        listen_dev = local.get(listen_ip)
+        try:
+            route = route_to(IPv4Address(backend_ip))
+        except (NatboxError, ValueError) as exc:
+            text = exc.message if isinstance(exc, NatboxError) else str(exc)
+            return Derived(
+                None, None, listen_dev, _mtu(stats, listen_dev), None, ip_forward_enabled(), text
+            )
+        return Derived(
+            str(route.src) if route.src else None,
+            route.dev,
+            listen_dev,
+            _mtu(stats, listen_dev),
+            _mtu(stats, route.dev),
+            ip_forward_enabled(),
+        )
+
+    def preflight(self, fwd: Forward) -> list[Finding]:
+        """Everything that would make `fwd` fail here, before it is applied."""
+        stats = interface_stats()
+        local = {IPv4Address(a): i.name for i in stats for a in i.addresses}
+        route, error = None, ""
+        try:
+            route = route_to(fwd.backend.ip)
+        except NatboxError as exc:
+            error = exc.message
+        facts = Facts(ip_forward_enabled(), local, route, error, {i.name: i.mtu for i in stats})
+        return preflight(fwd, self.backend().read(natbox_only=True), facts)
+
+    def apply(
+        self, fwd: Forward, *, confirm_seconds: float | None = None, enable_forwarding: bool = False
+    ) -> txn.Outcome:
+        """Apply `fwd`; with `confirm_seconds`, a detached watchdog rolls it back unless confirmed."""
+        if confirm_seconds is None:
+            return txn.apply(self.backend(), fwd, enable_ip_forward=enable_forwarding)
+        armed = watchdog.arm(fwd.name, confirm_seconds, self._choice)
+        try:
+            return txn.apply(self.backend(), fwd, enable_ip_forward=enable_forwarding)
+        except BaseException:
+            watchdog.disarm(armed)
+            raise
+
+    def confirm(self) -> str:
+        """Keep the change waiting in its confirm window."""
+        return watchdog.confirm()
+
+    def rollback(self) -> str:
+        """Roll back the change waiting in its confirm window, now."""
+        return watchdog.rollback()
 
     def preview_remove(self, name: str) -> dict[str, list[str]]:
         """The exact lines removing `name` would commit."""

@@ -4,15 +4,18 @@ viewer benchmark. Same interface as Engine; deterministic; changes only its own 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 
 from natbox import conntrack
-from natbox.engine import Dashboard, FlowSnapshot, InterfaceStat
-from natbox.errors import NotFoundError
+from natbox.checks import Facts, Finding, preflight
+from natbox.engine import Dashboard, Derived, FlowSnapshot, InterfaceStat
+from natbox.errors import NatboxError, NotFoundError
 from natbox.model import Forward
 from natbox.plan import OWN_CHAINS, build_plan, jump_rule
 from natbox.ruleset import forward_states, parse_save
 from natbox.status import WATCHED
-from natbox.txn import Outcome, remove_lines
+from natbox.system import Route
+from natbox.txn import Outcome, apply_lines, conflicts, remove_lines
 
 SEED = Forward.from_text(
     "192.168.1.30:1234", "10.0.2.50:80", proto="both", name="web", snat="10.0.2.40", mss_clamp=True
@@ -113,6 +116,10 @@ class SampleEngine:
     forwards: list[Forward] = field(default_factory=lambda: [SEED, DNS])
     read_only: bool = False
     removed: list[str] = field(default_factory=list)
+    applied: list[Forward] = field(default_factory=list)
+    ip_forward: bool = True
+    waiting: str | None = None
+    """The forward in its confirm window (the sample has no watchdog process: rollback() is called)."""
     killed: list[conntrack.Flow] = field(default_factory=list)
     reads: int = 0
 
@@ -133,7 +140,7 @@ class SampleEngine:
             host="natbox-lab",
             backend="restore (nft)",
             read_only=self.read_only,
-            ip_forward=True,
+            ip_forward=self.ip_forward,
             fill=conntrack.Fill(len(self._flows), 262144, True, False),
             forwards=forward_states(rs),
             interfaces=[
@@ -177,6 +184,79 @@ class SampleEngine:
             conntrack.ForwardIndex(self.forwards),
             conntrack.Fill(len(self._flows), 262144, True, False),
         )
+
+    def local_addresses(self) -> list[tuple[str, str]]:
+        """The sample box's addresses."""
+        return [("192.168.1.30", "lan0"), ("10.0.2.40", "dmz0"), ("127.0.0.1", "lo")]
+
+    def derive(self, listen_ip: str, backend_ip: str) -> Derived:
+        """Routes of the sample box: 192.168.1.0/24 on lan0 (MTU 1500), 10.0.2.0/24 on dmz0 (1400)."""
+        mtus = {"lan0": 1500, "dmz0": 1400}
+        listen_dev = {"192.168.1.30": "lan0", "10.0.2.40": "dmz0"}.get(listen_ip)
+        if backend_ip.startswith("10.0.2."):
+            snat, dev = "10.0.2.40", "dmz0"
+        elif backend_ip.startswith("192.168.1."):
+            snat, dev = "192.168.1.30", "lan0"
+        else:
+            return Derived(
+                None,
+                None,
+                listen_dev,
+                mtus.get(listen_dev or ""),
+                None,
+                self.ip_forward,
+                f"no route to {backend_ip}: Network is unreachable",
+            )
+        return Derived(
+            snat, dev, listen_dev, mtus.get(listen_dev or ""), mtus[dev], self.ip_forward
+        )
+
+    def preflight(self, fwd: Forward) -> list[Finding]:
+        """The core's preflight over the sample box's facts."""
+        d = self.derive(str(fwd.listen.ip), str(fwd.backend.ip))
+        route = (
+            Route(fwd.backend.ip, d.backend_dev, IPv4Address(d.snat), None)
+            if d.backend_dev and d.snat
+            else None
+        )
+        facts = Facts(
+            self.ip_forward,
+            {IPv4Address(a): dev for a, dev in self.local_addresses()},
+            route,
+            d.route_error,
+            {"lan0": 1500, "dmz0": 1400, "lo": 65536},
+        )
+        return preflight(fwd, parse_save(sample_save(self.forwards)), facts)
+
+    def apply(
+        self, fwd: Forward, *, confirm_seconds: float | None = None, enable_forwarding: bool = False
+    ) -> Outcome:
+        """Add the forward to the sample box (same conflict rules as the real one)."""
+        conflicts(parse_save(sample_save(self.forwards)), fwd)
+        if not self.ip_forward and not enable_forwarding:
+            raise NatboxError("IPv4 forwarding is off on this box", "pass --enable-forwarding")
+        self.ip_forward = True
+        self.forwards.append(fwd)
+        self.applied.append(fwd)
+        if confirm_seconds is not None:
+            self.waiting = fwd.name
+        lines = apply_lines(parse_save(sample_save(self.forwards[:-1])), build_plan(fwd))
+        return Outcome("apply", fwd.name, "restore (nft)", lines, seconds=0.05)
+
+    def confirm(self) -> str:
+        """Keep the waiting forward."""
+        if self.waiting is None:
+            raise NatboxError("no change waits for confirmation", "")
+        name, self.waiting = self.waiting, None
+        return name
+
+    def rollback(self) -> str:
+        """Remove the waiting forward."""
+        if self.waiting is None:
+            raise NatboxError("no change waits for confirmation", "")
+        name, self.waiting = self.waiting, None
+        self.forwards = [f for f in self.forwards if f.name != name]
+        return name
 
     def preview_remove(self, name: str) -> dict[str, list[str]]:
         """What removing `name` would commit on the sample box."""

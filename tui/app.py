@@ -15,6 +15,7 @@ from tui.screens.dashboard import DashboardScreen
 PALETTE = [
     ("Add a forward", "Open the add wizard", "add"),
     ("Remove the selected forward", "Show its rules, then remove them", "remove"),
+    ("Undo", "Undo the last change of this session", "undo"),
     ("Conntrack viewer", "Live flows with both tuples", "conntrack"),
     ("Flows of the selected forward", "The viewer, filtered to that forward", "flows_of_forward"),
     ("Refresh", "Read rules, flows and interfaces now", "refresh"),
@@ -34,9 +35,11 @@ class NatboxApp(App[int]):
         Binding("ctrl+c", "quit", "Quit", show=False, id="app.quit", tooltip="Leave natbox"),
     ]
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: Any, confirm_seconds: float = 30.0) -> None:
         super().__init__()
         self.engine = engine
+        self.confirm_seconds = confirm_seconds
+        """How long a new forward waits for `y` before it is rolled back."""
 
     def on_mount(self) -> None:
         self.push_screen(DashboardScreen())
@@ -48,18 +51,18 @@ class NatboxApp(App[int]):
                 yield SystemCommand(title, help_text, partial(screen.run_action, action))
 
 
-def make_app(engine: Any = None) -> NatboxApp:
+def make_app(engine: Any = None, confirm_seconds: float = 30.0) -> NatboxApp:
     """Build the app around `engine` (the real Engine when None)."""
     if engine is None:
         from natbox.engine import Engine
 
         engine = Engine()
-    return NatboxApp(engine)
+    return NatboxApp(engine, confirm_seconds)
 
 
-def run(backend_choice: str | None = None) -> int:
+def run(backend_choice: str | None = None, confirm_seconds: float = 30.0) -> int:
     """Run the dashboard in this terminal."""
     from natbox.engine import Engine
 
-    result = make_app(Engine(backend_choice)).run()
+    result = make_app(Engine(backend_choice), confirm_seconds).run()
     return result or 0

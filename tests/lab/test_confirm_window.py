@@ -57,4 +57,6 @@ def test_failed_apply_leaves_no_watchdog(lab: Lab) -> None:
     out = lab.natbox("add", *SEED, "--confirm", "2")
     assert out.returncode == 2 and "already exists" in out.stderr
     time.sleep(3)
-    assert "natbox:web" in lab.save(), "the watchdog of a failed apply must not remove the old forward"
+    assert "natbox:web" in lab.save(), (
+        "the watchdog of a failed apply must not remove the old forward"
+    )

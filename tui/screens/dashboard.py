@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict, deque
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import events, on, work
@@ -15,9 +15,12 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane
+from textual.worker import WorkerFailed
 
 from natbox.engine import Dashboard
 from natbox.errors import NatboxError
+from natbox.model import Forward
+from natbox.plan import build_plan
 from tui.messages import DashboardLoaded, FlowsCounted, ForwardRemoved
 from widgets.flow_table import human_bytes
 from widgets.sparkline import rate, spark
@@ -74,6 +77,9 @@ class DashboardScreen(Screen[None]):
             "d", "remove", "Remove", id="dashboard.remove", tooltip="Remove the selected forward"
         ),
         Binding(
+            "u", "undo", "Undo", id="dashboard.undo", tooltip="Undo the last change of this session"
+        ),
+        Binding(
             "c", "conntrack", "Flows", id="dashboard.conntrack", tooltip="Live conntrack viewer"
         ),
         Binding(
@@ -116,6 +122,8 @@ class DashboardScreen(Screen[None]):
         self._last_io: dict[str, tuple[float, int, int]] = {}
         self._rules_filter = ""
         self._polls: dict[str, Timer] = {}
+        self.history: list[tuple[str, Forward]] = []
+        """This session's changes, newest last: ("added" | "removed", forward), for `u`."""
 
     def compose(self) -> ComposeResult:
         yield Header(icon="»")
@@ -392,9 +400,96 @@ class DashboardScreen(Screen[None]):
     # ---------------------------------------------------------------- actions
 
     def action_add(self) -> None:
-        self.notify(
-            "The add wizard is coming. Until then: sudo natbox add LISTEN BACKEND", title="natbox"
+        if self.data is not None and self.data.read_only:
+            self.notify("read-only: run natbox with sudo to add forwards", severity="warning")
+            return
+        self._wizard()
+
+    @work(exclusive=True, group="wizard", exit_on_error=False)
+    async def _wizard(self) -> None:
+        from tui.screens.wizard import WizardScreen
+
+        addresses = await self._in_thread(self.app.engine.local_addresses)  # type: ignore[attr-defined]
+        result = await self.app.push_screen_wait(WizardScreen(addresses, self._window))
+        if result is not None:
+            await self._apply_with_window(result.forward, result.enable_forwarding)
+
+    async def _in_thread(self, fn: Callable[[], Any]) -> Any:
+        worker = self.app.run_worker(
+            fn, thread=True, exit_on_error=False, description="Engine call"
         )
+        try:
+            return await worker.wait()
+        except WorkerFailed as failed:
+            # The engine's own errors surface as themselves, so callers catch NatboxError.
+            if isinstance(failed.error, NatboxError):
+                raise failed.error from None
+            raise
+
+    async def _apply_with_window(self, fwd: Forward, enable_forwarding: bool = False) -> bool:
+        """Apply `fwd` with the confirm window; True when the user kept it."""
+        from tui.screens.countdown import CountdownScreen
+
+        engine = self.app.engine  # type: ignore[attr-defined]
+        try:
+            await self._in_thread(
+                lambda: engine.apply(
+                    fwd, confirm_seconds=self._window, enable_forwarding=enable_forwarding
+                )
+            )
+        except NatboxError as exc:
+            self.notify(exc.one_line(), severity="error")
+            return False
+        self.load_dashboard()
+        keep = await self.app.push_screen_wait(CountdownScreen(fwd.name, self._window))
+        try:
+            if keep:
+                await self._in_thread(engine.confirm)
+                self.history.append(("added", fwd))
+                self.notify(f"kept {fwd.name}", title="natbox")
+            else:
+                await self._in_thread(engine.rollback)
+                self.notify(f"rolled back {fwd.name}", title="natbox")
+        except NatboxError as exc:  # e.g. the watchdog rolled it back a moment earlier
+            self.notify(exc.message, severity="warning")
+            keep = False
+        self.load_dashboard()
+        self.count_flows()
+        return bool(keep)
+
+    def action_undo(self) -> None:
+        if not self.history:
+            self.notify("nothing to undo in this session", severity="warning")
+            return
+        self._undo()
+
+    @work(exclusive=True, group="undo", exit_on_error=False)
+    async def _undo(self) -> None:
+        from tui.screens.confirm import ConfirmScreen
+
+        kind, fwd = self.history[-1]
+        if kind == "added":
+            try:
+                lines = await self._preview_remove(fwd.name)
+            except NatboxError as exc:
+                self.notify(exc.one_line(), severity="error")
+                return
+            detail = "\n".join(f"*{t}\n" + "\n".join(ls) for t, ls in lines.items())
+            if await self.app.push_screen_wait(
+                ConfirmScreen(f"Undo: remove {fwd.name}? These rules go:", detail)
+            ):
+                self.history.pop()
+                self._do_remove(fwd.name, record=False)
+        else:
+            plan = build_plan(fwd)
+            detail = "\n".join(plan.plain()) + "\n\n" + plan.restore_text()
+            if await self.app.push_screen_wait(
+                ConfirmScreen(f"Undo: add {fwd.name} back?", detail)
+            ):
+                self.history.pop()
+                await self._apply_with_window(fwd)
+                if self.history and self.history[-1] == ("added", fwd):
+                    self.history.pop()  # re-adding what was removed is not a new change to undo
 
     def action_remove(self) -> None:
         name = self.selected_forward
@@ -419,25 +514,26 @@ class DashboardScreen(Screen[None]):
         if await self.app.push_screen_wait(
             ConfirmScreen(f"Remove forward {name}? These rules go:", detail)
         ):
-            self._do_remove(name)
+            self._do_remove(name, record=True)
 
     async def _preview_remove(self, name: str) -> dict[str, list[str]]:
-        worker = self.app.run_worker(
-            lambda: self.app.engine.preview_remove(name),  # type: ignore[attr-defined]
-            thread=True,
-            exit_on_error=False,
-            description="Previewing removal",
+        result: dict[str, list[str]] = await self._in_thread(
+            lambda: self.app.engine.preview_remove(name)  # type: ignore[attr-defined]
         )
-        result: dict[str, list[str]] = await worker.wait()
         return result
 
     @work(thread=True, exclusive=True, group="remove", exit_on_error=False, description="Removing")
-    def _do_remove(self, name: str) -> None:
+    def _do_remove(self, name: str, record: bool) -> None:
+        before = next(
+            (s.forward for s in (self.data.forwards if self.data else []) if s.name == name), None
+        )
         try:
             outcome = self.app.engine.remove(name)  # type: ignore[attr-defined]
         except NatboxError as exc:
             self.app.call_from_thread(self.notify, exc.one_line(), severity="error")
             return
+        if record and before is not None:
+            self.history.append(("removed", before))
         self.post_message(ForwardRemoved(name, outcome.seconds))
 
     def action_conntrack(self, forward: str | None = None) -> None:
@@ -471,6 +567,12 @@ class DashboardScreen(Screen[None]):
         self.app.exit(0)
 
     # ---------------------------------------------------------------- queries
+
+    @property
+    def _window(self) -> float:
+        """The confirm window of new forwards, in seconds."""
+        seconds: float = self.app.confirm_seconds  # type: ignore[attr-defined]
+        return seconds
 
     @property
     def forwards_table(self) -> DataTable[object]:

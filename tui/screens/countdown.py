@@ -1,0 +1,84 @@
+"""Provides CountdownScreen: "Keep these rules?" with the seconds left before the automatic rollback.
+
+The rollback itself does not depend on this screen: a detached watchdog performs it even if the
+terminal dies. The screen only lets the user keep (y) or roll back early (n).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Label, ProgressBar, Static
+
+
+class CountdownScreen(ModalScreen[bool]):
+    """Returns True to keep, False to roll back (also when the time runs out)."""
+
+    DEFAULT_CSS = """
+    CountdownScreen {
+        align: center middle;
+    }
+    CountdownScreen > Vertical {
+        width: 70;
+        max-width: 95%;
+        height: auto;
+        border: thick $warning;
+        background: $surface;
+        padding: 1 2;
+    }
+    CountdownScreen #question {
+        text-style: bold;
+    }
+    CountdownScreen #left {
+        margin-top: 1;
+    }
+    CountdownScreen ProgressBar {
+        margin-top: 1;
+    }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y", "answer(True)", "Keep", id="countdown.keep", tooltip="Keep the new rules"),
+        Binding(
+            "n,escape",
+            "answer(False)",
+            "Roll back",
+            id="countdown.rollback",
+            tooltip="Roll back now",
+        ),
+    ]
+
+    def __init__(self, name: str, seconds: float) -> None:
+        super().__init__()
+        self.forward_name = name
+        self.seconds = seconds
+        self._deadline = time.monotonic() + seconds
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(f"Forward {self.forward_name} is live. Keep these rules?", id="question")
+            yield Static("y = keep   n = roll back now", id="keys")
+            yield Static(self._left_text(), id="left")
+            yield ProgressBar(total=self.seconds, show_eta=False, show_percentage=False, id="bar")
+
+    def on_mount(self) -> None:
+        self.query_one(ProgressBar).update(progress=0)
+        self.set_interval(0.5, self._tick)
+
+    def _left_text(self) -> str:
+        left = max(0, round(self._deadline - time.monotonic()))
+        return f"No answer: rolled back in {left} s. A watchdog does it even if this SSH session drops."
+
+    def _tick(self) -> None:
+        left = self._deadline - time.monotonic()
+        self.query_one("#left", Static).update(self._left_text())
+        self.query_one(ProgressBar).update(progress=self.seconds - max(0.0, left))
+        if left <= 0:
+            self.dismiss(False)
+
+    def action_answer(self, keep: bool) -> None:
+        self.dismiss(keep)

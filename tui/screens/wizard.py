@@ -1,0 +1,424 @@
+"""Provides WizardScreen: listen → backend → options → preview, keyboard only; returns the forward.
+
+Enter goes to the next step (on the preview: apply), Escape goes back, Tab moves between fields.
+Every field is validated as you type by the core's own validators; the derived SNAT source, MTUs and
+the preflight findings come from the engine in thread workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.suggester import SuggestFromList
+from textual.widgets import (
+    Checkbox,
+    ContentSwitcher,
+    Footer,
+    Header,
+    Input,
+    Label,
+    RadioButton,
+    RadioSet,
+    Static,
+    TabbedContent,
+    TabPane,
+)
+
+from natbox.checks import ERROR, Finding
+from natbox.engine import Derived
+from natbox.errors import NatboxError, ValidationError
+from natbox.model import Endpoint, Forward, name_problem, parse_cidr, parse_ipv4, parse_port_range
+from natbox.plan import build_plan
+from widgets.step_bar import StepBar
+
+STEPS = ["Listen", "Backend", "Options", "Preview"]
+PROTOS = ("tcp", "udp", "both")
+SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
+
+
+@dataclass(frozen=True)
+class WizardResult:
+    """What the wizard hands back: the forward, and whether to turn ip_forward on."""
+
+    forward: Forward
+    enable_forwarding: bool
+
+
+class WizardScreen(Screen[WizardResult | None]):
+    """Add a forward in four steps."""
+
+    DEFAULT_CSS = """
+    WizardScreen ContentSwitcher {
+        height: 1fr;
+        padding: 0 1;
+    }
+    WizardScreen .step {
+        height: auto;
+    }
+    WizardScreen Label {
+        margin-top: 1;
+    }
+    WizardScreen .hint {
+        color: $text-muted;
+    }
+    WizardScreen .error {
+        color: $error;
+        height: auto;
+    }
+    WizardScreen .derived {
+        color: $success;
+        height: auto;
+    }
+    WizardScreen Input {
+        width: 60;
+    }
+    WizardScreen RadioSet {
+        layout: horizontal;
+        height: auto;
+    }
+    WizardScreen #preview-tabs {
+        height: 1fr;
+    }
+    WizardScreen #findings {
+        height: auto;
+        max-height: 7;
+    }
+    WizardScreen #apply-state {
+        text-style: bold;
+        height: 1;
+    }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding(
+            "enter",
+            "next",
+            "Next",
+            priority=True,
+            id="wizard.next",
+            tooltip="Next step (on the preview: apply)",
+        ),
+        Binding("escape", "back", "Back", id="wizard.back", tooltip="Previous step (or leave)"),
+        Binding("question_mark", "help", "Help", show=False, id="wizard.help", tooltip="Every key"),
+    ]
+
+    def __init__(self, addresses: list[tuple[str, str]], confirm_seconds: float = 30.0) -> None:
+        super().__init__()
+        self.addresses = addresses
+        self.confirm_seconds = confirm_seconds
+        self.step = 0
+        self.derived: Derived | None = None
+        self.snat_touched = False
+        self.forward: Forward | None = None
+        self.findings: list[Finding] = []
+        self.checked = False
+        """The preflight of the forward on the preview has come back."""
+
+    def compose(self) -> ComposeResult:
+        local = [a for a, dev in self.addresses if dev != "lo"]
+        listed = "   ".join(f"{a} {dev}" for a, dev in self.addresses if dev != "lo")
+        yield Header(icon="»")
+        yield StepBar(STEPS, id="steps")
+        with ContentSwitcher(initial="step-0"):
+            with Vertical(id="step-0", classes="step"):
+                yield Label("Client-facing address (where clients connect)")
+                yield Static(f"this box: {listed or 'no addresses found'}", classes="hint")
+                yield Input(
+                    local[0] if local else "",
+                    id="listen-ip",
+                    suggester=SuggestFromList(local, case_sensitive=False),
+                )
+                yield Static("", id="listen-ip-error", classes="error")
+                yield Label("Port, or a range like 8000-8010")
+                yield Input("", id="listen-port", placeholder="1234")
+                yield Static("", id="listen-port-error", classes="error")
+                yield Label("Protocol (arrows, then space)")
+                with RadioSet(id="proto"):
+                    for i, p in enumerate(PROTOS):
+                        yield RadioButton(p, value=i == 0, id=f"proto-{p}")
+            with Vertical(id="step-1", classes="step"):
+                yield Label("Backend ip:port (the server clients should reach)")
+                yield Input("", id="backend", placeholder="10.0.2.50:80")
+                yield Static("", id="backend-error", classes="error")
+                yield Static("", id="derived", classes="derived")
+                yield Label("SNAT source (this box's backend-side address, derived from the route)")
+                yield Input("", id="snat", placeholder="derived when the backend is known")
+                yield Static("", id="snat-error", classes="error")
+                yield Checkbox(
+                    "Masquerade instead (SNAT to whatever the outgoing address is)", id="masquerade"
+                )
+            with Vertical(id="step-2", classes="step"):
+                yield Label("Name")
+                yield Input("", id="name")
+                yield Static("", id="name-error", classes="error")
+                yield Checkbox("MSS clamp", id="mss")
+                yield Static("", id="mss-reason", classes="hint")
+                yield Label("Allowed clients (CIDRs, comma-separated; empty = anyone)")
+                yield Input("", id="sources", placeholder="192.168.1.0/24")
+                yield Static("", id="sources-error", classes="error")
+                yield Checkbox("Enable ip_forward (it is off)", id="enable-forwarding")
+            with Vertical(id="step-3"):
+                with TabbedContent(id="preview-tabs"):
+                    with TabPane("Plain", id="tab-plain"):
+                        with VerticalScroll():
+                            yield Static("", id="plain", markup=False)
+                    with TabPane("Commands", id="tab-commands"):
+                        with VerticalScroll():
+                            yield Static("", id="commands", markup=False)
+                    with TabPane("Restore", id="tab-restore"):
+                        with VerticalScroll():
+                            yield Static("", id="restore", markup=False)
+                yield Static("", id="findings")
+                yield Static("", id="apply-state")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = "add a forward"
+        self.query_one("#enable-forwarding", Checkbox).display = False
+        self.query_one("#listen-port", Input).focus()
+
+    # ---------------------------------------------------------------- validation
+
+    def _value(self, id_: str) -> str:
+        return self.query_one(f"#{id_}", Input).value.strip()
+
+    def _show(self, id_: str, message: str) -> bool:
+        self.query_one(f"#{id_}-error", Static).update(message)
+        return not message
+
+    def _check(self, id_: str) -> bool:
+        """Validate one field with the core's validators; show and return whether it is fine."""
+        value = self._value(id_)
+        try:
+            if id_ == "listen-ip":
+                parse_ipv4(value, "listen address")
+            elif id_ == "listen-port":
+                parse_port_range(value)
+            elif id_ == "backend":
+                Endpoint.parse(value, "backend")
+            elif id_ == "snat":
+                if not self.query_one("#masquerade", Checkbox).value:
+                    parse_ipv4(value, "SNAT source")
+            elif id_ == "name":
+                problem = name_problem(value)
+                if problem:
+                    return self._show(id_, problem)
+            elif id_ == "sources":
+                for part in filter(None, (p.strip() for p in value.split(","))):
+                    parse_cidr(part)
+        except ValidationError as exc:
+            return self._show(id_, f"{exc.message} — {exc.hint}" if exc.hint else exc.message)
+        return self._show(id_, "")
+
+    STEP_FIELDS: ClassVar[dict[int, tuple[str, ...]]] = {
+        0: ("listen-ip", "listen-port"),
+        1: ("backend", "snat"),
+        2: ("name", "sources"),
+    }
+
+    @on(Input.Changed)
+    def _changed(self, event: Input.Changed) -> None:
+        id_ = event.input.id or ""
+        if id_ == "snat" and event.input.has_focus:
+            self.snat_touched = True
+        if self._value(id_) or id_ in ("sources",):
+            self._check(id_)
+        if id_ in ("backend", "listen-ip") and self._check_quiet("backend"):
+            self.derive()
+
+    def _check_quiet(self, id_: str) -> bool:
+        try:
+            Endpoint.parse(self._value(id_), "backend")
+        except ValidationError:
+            return False
+        return True
+
+    @on(Checkbox.Changed, "#masquerade")
+    def _masquerade(self, event: Checkbox.Changed) -> None:
+        self.query_one("#snat", Input).disabled = event.value
+        self._check("snat")
+
+    # ---------------------------------------------------------------- derivation
+
+    @work(
+        thread=True, exclusive=True, group="derive", exit_on_error=False, description="Route lookup"
+    )
+    def derive(self) -> None:
+        """Ask the engine for the SNAT source, interfaces and MTUs (a route lookup)."""
+        listen = self._value("listen-ip")
+        backend = Endpoint.parse(self._value("backend"), "backend")
+        derived = self.app.engine.derive(listen, str(backend.ip))  # type: ignore[attr-defined]
+        self.app.call_from_thread(self._derived, derived)
+
+    def _derived(self, d: Derived) -> None:
+        self.derived = d
+        if d.snat is None:
+            text = f"⚠ {d.route_error or 'no route to the backend'}"
+        else:
+            text = f"✓ the route to the backend leaves via {d.backend_dev}, from {d.snat}"
+        self.query_one("#derived", Static).update(text)
+        snat = self.query_one("#snat", Input)
+        if d.snat and not self.snat_touched:
+            snat.value = d.snat
+        mss = self.query_one("#mss", Checkbox)
+        reason = self.query_one("#mss-reason", Static)
+        if d.mss_suggested:
+            mss.value = True
+            reason.update(
+                f"ticked: {d.listen_dev} has MTU {d.mtu_listen}, {d.backend_dev} {d.mtu_backend}; "
+                "without a clamp big TCP segments can stall"
+            )
+        else:
+            reason.update("the two sides' MTUs are the same; not needed")
+        forwarding = self.query_one("#enable-forwarding", Checkbox)
+        forwarding.display = not d.ip_forward
+        if not d.ip_forward:
+            forwarding.value = True
+
+    # ---------------------------------------------------------------- steps
+
+    def _go(self, step: int) -> None:
+        self.step = step
+        self.query_one(ContentSwitcher).current = f"step-{step}"
+        self.query_one(StepBar).step = step
+        if step == 2:
+            name = self.query_one("#name", Input)
+            if not name.value:
+                name.value = Forward.default_name(
+                    self._proto(),
+                    Endpoint.parse(f"{self._value('listen-ip')}:{self._value('listen-port')}"),
+                )
+            name.focus()
+        elif step == 1:
+            self.query_one("#backend", Input).focus()
+        elif step == 0:
+            self.query_one("#listen-port", Input).focus()
+        elif step == 3:
+            self._preview()
+
+    def _proto(self) -> str:
+        pressed = self.query_one("#proto", RadioSet).pressed_index
+        return PROTOS[pressed if pressed >= 0 else 0]
+
+    def action_next(self) -> None:
+        if self.step == 3:
+            self._apply()
+            return
+        fields = self.STEP_FIELDS[self.step]
+        ok = [self._check(f) for f in fields]
+        if all(ok):
+            self._go(self.step + 1)
+        else:
+            self.notify("fix the fields in red first", severity="warning", timeout=2)
+
+    def action_back(self) -> None:
+        if self.step == 0:
+            self.dismiss(None)
+        else:
+            self._go(self.step - 1)
+
+    def action_help(self) -> None:
+        from tui.screens.help import HelpScreen
+
+        self.app.push_screen(HelpScreen(self))
+
+    # ---------------------------------------------------------------- preview and apply
+
+    def build(self) -> Forward:
+        """The forward the fields describe (raises ValidationError)."""
+        masquerade = self.query_one("#masquerade", Checkbox).value
+        return Forward.from_text(
+            f"{self._value('listen-ip')}:{self._value('listen-port')}",
+            self._value("backend"),
+            proto=self._proto(),
+            name=self._value("name"),
+            snat=None if masquerade else self._value("snat"),
+            masquerade=masquerade,
+            mss_clamp=self.query_one("#mss", Checkbox).value,
+            sources=[p.strip() for p in self._value("sources").split(",") if p.strip()],
+        )
+
+    def _preview(self) -> None:
+        self.forward = None
+        self.findings = []
+        self.checked = False
+        state = self.query_one("#apply-state", Static)
+        try:
+            fwd = self.build()
+        except ValidationError as exc:
+            for id_ in ("plain", "commands", "restore"):
+                self.query_one(f"#{id_}", Static).update("")
+            self.query_one("#findings", Static).update(f"✗ {exc.message} — {exc.hint}")
+            state.update("Escape goes back to fix it; nothing can be applied yet")
+            return
+        self.forward = fwd
+        plan = build_plan(fwd)
+        self.query_one("#plain", Static).update("\n".join(plan.plain()))
+        self.query_one("#commands", Static).update("\n".join(plan.command_lines()))
+        self.query_one("#restore", Static).update(plan.restore_text())
+        self.query_one("#findings", Static).update("checking…")
+        state.update("checking the box before apply…")
+        self.query_one("#preview-tabs", TabbedContent).focus()
+        self.run_preflight(fwd)
+
+    @work(
+        thread=True, exclusive=True, group="preflight", exit_on_error=False, description="Preflight"
+    )
+    def run_preflight(self, fwd: Forward) -> None:
+        """The engine's preflight findings for this forward."""
+        try:
+            findings: list[Finding] = self.app.engine.preflight(fwd)  # type: ignore[attr-defined]
+        except NatboxError as exc:
+            findings = [Finding("preflight", ERROR, exc.message, exc.hint)]
+        self.app.call_from_thread(self._preflighted, fwd, findings)
+
+    def _preflighted(self, fwd: Forward, findings: list[Finding]) -> None:
+        if fwd != self.forward:
+            return
+        self.findings = findings
+        self.checked = True
+        from rich.text import Text
+
+        text = Text()
+        for f in findings:
+            mark = {"error": "✗", "warning": "!", "info": "·"}[f.severity]
+            text.append(f"{mark} {f.message}\n", style=SEVERITY_STYLE[f.severity])
+            if f.severity != "info":
+                text.append(f"  fix: {f.fix}\n", style="dim")
+        if not findings:
+            text.append("✓ preflight: nothing in the way", style="green")
+        self.query_one("#findings", Static).update(text)
+        state = self.query_one("#apply-state", Static)
+        if self.blocked:
+            state.update("✗ fix the errors above (Escape goes back); Apply is not offered")
+        else:
+            state.update(
+                f"Enter applies, with a {self.confirm_seconds:.0f} s window to keep or roll back"
+            )
+
+    @property
+    def blocked(self) -> bool:
+        """Apply is offered only for a valid forward whose preflight came back without errors."""
+        return (
+            self.forward is None
+            or not self.checked
+            or any(f.severity == ERROR for f in self.findings)
+        )
+
+    def _apply(self) -> None:
+        if self.forward is None or self.blocked:
+            self.notify("nothing to apply yet: see the findings", severity="warning", timeout=2)
+            return
+        enable = self.query_one("#enable-forwarding", Checkbox)
+        self.dismiss(WizardResult(self.forward, enable.display and enable.value))
+
+    # ---------------------------------------------------------------- queries
+
+    def field(self, id_: str) -> Any:
+        """A widget of the wizard by id (tests use this)."""
+        return self.query_one(f"#{id_}")
