@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any, ClassVar
 
@@ -35,9 +36,16 @@ class NatboxApp(App[int]):
         Binding("ctrl+c", "quit", "Quit", show=False, id="app.quit", tooltip="Leave natbox"),
     ]
 
-    def __init__(self, engine: Any, confirm_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        confirm_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
         self.engine = engine
+        self.clock = clock
+        """Seconds, for countdowns (snapshots freeze it)."""
         self.confirm_seconds = confirm_seconds
         """How long a new forward waits for `y` before it is rolled back."""
 
@@ -51,13 +59,15 @@ class NatboxApp(App[int]):
                 yield SystemCommand(title, help_text, partial(screen.run_action, action))
 
 
-def make_app(engine: Any = None, confirm_seconds: float = 30.0) -> NatboxApp:
-    """Build the app around `engine` (the real Engine when None)."""
+def make_app(
+    engine: Any = None, confirm_seconds: float = 30.0, clock: Callable[[], float] = time.monotonic
+) -> NatboxApp:
+    """Build the app around `engine` (the real Engine when None) and `clock` (frozen in snapshots)."""
     if engine is None:
         from natbox.engine import Engine
 
         engine = Engine()
-    return NatboxApp(engine, confirm_seconds)
+    return NatboxApp(engine, confirm_seconds, clock)
 
 
 def run(backend_choice: str | None = None, confirm_seconds: float = 30.0) -> int:

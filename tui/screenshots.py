@@ -47,8 +47,8 @@ class State:
     after: Callable[[Pilot[int]], Awaitable[None]] | None = field(default=None, compare=False)
 
     def app(self) -> NatboxApp:
-        """A fresh app over a fresh sample engine."""
-        return make_app(SampleEngine(flow_count=self.flows))
+        """A fresh app over a fresh sample engine, with a frozen clock."""
+        return make_app(SampleEngine(flow_count=self.flows), clock=lambda: 1000.0)
 
     async def reach(self, pilot: Pilot[int]) -> None:
         """Drive the app to this state."""
@@ -71,6 +71,39 @@ STATES = [
     State("conntrack-80x24", (80, 24), ("c",), flows=100_000),
     State("conntrack-filter-80x24", (80, 24), ("c", "slash", *"icmp", "enter"), after=_no_blink),
     State("conntrack-kill-80x24", (80, 24), ("c", "down", "x")),
+    State("wizard-listen-80x24", (80, 24), ("a", "tab", *"8080"), after=_no_blink),
+    State(
+        "wizard-backend-80x24",
+        (80, 24),
+        ("a", "tab", *"8080", "enter", *"10.0.2.50:80"),
+        after=_no_blink,
+    ),
+    State(
+        "wizard-options-80x24",
+        (80, 24),
+        ("a", "tab", *"8080", "enter", *"10.0.2.50:80", "enter"),
+        after=_no_blink,
+    ),
+    State(
+        "wizard-preview",
+        (110, 34),
+        ("a", "tab", *"8080", "enter", *"10.0.2.50:80", "enter", "enter"),
+    ),
+    State(
+        "wizard-preview-80x24",
+        (80, 24),
+        ("a", "tab", *"8080", "enter", *"10.0.2.50:80", "enter", "enter"),
+    ),
+    State(
+        "wizard-blocked-80x24",
+        (80, 24),
+        ("a", "tab", *"1234", "enter", *"10.0.2.50:80", "enter", "enter"),
+    ),
+    State(
+        "countdown-80x24",
+        (80, 24),
+        ("a", "tab", *"8080", "enter", *"10.0.2.50:80", "enter", "enter", "enter"),
+    ),
 ]
 
 

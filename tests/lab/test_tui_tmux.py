@@ -42,8 +42,80 @@ class Tmux:
             time.sleep(0.2)
         raise AssertionError(f"{text!r} never appeared; the screen was:\n{screen}")
 
+    def type(self, *keys: str) -> None:
+        """Send keys one group at a time, as a person types (a burst can outrun a focus change)."""
+        for key in keys:
+            self.run("send-keys", "-t", "nb", key)
+            time.sleep(0.15)
+
     def kill(self) -> None:
         self.run("kill-server")
+
+
+def start(lab: Lab, tmux: Tmux, window: float = 30) -> None:
+    env = f"XTABLES_LOCKFILE={lab.lockfile} NATBOX_STATE_DIR={lab.state_dir}"
+    command = (
+        f"ip netns exec {lab.nat} env {env} {sys.executable} -m natbox --confirm-window {window:g}"
+    )
+    tmux.run("new-session", "-d", "-s", "nb", "-x", "80", "-y", "24", command)
+
+
+def wizard_to_countdown(lab: Lab, tmux: Tmux) -> None:
+    """Add the seed's forward through the wizard, as a person types it, up to the countdown."""
+    tmux.wait_for("no natbox forwards yet")
+    tmux.run("send-keys", "-t", "nb", "a")
+    tmux.wait_for("Client-facing address")
+    # The first address is prefilled; this box has two, so type the client-facing one.
+    tmux.type("C-u", "192.168.1.30", "Tab", "1234", "Enter")
+    tmux.wait_for("Backend ip:port")
+    tmux.run("send-keys", "-t", "nb", "10.0.2.50:80")
+    tmux.wait_for("from 10.0.2.40")
+    tmux.run("send-keys", "-t", "nb", "Enter")
+    screen = tmux.wait_for("Name")
+    assert "tcp-1234" in screen
+    tmux.run("send-keys", "-t", "nb", "Enter")
+    screen = tmux.wait_for("Enter applies")
+    assert "192.168.1.30:1234 → 10.0.2.50:80" in screen
+    tmux.run("send-keys", "-t", "nb", "Enter")
+    tmux.wait_for("Keep these rules?")
+
+
+def test_wizard_adds_the_seed_forward_in_tmux(lab: Lab) -> None:
+    tmux = Tmux()
+    try:
+        start(lab, tmux, window=4)
+        wizard_to_countdown(lab, tmux)
+        assert lab.fetch() is not None, "the forward works during the confirm window"
+        tmux.run("send-keys", "-t", "nb", "y")
+        tmux.wait_for("kept tcp-1234")
+        time.sleep(5)
+        body = lab.fetch()
+        assert body is not None, "kept: still there after the window"
+        screen = tmux.wait_for("192.168.1.30:1234 → 10.0.2.50:80")
+        assert "ok" in screen
+    finally:
+        tmux.kill()
+
+
+def test_terminal_death_rolls_back(lab: Lab) -> None:
+    for how in ("hangup", "kill"):
+        tmux = Tmux()
+        try:
+            start(lab, tmux, window=3)
+            wizard_to_countdown(lab, tmux)
+            assert "natbox:tcp-1234" in lab.save()
+            pid = int(tmux.run("display-message", "-p", "-t", "nb", "#{pane_pid}").strip())
+            if how == "hangup":
+                tmux.kill()  # the terminal goes away: SIGHUP to natbox
+            else:
+                os.kill(pid, 9)  # the pane's process: natbox itself, started by this test
+            deadline = time.monotonic() + 6
+            while "natbox:" in lab.save() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert "natbox:" not in lab.save(), f"rolled back after {how}"
+            assert lab.fetch(timeout=1) is None
+        finally:
+            tmux.kill()
 
 
 def test_dashboard_and_viewer_in_tmux_80x24(lab: Lab) -> None:

@@ -29,7 +29,7 @@ async def fill(pilot: Pilot[int], port: str, backend: str) -> WizardScreen:
     assert wizard.query_one("#listen-ip", Input).value == "192.168.1.30", (
         "prefilled with this box's address"
     )
-    await pilot.press(*port, "enter")
+    await pilot.press("tab", *port, "enter")
     await settle(pilot)
     assert wizard.step == 1
     await pilot.press(*backend)
@@ -52,7 +52,7 @@ async def test_wizard_derives_previews_applies_and_keeps() -> None:
         await settle(pilot)
         wizard = app.screen
         assert isinstance(wizard, WizardScreen)
-        await pilot.press(*"8080", "enter", *"10.0.2.50:80")
+        await pilot.press("tab", *"8080", "enter", *"10.0.2.50:80")
         await settle(pilot)
         assert wizard.query_one("#snat", Input).value == "10.0.2.40", (
             "SNAT source derived from the route"
@@ -126,7 +126,7 @@ async def test_bad_input_shows_the_core_message_and_blocks() -> None:
         await settle(pilot)
         wizard = app.screen
         assert isinstance(wizard, WizardScreen)
-        await pilot.press(*"70000")
+        await pilot.press("tab", *"70000")
         assert "port 70000 is out of range 1-65535" in text(app, "listen-port-error")
         await pilot.press("enter")
         assert wizard.step == 0, "Enter does not leave a step with errors"

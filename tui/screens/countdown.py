@@ -6,7 +6,6 @@ terminal dies. The screen only lets the user keep (y) or roll back early (n).
 
 from __future__ import annotations
 
-import time
 from typing import ClassVar
 
 from textual.app import ComposeResult
@@ -56,7 +55,7 @@ class CountdownScreen(ModalScreen[bool]):
         super().__init__()
         self.forward_name = name
         self.seconds = seconds
-        self._deadline = time.monotonic() + seconds
+        self._deadline = 0.0
 
     def compose(self) -> ComposeResult:
         with Vertical():
@@ -65,16 +64,24 @@ class CountdownScreen(ModalScreen[bool]):
             yield Static(self._left_text(), id="left")
             yield ProgressBar(total=self.seconds, show_eta=False, show_percentage=False, id="bar")
 
+    def _now(self) -> float:
+        now: float = self.app.clock()  # type: ignore[attr-defined]
+        return now
+
     def on_mount(self) -> None:
+        self._deadline = self._now() + self.seconds
+        self.query_one("#left", Static).update(self._left_text())
         self.query_one(ProgressBar).update(progress=0)
         self.set_interval(0.5, self._tick)
 
     def _left_text(self) -> str:
-        left = max(0, round(self._deadline - time.monotonic()))
+        left = (
+            max(0, round(self._deadline - self._now())) if self._deadline else round(self.seconds)
+        )
         return f"No answer: rolled back in {left} s. A watchdog does it even if this SSH session drops."
 
     def _tick(self) -> None:
-        left = self._deadline - time.monotonic()
+        left = self._deadline - self._now()
         self.query_one("#left", Static).update(self._left_text())
         self.query_one(ProgressBar).update(progress=self.seconds - max(0.0, left))
         if left <= 0:

@@ -77,7 +77,12 @@ class DashboardScreen(Screen[None]):
             "d", "remove", "Remove", id="dashboard.remove", tooltip="Remove the selected forward"
         ),
         Binding(
-            "u", "undo", "Undo", id="dashboard.undo", tooltip="Undo the last change of this session"
+            "u",
+            "undo",
+            "Undo",
+            show=False,
+            id="dashboard.undo",
+            tooltip="Undo the last change of this session",
         ),
         Binding(
             "c", "conntrack", "Flows", id="dashboard.conntrack", tooltip="Live conntrack viewer"
@@ -92,7 +97,12 @@ class DashboardScreen(Screen[None]):
         ),
         Binding("r", "refresh", "Refresh", id="dashboard.refresh", tooltip="Read everything now"),
         Binding(
-            "slash", "filter_rules", "Filter", id="dashboard.filter", tooltip="Filter the rules"
+            "slash",
+            "filter_rules",
+            "Filter",
+            show=False,
+            id="dashboard.filter",
+            tooltip="Filter the rules",
         ),
         Binding(
             "1",

@@ -180,7 +180,7 @@ class WizardScreen(Screen[WizardResult | None]):
     def on_mount(self) -> None:
         self.title = "add a forward"
         self.query_one("#enable-forwarding", Checkbox).display = False
-        self.query_one("#listen-port", Input).focus()
+        self.query_one("#listen-ip", Input).focus()
 
     # ---------------------------------------------------------------- validation
 
@@ -297,7 +297,7 @@ class WizardScreen(Screen[WizardResult | None]):
         elif step == 1:
             self.query_one("#backend", Input).focus()
         elif step == 0:
-            self.query_one("#listen-port", Input).focus()
+            self.query_one("#listen-ip", Input).focus()
         elif step == 3:
             self._preview()
 
@@ -353,7 +353,7 @@ class WizardScreen(Screen[WizardResult | None]):
         except ValidationError as exc:
             for id_ in ("plain", "commands", "restore"):
                 self.query_one(f"#{id_}", Static).update("")
-            self.query_one("#findings", Static).update(f"✗ {exc.message} — {exc.hint}")
+            self.query_one("#findings", Static).update(f"× {exc.message} — {exc.hint}")
             state.update("Escape goes back to fix it; nothing can be applied yet")
             return
         self.forward = fwd
@@ -386,7 +386,7 @@ class WizardScreen(Screen[WizardResult | None]):
 
         text = Text()
         for f in findings:
-            mark = {"error": "✗", "warning": "!", "info": "·"}[f.severity]
+            mark = {"error": "×", "warning": "!", "info": "·"}[f.severity]
             text.append(f"{mark} {f.message}\n", style=SEVERITY_STYLE[f.severity])
             if f.severity != "info":
                 text.append(f"  fix: {f.fix}\n", style="dim")
@@ -395,7 +395,7 @@ class WizardScreen(Screen[WizardResult | None]):
         self.query_one("#findings", Static).update(text)
         state = self.query_one("#apply-state", Static)
         if self.blocked:
-            state.update("✗ fix the errors above (Escape goes back); Apply is not offered")
+            state.update("× fix the errors above (Escape goes back); Apply is not offered")
         else:
             state.update(
                 f"Enter applies, with a {self.confirm_seconds:.0f} s window to keep or roll back"
