@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := iptables conntrack iproute2 procps iputils-ping gcc tmux fonts-firacode libcairo2
+APT_PACKAGES := iptables conntrack iproute2 procps iputils-ping gcc tmux fonts-firacode libcairo2 nftables
 export XTABLES_LOCKFILE ?= /tmp/natbox-test-xtables.lock
 
 .PHONY: test lint typecheck pytest deps venv screenshots bench demo clean

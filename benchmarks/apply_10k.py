@@ -106,7 +106,11 @@ def main() -> int:
                 nb = [*pre, sys.executable, "-m", "natbox", "--backend", backend]
                 add_args = ["add", "192.168.1.30:1234", "10.0.2.50:80", "--snat", "10.0.2.40"]
                 add.append(
-                    timed([*nb, *add_args, "--name", "bench", "--yes"], env, engine=add_engine)
+                    timed(
+                        [*nb, *add_args, "--name", "bench", "--yes", "--force"],
+                        env,
+                        engine=add_engine,
+                    )
                 )
                 rem.append(timed([*nb, "remove", "bench", "--yes"], env, engine=rem_engine))
             r, a, d, ae, de = (

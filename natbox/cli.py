@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from natbox import __version__, conntrack, txn, watchdog
+from natbox import __version__, checks, conntrack, txn, watchdog
 from natbox.backends import Backend
 from natbox.backends.detect import BACKEND_CHOICES, choose_backend
 from natbox.errors import NatboxError, NotFoundError
@@ -152,6 +152,13 @@ def cmd_add(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"forward {fwd.name}: {fwd.proto} {fwd.listen} → {fwd.backend} via {backend.label}")
         print("\n".join(plan.plain()))
+    from natbox.engine import Engine
+
+    findings = Engine(args.backend_choice).preflight(fwd)
+    if not args.json:
+        _print_findings(findings)
+    if not args.force:
+        checks.raise_if_blocked(findings)
     _confirm(args, f"Apply forward {fwd.name}?")
     if args.confirm is not None:
         # The watchdog is armed before the rules go in; a failed apply disarms it.
@@ -198,6 +205,51 @@ def cmd_remove(args: argparse.Namespace) -> int:
         _print_lines(outcome.lines)
     print(f"removed {args.name} ({outcome.seconds * 1000:.0f} ms)")
     return 0
+
+
+def _print_findings(findings: list[checks.Finding], indent: str = "") -> None:
+    marks = {"error": "error", "warning": "warning", "info": "info"}
+    for f in findings:
+        print(f"{indent}{marks[f.severity]:<8} {f.message}")
+        if f.severity != "info":
+            print(f"{indent}{'':<8} fix: {f.fix}")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Diagnose a forward before adding it: exit 0 clean, 1 findings."""
+    from natbox.engine import Engine
+
+    fwd = forward_from_args(args)
+    findings = Engine(args.backend_choice).preflight(fwd)
+    if args.json:
+        print(
+            json.dumps(
+                {"forward": fwd.to_dict(), "findings": [f.to_dict() for f in findings]}, indent=2
+            )
+        )
+    else:
+        print(f"check {fwd.name}: {fwd.proto} {fwd.listen} → {fwd.backend}")
+        _print_findings(findings, "  ")
+        if not checks.exit_code(findings):
+            print("  clean: nothing in the way")
+    return checks.exit_code(findings)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Diagnose the forwards in the kernel: exit 0 clean, 1 findings."""
+    from natbox.engine import Engine
+
+    report = Engine(args.backend_choice).doctor(args.name)
+    if args.json:
+        print(json.dumps({n: [f.to_dict() for f in fs] for n, fs in report.items()}, indent=2))
+    else:
+        if not report:
+            print("no natbox forwards")
+        for name, findings in report.items():
+            state = "clean" if not checks.exit_code(findings) else "needs attention"
+            print(f"{name}: {state}")
+            _print_findings(findings, "  ")
+    return max((checks.exit_code(fs) for fs in report.values()), default=0)
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
@@ -402,9 +454,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="roll back after SECONDS unless `natbox confirm` (survives a dropped SSH session)",
     )
+    p.add_argument("--force", action="store_true", help="apply despite preflight errors")
     p.add_argument("--yes", "-y", action="store_true", help="do not ask")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_add)
+
+    p = sub.add_parser("check", help="diagnose a forward before adding it (exit 1 on findings)")
+    _add_forward_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("doctor", help="diagnose the forwards in the kernel (exit 1 on findings)")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("confirm", help="keep the change waiting in its confirm window")
     p.set_defaults(func=cmd_confirm)

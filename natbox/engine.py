@@ -13,9 +13,10 @@ from ipaddress import IPv4Address
 from natbox import conntrack, txn, watchdog
 from natbox.backends import Backend
 from natbox.backends.detect import choose_backend
-from natbox.checks import Facts, Finding, preflight
-from natbox.errors import NatboxError
-from natbox.model import Chain, Forward
+from natbox.checks import ERROR, Finding, diagnose, preflight
+from natbox.diagnose import gather_facts
+from natbox.errors import NatboxError, NotFoundError
+from natbox.model import Chain, Forward, Ruleset
 from natbox.ruleset import ForwardState, forward_states
 from natbox.status import WATCHED
 from natbox.system import ip_forward_enabled, is_root, route_to
@@ -49,6 +50,8 @@ class Dashboard:
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
     taken_at: float = 0.0
+    health: dict[str, list[Finding]] = field(default_factory=dict)
+    """Each forward's findings (the cheap checks: no backend probe, no conntrack read)."""
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,30 @@ class Engine:
                     (table, c) for n, c in t.chains.items() if n.startswith("NATBOX-")
                 )
         data.warnings = list(dict.fromkeys([*self._warnings, *rs.warnings]))
+        data.health = self._health(rs, data.forwards, probe=False, flows=False)
         return data
+
+    def _health(
+        self, rs: Ruleset, states: list[ForwardState], *, probe: bool, flows: bool
+    ) -> dict[str, list[Finding]]:
+        out: dict[str, list[Finding]] = {}
+        for state in states:
+            findings = [
+                Finding(
+                    "broken",
+                    ERROR,
+                    f"forward {state.name}: {p}",
+                    f"natbox remove {state.name}, then add it again",
+                )
+                for p in state.problems
+            ]
+            if state.forward is not None:
+                facts = gather_facts(
+                    state.forward, other_side=self._other_side(), probe=probe, flows=flows
+                )
+                findings += diagnose(state.forward, rs, facts, existing=True)
+            out[state.name] = findings
+        return out
 
     def flows(self) -> FlowSnapshot:
         """Read the conntrack table and tag flows with the forwards seen at the last dashboard()."""
@@ -198,17 +224,25 @@ class Engine:
             ip_forward_enabled(),
         )
 
+    def _other_side(self) -> list[str]:
+        self.backend()
+        return [w for w in self._warnings if "also sit" in w]
+
     def preflight(self, fwd: Forward) -> list[Finding]:
         """Everything that would make `fwd` fail here, before it is applied."""
-        stats = interface_stats()
-        local = {IPv4Address(a): i.name for i in stats for a in i.addresses}
-        route, error = None, ""
-        try:
-            route = route_to(fwd.backend.ip)
-        except NatboxError as exc:
-            error = exc.message
-        facts = Facts(ip_forward_enabled(), local, route, error, {i.name: i.mtu for i in stats})
-        return preflight(fwd, self.backend().read(natbox_only=True), facts)
+        facts = gather_facts(fwd, other_side=self._other_side())
+        # The whole ruleset: foreign DNATs and DROPs are what the checks look for.
+        return preflight(fwd, self.backend().read(), facts)
+
+    def doctor(self, name: str | None = None, probe: bool = True) -> dict[str, list[Finding]]:
+        """Findings for the forwards in the kernel (or one), broken ones included."""
+        rs = self.backend().read()
+        states = forward_states(rs)
+        if name is not None:
+            states = [s for s in states if s.name == name]
+            if not states:
+                raise NotFoundError(f"there is no forward named {name}", "natbox list shows them")
+        return self._health(rs, states, probe=probe, flows=True)
 
     def apply(
         self, fwd: Forward, *, confirm_seconds: float | None = None, enable_forwarding: bool = False

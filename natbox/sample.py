@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from natbox import conntrack
-from natbox.checks import Facts, Finding, preflight
+from natbox.checks import Facts, Finding, diagnose, preflight
 from natbox.engine import Dashboard, Derived, FlowSnapshot, InterfaceStat
 from natbox.errors import NatboxError, NotFoundError
 from natbox.model import Forward
@@ -164,6 +164,7 @@ class SampleEngine:
             ],
             taken_at=1_700_000_000.0 + 3 * self.reads,
         )
+        data.health = self.doctor()
         for table, names in WATCHED.items():
             for name in names:
                 chain = rs.chain(table, name)
@@ -227,6 +228,28 @@ class SampleEngine:
             {"lan0": 1500, "dmz0": 1400, "lo": 65536},
         )
         return preflight(fwd, parse_save(sample_save(self.forwards)), facts)
+
+    def doctor(self, name: str | None = None, probe: bool = True) -> dict[str, list[Finding]]:
+        """The core's diagnosis of the sample box's forwards."""
+        rs = parse_save(sample_save(self.forwards))
+        out: dict[str, list[Finding]] = {}
+        for fwd in self.forwards:
+            if name is None or fwd.name == name:
+                d = self.derive(str(fwd.listen.ip), str(fwd.backend.ip))
+                route = (
+                    Route(fwd.backend.ip, d.backend_dev, IPv4Address(d.snat), None)
+                    if d.snat and d.backend_dev
+                    else None
+                )
+                facts = Facts(
+                    self.ip_forward,
+                    {IPv4Address(a): dev for a, dev in self.local_addresses()},
+                    route,
+                    d.route_error,
+                    {"lan0": 1500, "dmz0": 1400, "lo": 65536},
+                )
+                out[fwd.name] = diagnose(fwd, rs, facts, existing=True)
+        return out
 
     def apply(
         self, fwd: Forward, *, confirm_seconds: float | None = None, enable_forwarding: bool = False

@@ -23,6 +23,7 @@ PALETTE = [
     ("Filter rules", "Filter the rules table as you type", "filter_rules"),
     ("Show rules", "The rules tab", "tab('rules')"),
     ("Show interfaces", "The interfaces tab", "tab('interfaces')"),
+    ("Show health", "The selected forward's findings and fixes", "tab('health')"),
     ("Help", "Every key", "help"),
 ]
 

@@ -65,6 +65,7 @@ STATES = [
     State("dashboard-80x24", (80, 24)),
     State("dashboard-interfaces-80x24", (80, 24), ("2", "r", "r", "r", "r")),
     State("rules-filter-80x24", (80, 24), ("slash", *"masq"), after=_no_blink),
+    State("dashboard-health-80x24", (80, 24), ("3",)),
     State("remove-confirm-80x24", (80, 24), ("d",)),
     State("help-80x24", (80, 24), ("question_mark",)),
     State("conntrack", (130, 34), ("c",), flows=100_000),

@@ -213,3 +213,23 @@ async def test_kill_keeps_the_cursor_on_the_same_flow() -> None:
         await settle(pilot)
         assert table.current is not None and table.current.key == mine.key
         assert table.cursor == 1
+
+
+async def test_health_column_and_tab() -> None:
+    engine = SampleEngine()
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        assert cells(screen.forwards_table, 3) == ["ok", "ok"]
+        await pilot.press("3")
+        await pilot.pause()
+        detail = str(screen.query_one("#health-detail", Static).render())
+        assert "web: healthy" in detail and "FORWARD policy is DROP" in detail
+        engine.ip_forward = False
+        await pilot.press("r")
+        await settle(pilot)
+        assert cells(screen.forwards_table, 3) == ["error", "error"]
+        detail = str(screen.query_one("#health-detail", Static).render())
+        assert "needs attention" in detail and "IPv4 forwarding is off" in detail and "fix: sysctl" in detail

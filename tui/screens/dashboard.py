@@ -11,12 +11,13 @@ from rich.text import Text
 from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane
 from textual.worker import WorkerFailed
 
+from natbox.checks import Finding
 from natbox.engine import Dashboard
 from natbox.errors import NatboxError
 from natbox.model import Forward
@@ -37,6 +38,20 @@ def shown_rule(spec: str) -> str:
 
 
 _COMMENT = re.compile(r' ?-m comment --comment (?:"(?:[^"\\]|\\.)*"|\S+)')
+
+
+SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
+
+
+def health_cell(findings: list[Finding], intact: bool) -> Text:
+    """ok / N warn / error, for the forwards table."""
+    errors = sum(f.severity == "error" for f in findings)
+    warnings = sum(f.severity == "warning" for f in findings)
+    if not intact or errors:
+        return Text("error", style="bold red")
+    if warnings:
+        return Text(f"{warnings} warn", style="yellow")
+    return Text("ok", style="green")
 
 
 class DashboardScreen(Screen[None]):
@@ -120,6 +135,14 @@ class DashboardScreen(Screen[None]):
             id="dashboard.ifaces",
             tooltip="Show the interfaces tab",
         ),
+        Binding(
+            "3",
+            "tab('health')",
+            "Health",
+            show=False,
+            id="dashboard.health",
+            tooltip="Show the health of the selected forward",
+        ),
         Binding("question_mark", "help", "Help", id="dashboard.help", tooltip="Every key"),
         Binding("q", "quit", "Quit", id="dashboard.quit", tooltip="Leave natbox"),
     ]
@@ -148,6 +171,9 @@ class DashboardScreen(Screen[None]):
                     yield DataTable(id="rules-table", cursor_type="row")
             with TabPane("Interfaces", id="interfaces"):
                 yield DataTable(id="ifaces", cursor_type="row")
+            with TabPane("Health", id="health"):
+                with VerticalScroll():
+                    yield Static("", id="health-detail")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -256,6 +282,7 @@ class DashboardScreen(Screen[None]):
             self._fill_forwards()
             self._fill_rules()
             self._fill_interfaces()
+            self._fill_health()
         self._schedule_rules()
 
     @on(FlowsCounted)
@@ -287,6 +314,7 @@ class DashboardScreen(Screen[None]):
     @on(DataTable.RowHighlighted, "#forwards")
     def _forward_highlighted(self) -> None:
         self._fill_rules()
+        self._fill_health()
 
     @on(Input.Changed, "#rules-filter")
     def _rules_filter_changed(self, event: Input.Changed) -> None:
@@ -323,7 +351,7 @@ class DashboardScreen(Screen[None]):
         for state in self.data.forwards:
             f = state.forward
             n, b = self.counts.get(state.name, (0, 0))
-            health = Text("ok", style="green") if state.intact else Text("BROKEN", style="bold red")
+            health = health_cell(self.data.health.get(state.name, []), state.intact)
             if f is None:
                 cells: list[str | Text] = [
                     state.name,
@@ -382,6 +410,31 @@ class DashboardScreen(Screen[None]):
                     str(rule.packets),
                     Text(shown_rule(rule.spec), style="bold" if mine else ""),
                 )
+
+    def _fill_health(self) -> None:
+        """The selected forward's findings, each with its fix."""
+        if self.data is None:
+            return
+        name = self.selected_forward
+        text = Text()
+        if name is None:
+            text.append("no forward selected", style="dim")
+        else:
+            findings = self.data.health.get(name, [])
+            text.append(f"{name}: ", style="bold")
+            serious = [f for f in findings if f.severity != "info"]
+            text.append(
+                "needs attention\n" if serious else "healthy\n",
+                style="yellow" if serious else "green",
+            )
+            for f in findings:
+                text.append(f"{f.severity:<8} {f.message}\n", style=SEVERITY_STYLE[f.severity])
+                if f.severity != "info":
+                    text.append(f"{'':<8} fix: {f.fix}\n", style="dim")
+            text.append(
+                "\nnatbox doctor also probes the backend and the conntrack table", style="dim"
+            )
+        self.query_one("#health-detail", Static).update(text)
 
     def _fill_interfaces(self) -> None:
         assert self.data is not None
