@@ -64,6 +64,9 @@ class Facts:
 
 
 def _tokens(rule: Rule) -> list[str]:
+    # shlex only when quoting is present: it is 50x slower, and kube hosts have thousands of DNATs.
+    if '"' not in rule.spec:
+        return rule.spec.split()
     try:
         return shlex.split(rule.spec)
     except ValueError:
