@@ -192,3 +192,14 @@ def test_table_fill_reads_sysctls(tmp_path: Path) -> None:
         (tmp_path / name).write_text(value + "\n")
     fill = table_fill(tmp_path)
     assert (fill.count, fill.max, fill.accounting, fill.timestamps) == (42, 262144, True, False)
+
+
+def test_reader_falls_back_to_conntrack_L(tmp_path: Path) -> None:
+    from natbox.conntrack import read_flows
+    from natbox.runner import RecordingRunner, Result
+
+    text = (FIX / "conntrack-L-extended.txt").read_text()
+    runner = RecordingRunner(answers={"conntrack -L": Result(("conntrack",), 0, text, "")})
+    table = read_flows(runner, proc=tmp_path / "no-such-file")
+    assert table.source == "conntrack -L" and len(table.flows) == 8
+    assert runner.calls[0][0] == ["conntrack", "-L", "-o", "extended"]
