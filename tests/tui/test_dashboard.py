@@ -232,4 +232,8 @@ async def test_health_column_and_tab() -> None:
         await settle(pilot)
         assert cells(screen.forwards_table, 3) == ["error", "error"]
         detail = str(screen.query_one("#health-detail", Static).render())
-        assert "needs attention" in detail and "IPv4 forwarding is off" in detail and "fix: sysctl" in detail
+        assert (
+            "needs attention" in detail
+            and "IPv4 forwarding is off" in detail
+            and "fix: sysctl" in detail
+        )
