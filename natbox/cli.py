@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from natbox import __version__, checks, conntrack, txn, watchdog
+from natbox import __version__, checks, conntrack, export, persist, txn, watchdog
 from natbox.backends import Backend
 from natbox.backends.detect import BACKEND_CHOICES, choose_backend
 from natbox.errors import NatboxError, NotFoundError
@@ -140,6 +140,8 @@ def cmd_add(args: argparse.Namespace) -> int:
     if not args.dry_run:
         txn.require_root()
     backend = _backend(args)
+    if not args.dry_run:
+        _recover(backend)  # a crashed natbox's half-finished change first
     plan = build_plan(fwd)
     if args.dry_run:
         pending = txn.preview_apply(backend, fwd)
@@ -197,6 +199,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
         if args.dry_run:
             return 0
         _confirm(args, f"Remove forward {args.name}?")
+    _recover(backend)
     outcome = txn.remove(backend, args.name)
     if args.json:
         print(json.dumps(outcome.to_dict(), indent=2))
@@ -250,6 +253,96 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             print(f"{name}: {state}")
             _print_findings(findings, "  ")
     return max((checks.exit_code(fs) for fs in report.values()), default=0)
+
+
+def _recover(backend: Backend) -> None:
+    """Finish or undo an operation a crashed natbox left behind, and say so."""
+    message = txn.recover(backend)
+    if message:
+        print(f"natbox: recovered: {message}", file=sys.stderr)
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    """Finish or undo what a crashed natbox left behind."""
+    txn.require_root()
+    message = txn.recover(_backend(args))
+    print(message or "nothing to recover")
+    return 0
+
+
+def cmd_save(args: argparse.Namespace) -> int:
+    """Record natbox's forwards (only natbox's) and install what restores them at boot."""
+    txn.require_root()
+    backend = _backend(args)
+    states = forward_states(backend.read(natbox_only=True))
+    broken = [s.name for s in states if not s.intact or s.forward is None]
+    if broken:
+        raise NatboxError(
+            f"forward {broken[0]} is broken, not saving it", f"natbox doctor {broken[0]}"
+        )
+    forwards = [s.forward for s in states if s.forward is not None]
+    names = ", ".join(f.name for f in forwards) or "none"
+    print(f"saving forwards: {names} -> {persist.saved_path()}")
+    _confirm(args, "Write them and install the boot-time restore?")
+    path = persist.write(forwards)
+    unit, sysctl, notes = persist.install_boot(txn.forwarding_enabled_by_natbox())
+    print(f"saved {len(forwards)} forwards to {path}")
+    if unit:
+        print(f"installed {unit} (enabled)")
+    if sysctl:
+        print(f"installed {sysctl} (net.ipv4.ip_forward = 1)")
+    for note in notes:
+        print(f"note: {note}")
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Drop one forward from the saved set (its rules stay until natbox remove)."""
+    txn.require_root()
+    saved = persist.load()
+    if args.name not in [f.name for f in saved]:
+        known = ", ".join(f.name for f in saved) or "none"
+        raise NatboxError(f"{args.name} is not saved", f"saved now: {known}")
+    persist.write([f for f in saved if f.name != args.name])
+    print(f"forgot {args.name} (its rules stay until: natbox remove {args.name})")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Re-apply saved forwards that are missing; leave the ones that are there (idempotent)."""
+    txn.require_root()
+    saved = persist.load()  # validated whole before anything is touched
+    backend = _backend(args)
+    _recover(backend)
+    states = {s.name: s for s in forward_states(backend.read(natbox_only=True))}
+    applied: list[str] = []
+    for fwd in saved:
+        state = states.get(fwd.name)
+        if state is not None and state.intact and state.forward == fwd:
+            continue
+        if state is not None:
+            txn.remove(backend, fwd.name)  # a broken or different copy: replace it
+        txn.apply(backend, fwd, enable_ip_forward=True)
+        applied.append(fwd.name)
+    kept = len(saved) - len(applied)
+    print(f"restored {', '.join(applied) or 'nothing'}; {kept} already there")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Print natbox's forwards for other tools."""
+    backend = _backend(args)
+    states = forward_states(backend.read(natbox_only=True))
+    forwards = [s.forward for s in states if s.forward is not None]
+    if args.names:
+        missing = sorted(set(args.names) - {f.name for f in forwards})
+        if missing:
+            raise NotFoundError(f"there is no forward named {missing[0]}", "natbox list shows them")
+        forwards = [f for f in forwards if f.name in args.names]
+    if not forwards:
+        raise NatboxError("no natbox forwards to export", "natbox add one first")
+    print(export.export(forwards, args.format), end="")
+    return 0
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
@@ -468,6 +561,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("save", help="save natbox's forwards and restore them at boot")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask")
+    p.set_defaults(func=cmd_save)
+    p = sub.add_parser("forget", help="drop a forward from the saved set")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_forget)
+    p = sub.add_parser("restore", help="re-apply the saved forwards that are missing (boot)")
+    p.set_defaults(func=cmd_restore)
+    p = sub.add_parser("recover", help="finish or undo what a crashed natbox left behind")
+    p.set_defaults(func=cmd_recover)
+    p = sub.add_parser(
+        "export", help="forwards as restore text, iptables commands or Ansible tasks"
+    )
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("--format", choices=export.FORMATS, default="restore")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("confirm", help="keep the change waiting in its confirm window")
     p.set_defaults(func=cmd_confirm)

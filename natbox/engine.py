@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
-from natbox import conntrack, txn, watchdog
+from natbox import conntrack, persist, txn, watchdog
 from natbox.backends import Backend
 from natbox.backends.detect import choose_backend
 from natbox.checks import ERROR, Finding, diagnose, preflight
@@ -50,6 +50,10 @@ class Dashboard:
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
     taken_at: float = 0.0
+    saved: set[str] | None = None
+    """Names in the saved set (None: it could not be read)."""
+    recovered: str | None = None
+    """What crash recovery did before this read, if anything."""
     health: dict[str, list[Finding]] = field(default_factory=dict)
     """Each forward's findings (the cheap checks: no backend probe, no conntrack read)."""
 
@@ -119,6 +123,7 @@ class Engine:
         self._backend: Backend | None = None
         self._warnings: list[str] = []
         self._forwards: list[Forward] = []
+        self._recovered = False
 
     @property
     def read_only(self) -> bool:
@@ -150,6 +155,19 @@ class Engine:
         except NatboxError as exc:
             data.error = exc.one_line().removeprefix("natbox: ")
             return data
+        if not self.read_only and not self._recovered:
+            # Once per session, before the first look: finish what a crashed natbox left behind.
+            self._recovered = True
+            try:
+                data.recovered = txn.recover(backend)
+            except NatboxError as exc:
+                data.recovered = f"recovery failed: {exc.message}"
+            if data.recovered:
+                rs = backend.read()
+        try:
+            data.saved = {f.name for f in persist.load()}
+        except NatboxError:
+            data.saved = None
         data.forwards = forward_states(rs)
         self._forwards = [s.forward for s in data.forwards if s.forward is not None]
         for table, names in WATCHED.items():

@@ -165,6 +165,7 @@ class SampleEngine:
             taken_at=1_700_000_000.0 + 3 * self.reads,
         )
         data.health = self.doctor()
+        data.saved = {"web"}
         for table, names in WATCHED.items():
             for name in names:
                 chain = rs.chain(table, name)

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from natbox import journal
 from natbox.backends import Backend
 from natbox.errors import BackendError, ConflictError, NatboxError, NotFoundError, NotRootError
 from natbox.model import Forward, Rule, Ruleset
@@ -158,6 +159,7 @@ def _commit_all(backend: Backend, per_table: dict[str, list[str]], order: tuple[
             undone = _undo(backend, per_table, done)
             raise BackendError(exc.message, undone) from None
         done.append(table)
+        journal.fault(f"committed-{table}")
 
 
 def _undo(backend: Backend, per_table: dict[str, list[str]], done: list[str]) -> str:
@@ -198,6 +200,76 @@ def flush_flows(fwd: Forward, runner: Runner) -> list[str]:
     return notes
 
 
+def mark_forwarding_enabled() -> None:
+    """Remember that natbox turned ip_forward on (natbox save then persists it)."""
+    from natbox.watchdog import state_dir
+
+    try:
+        state_dir().mkdir(parents=True, exist_ok=True, mode=0o700)
+        (state_dir() / "ip_forward-by-natbox").write_text("1\n")
+    except OSError:
+        pass
+
+
+def forwarding_enabled_by_natbox() -> bool:
+    """Whether natbox turned ip_forward on at some point."""
+    from natbox.watchdog import state_dir
+
+    return (state_dir() / "ip_forward-by-natbox").exists()
+
+
+def cleanup_empty(backend: Backend) -> list[str]:
+    """Drop natbox's chains and jumps where no forward has rules left (after a crash mid-setup)."""
+    rs = backend.read(natbox_only=True)
+    done: list[str] = []
+    for table in ("nat", "filter"):
+        lines: list[str] = []
+        for builtin, own in OWN_CHAINS[table]:
+            chain = rs.chain(table, own)
+            if chain is not None and chain.rules:
+                continue
+            if _has_jump(rs, table, builtin, own):
+                lines.append(f"-D {builtin} {jump_rule(table, builtin, own).spec}")
+            if chain is not None:
+                lines.append(f"-X {own}")
+        if lines:
+            backend.commit(table, lines)
+            done.append(table)
+    return done
+
+
+def recover(backend: Backend) -> str | None:
+    """Finish or undo the operation natbox died in; say which (None when there was none)."""
+    entry = journal.pending()
+    if entry is None:
+        return None
+    rs = backend.read(natbox_only=True)
+    state = next((s for s in forward_states(rs) if s.name == entry.name), None)
+    if entry.op == "apply":
+        kept = state is not None and state.intact and state.forward is not None
+        if (
+            kept
+            and state is not None
+            and state.forward is not None
+            and state.forward.to_dict() == entry.forward
+        ):
+            message = f"the interrupted apply of {entry.name} had finished: kept it"
+        else:
+            if state is not None:
+                _commit_all(backend, remove_lines(rs, entry.name), ("nat", "filter"))
+            cleanup_empty(backend)
+            message = f"undid the interrupted apply of {entry.name}: the rules are as before it"
+    else:
+        if state is not None:
+            _commit_all(backend, remove_lines(rs, entry.name), ("nat", "filter"))
+            message = f"completed the interrupted removal of {entry.name}"
+        else:
+            message = f"the interrupted removal of {entry.name} had finished"
+        cleanup_empty(backend)
+    journal.end()
+    return message
+
+
 def enable_forwarding(root: Path = PROC_SYS) -> None:
     """Turn on IPv4 forwarding at runtime (persistence is `natbox save`'s job)."""
     (root / "net/ipv4/ip_forward").write_text("1\n")
@@ -224,19 +296,29 @@ def apply(
     conflicts(rs, fwd)
     plan = build_plan(fwd)
     per_table = apply_lines(rs, plan)
-    _commit_all(backend, per_table, TABLE_ORDER)
+    journal.begin("apply", fwd.name, fwd)
+    journal.fault("journal-written")
+    try:
+        _commit_all(backend, per_table, TABLE_ORDER)
+    except BaseException:
+        journal.end()  # undone (or nothing done): the state before
+        raise
     after = backend.read(natbox_only=True)
     state = next((s for s in forward_states(after) if s.name == fwd.name), None)
     if state is None or not state.intact or state.forward != fwd:
         undone = _undo(backend, per_table, [t for t in TABLE_ORDER if t in per_table])
         detail = state.problems[0] if state and state.problems else "its rules did not read back"
+        journal.end()
         raise BackendError(
             f"the kernel did not keep forward {fwd.name} as planned: {detail}", undone
         )
+    journal.fault("before-journal-end")
+    journal.end()
     out = Outcome("apply", fwd.name, backend.label, per_table)
     if not forwarding:
         enable_forwarding()
-        out.notes.append("enabled net.ipv4.ip_forward (until reboot)")
+        mark_forwarding_enabled()
+        out.notes.append("enabled net.ipv4.ip_forward (until reboot; natbox save keeps it)")
     out.notes.extend(flush_flows(fwd, runner))
     out.seconds = time.perf_counter() - start
     return out
@@ -253,7 +335,15 @@ def remove(backend: Backend, name: str) -> Outcome:
         raise NotFoundError(
             f"there is no forward named {name}", f"natbox list shows them (now: {known})"
         )
-    _commit_all(backend, per_table, ("nat", "filter"))
+    journal.begin("remove", name, None)
+    journal.fault("journal-written")
+    try:
+        _commit_all(backend, per_table, ("nat", "filter"))
+    except BaseException:
+        journal.end()
+        raise
+    journal.fault("before-journal-end")
+    journal.end()
     left = backend.read(natbox_only=True).forward_rules(name)
     if left:
         raise BackendError(

@@ -16,6 +16,15 @@ from natbox.runner import Runner
 from natbox.system import is_root
 
 
+def lock_busy(stderr: str) -> None:
+    """Raise the one clear error when iptables gave up waiting for the xtables lock."""
+    if "xtables lock" in stderr:
+        raise BackendError(
+            "the xtables lock is held by another process",
+            "wait for the other iptables command to finish (NATBOX_LOCK_WAIT sets how long natbox waits)",
+        )
+
+
 class Backend(ABC):
     """One way of writing rules; reading always goes through iptables-<flavour>-save."""
 
@@ -54,8 +63,14 @@ class Backend(ABC):
             f"*{table}\n" + "".join(line + "\n" for line in lines) + "COMMIT\n"
             for table, lines in per_table.items()
         )
-        res = self.runner.run([f"iptables-{self.flavour}-restore", "--test", "--noflush"], text)
+        from natbox.backends.iptc import lock_wait
+
+        wait = str(max(1, int(lock_wait())))
+        res = self.runner.run(
+            [f"iptables-{self.flavour}-restore", "--test", "--noflush", "-w", wait], text
+        )
         if not res.ok:
+            lock_busy(res.stderr)
             raise BackendError(
                 f"the rules do not parse: {res.first_error_line()}", "nothing was changed"
             )

@@ -35,12 +35,21 @@ def lockfile_path() -> str:
     return os.environ.get("XTABLES_LOCKFILE", "/run/xtables.lock")
 
 
+def lock_wait() -> float:
+    """Seconds to wait for the xtables lock (NATBOX_LOCK_WAIT, default 10)."""
+    try:
+        return float(os.environ.get("NATBOX_LOCK_WAIT", "10"))
+    except ValueError:
+        return 10.0
+
+
 @contextmanager
-def xtables_lock(timeout: float = 10.0) -> Iterator[None]:
+def xtables_lock(timeout: float | None = None) -> Iterator[None]:
     """Hold the xtables lock (flock), retrying while another writer has it."""
+    wait = lock_wait() if timeout is None else timeout
     fd = os.open(lockfile_path(), os.O_CREAT | os.O_RDWR, 0o600)
     try:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from natbox.backends import Backend
+from natbox.backends import Backend, lock_busy
 from natbox.errors import BackendError
 
 
@@ -10,14 +10,21 @@ class RestoreBackend(Backend):
     """Writes with iptables-restore; works for nft and legacy alike."""
 
     name = "restore"
-    wait_seconds = 10
 
     def commit(self, table: str, lines: list[str]) -> None:
         """Feed one table's lines to iptables-restore; all of them or none land."""
         text = f"*{table}\n" + "".join(line + "\n" for line in lines) + "COMMIT\n"
-        argv = [f"iptables-{self.flavour}-restore", "--noflush", "-w", str(self.wait_seconds)]
+        from natbox.backends.iptc import lock_wait
+
+        argv = [
+            f"iptables-{self.flavour}-restore",
+            "--noflush",
+            "-w",
+            str(max(1, int(lock_wait()))),
+        ]
         res = self.runner.run(argv, text)
         if not res.ok:
+            lock_busy(res.stderr)
             raise BackendError(
                 f"iptables-{self.flavour}-restore refused the {table} table: {res.first_error_line()}",
                 f"the {table} table was left as it was",

@@ -186,6 +186,7 @@ class DashboardScreen(Screen[None]):
         forwards.add_column("HEALTH", key="health")
         forwards.add_column("FLOWS", key="flows")
         forwards.add_column("BYTES", key="bytes")
+        forwards.add_column("SAVED", key="saved")
         forwards.add_column("SNAT", key="snat")
         forwards.add_column("OPTS", key="opts")
         forwards.display = False
@@ -266,6 +267,8 @@ class DashboardScreen(Screen[None]):
     def _loaded(self, message: DashboardLoaded) -> None:
         data = message.data
         self.data = data
+        if data.recovered:
+            self.notify(data.recovered, title="natbox recovered", severity="warning", timeout=10)
         with self.app.batch_update():
             self.status_bar.show(
                 host=data.host,
@@ -352,6 +355,14 @@ class DashboardScreen(Screen[None]):
             f = state.forward
             n, b = self.counts.get(state.name, (0, 0))
             health = health_cell(self.data.health.get(state.name, []), state.intact)
+            known = self.data.saved
+            saved = (
+                "?"
+                if known is None
+                else Text("yes", style="green")
+                if state.name in known
+                else "no"
+            )
             if f is None:
                 cells: list[str | Text] = [
                     state.name,
@@ -360,6 +371,7 @@ class DashboardScreen(Screen[None]):
                     health,
                     str(n),
                     human_bytes(b),
+                    saved,
                     "?",
                     "",
                 ]
@@ -374,7 +386,7 @@ class DashboardScreen(Screen[None]):
                 )
                 snat = "masq" if f.masquerade else str(f.snat)
                 path = f"{f.listen} → {f.backend}"
-                cells = [f.name, f.proto, path, health, str(n), human_bytes(b), snat, opts]
+                cells = [f.name, f.proto, path, health, str(n), human_bytes(b), saved, snat, opts]
             table.add_row(*cells, key=state.name)
         has_rows = bool(self.data.forwards)
         table.display = has_rows
