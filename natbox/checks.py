@@ -225,10 +225,11 @@ def diagnose(fwd: Forward, rs: Ruleset, facts: Facts, *, existing: bool = False)
             add(
                 Finding(
                     "hairpin",
-                    WARNING,
-                    f"the backend {fwd.backend.ip} is reached through {listen_dev}, the listen side: "
-                    "clients on that side get replies straight from the backend",
-                    "hairpin NAT (a later natbox option), or put the backend on the other side",
+                    INFO,
+                    f"the backend {fwd.backend.ip} is on the listen side ({listen_dev}): clients "
+                    "there work too, because natbox SNATs every flow of the forward (hairpin); the "
+                    "backend sees this box, not the client",
+                    "nothing to do; to see client addresses, put the backend on another interface",
                 )
             )
         if fwd.snat is not None and fwd.snat not in facts.local:

@@ -50,6 +50,7 @@ def forward_from_args(args: argparse.Namespace, runner: Runner | None = None) ->
             masquerade=True,
             mss_clamp=args.mss_clamp,
             sources=args.sources,
+            local=args.local,
         )
         route = route_to(probe.backend.ip, runner)
         if route.src is None:
@@ -67,6 +68,7 @@ def forward_from_args(args: argparse.Namespace, runner: Runner | None = None) ->
         masquerade=args.masquerade,
         mss_clamp=args.mss_clamp,
         sources=args.sources,
+        local=args.local,
     )
 
 
@@ -81,6 +83,11 @@ def _add_forward_args(p: argparse.ArgumentParser) -> None:
     )
     snat.add_argument("--masquerade", action="store_true", help="SNAT to the outgoing address")
     p.add_argument("--mss-clamp", action="store_true", help="clamp TCP MSS to the path MTU")
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="also forward this box's own connections to the listen address (nat OUTPUT)",
+    )
     p.add_argument(
         "--from",
         dest="sources",

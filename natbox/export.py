@@ -4,6 +4,7 @@ Ansible task list, so a fleet can be driven by the tools admins already use."""
 from __future__ import annotations
 
 import json
+import shlex
 
 from natbox.model import Forward
 from natbox.plan import TABLE_ORDER, Plan, build_plan, setup_rules
@@ -21,8 +22,9 @@ def restore_fragment(forwards: list[Forward]) -> str:
     ]
     for table in TABLE_ORDER:
         lines.append(f"*{table}")
-        lines.extend(f"-N {j.args[-1]}" for j in setup_rules([table]))
-        lines.extend(f"-I {j.chain} 1 {j.spec}" for j in setup_rules([table]))
+        used = {c for p in plans for c in p.chains}
+        lines.extend(f"-N {j.args[-1]}" for j in setup_rules([table], used))
+        lines.extend(f"-I {j.chain} 1 {j.spec}" for j in setup_rules([table], used))
         lines.extend(r.save_line for p in plans for r in p.table_rules(table))
         lines.append("COMMIT")
     return "\n".join(lines) + "\n"
@@ -31,9 +33,14 @@ def restore_fragment(forwards: list[Forward]) -> str:
 def command_lines(forwards: list[Forward]) -> str:
     """The same as iptables commands, chains and jumps first."""
     plans = [build_plan(f) for f in forwards]
+    used = {c for p in plans for c in p.chains}
     out = [f"# natbox export: {', '.join(f.name for f in forwards)}"]
-    for i, plan in enumerate(plans):
-        out.extend(plan.command_lines(TABLE_ORDER if i == 0 else ()))
+    for table in TABLE_ORDER:
+        jumps = setup_rules([table], used)
+        out.extend(f"iptables -w -t {table} -N {j.args[-1]}" for j in jumps)
+        out.extend(shlex.join(j.command("iptables", "-I")) for j in jumps)
+    for plan in plans:
+        out.extend(plan.command_lines(()))
     return "\n".join(out) + "\n"
 
 

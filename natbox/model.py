@@ -183,6 +183,8 @@ class Forward:
     masquerade: bool = False
     mss_clamp: bool = False
     sources: tuple[IPv4Network, ...] = ()
+    local: bool = False
+    """Also DNAT this box's own connections to the listen address (nat OUTPUT)."""
 
     def __post_init__(self) -> None:
         problem = forward_problem(self)
@@ -206,6 +208,7 @@ class Forward:
         masquerade: bool = False,
         mss_clamp: bool = False,
         sources: Iterable[str] = (),
+        local: bool = False,
     ) -> Forward:
         """Build a forward from what a user typed; every field is validated."""
         if proto not in PROTOS:
@@ -225,6 +228,7 @@ class Forward:
             masquerade=masquerade,
             mss_clamp=mss_clamp,
             sources=nets,
+            local=local,
         )
 
     @property
@@ -247,6 +251,7 @@ class Forward:
             "snat": str(self.snat) if self.snat else None,
             "masquerade": self.masquerade,
             "mss_clamp": self.mss_clamp,
+            "local": self.local,
             "sources": [n.with_prefixlen for n in self.sources],
         }
 

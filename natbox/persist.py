@@ -55,6 +55,7 @@ def forward_from_dict(data: dict[str, object]) -> Forward:
         snat=str(snat) if snat else None,
         masquerade=bool(data.get("masquerade", False)),
         mss_clamp=bool(data.get("mss_clamp", False)),
+        local=bool(data.get("local", False)),
         sources=[str(s) for s in sources],
     )
 

@@ -17,7 +17,11 @@ CHAIN_PREFIX = "NATBOX-"
 OWN_CHAINS: dict[str, tuple[tuple[str, str], ...]] = {
     # table -> ((builtin chain, natbox chain), ...)
     "filter": (("FORWARD", "NATBOX-FORWARD"),),
-    "nat": (("PREROUTING", "NATBOX-PREROUTING"), ("POSTROUTING", "NATBOX-POSTROUTING")),
+    "nat": (
+        ("PREROUTING", "NATBOX-PREROUTING"),
+        ("POSTROUTING", "NATBOX-POSTROUTING"),
+        ("OUTPUT", "NATBOX-OUTPUT"),
+    ),
 }
 # filter before nat: the FORWARD accept exists before the first packet is DNATed.
 TABLE_ORDER: tuple[str, ...] = ("filter", "nat")
@@ -79,9 +83,13 @@ def jump_rule(table: str, builtin: str, own: str) -> PlannedRule:
     )
 
 
-def setup_rules(tables: Iterable[str] = TABLE_ORDER) -> list[PlannedRule]:
-    """The jumps that connect natbox's chains, for the given tables."""
-    return [jump_rule(t, b, o) for t in tables for b, o in OWN_CHAINS[t]]
+def setup_rules(
+    tables: Iterable[str] = TABLE_ORDER, used: set[str] | None = None
+) -> list[PlannedRule]:
+    """The jumps that connect natbox's chains, for the given tables (only chains in `used`, if given)."""
+    return [
+        jump_rule(t, b, o) for t in tables for b, o in OWN_CHAINS[t] if used is None or o in used
+    ]
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,11 @@ class Plan:
 
     forward: Forward
     rules: tuple[PlannedRule, ...]
+
+    @property
+    def chains(self) -> set[str]:
+        """natbox chains this plan puts rules in (only those get created)."""
+        return {r.chain for r in self.rules}
 
     def table_rules(self, table: str) -> list[PlannedRule]:
         """This plan's rules in one table."""
@@ -109,8 +122,9 @@ class Plan:
                 continue
             lines.append(f"*{table}")
             if table in setup:
-                lines.extend(f":{own} - [0:0]" for _, own in OWN_CHAINS[table])
-                lines.extend(f"-I {j.chain} 1 {j.spec}" for j in setup_rules([table]))
+                jumps = setup_rules([table], self.chains)
+                lines.extend(f":{j.args[-1]} - [0:0]" for j in jumps)
+                lines.extend(f"-I {j.chain} 1 {j.spec}" for j in jumps)
             lines.extend(r.save_line for r in rules)
             lines.append("COMMIT")
         return "\n".join(lines) + "\n"
@@ -123,8 +137,9 @@ class Plan:
         cmds: list[list[str]] = []
         for table in TABLE_ORDER:
             if table in setup:
-                cmds.extend([binary, "-w", "-t", table, "-N", own] for _, own in OWN_CHAINS[table])
-                cmds.extend(j.command(binary, "-I") for j in setup_rules([table]))
+                jumps = setup_rules([table], self.chains)
+                cmds.extend([binary, "-w", "-t", table, "-N", j.args[-1]] for j in jumps)
+                cmds.extend(j.command(binary, "-I") for j in jumps)
             cmds.extend(r.command(binary) for r in self.table_rules(table))
         return cmds
 
@@ -304,4 +319,31 @@ def build_plan(fwd: Forward) -> Plan:
                 f"let this forward's {proto} replies (and their ICMP errors) back through",
             )
         )
-    return Plan(fwd, (*pre, *post, *fwd_rules))
+    local: list[PlannedRule] = []
+    if fwd.local:
+        for proto in fwd.protocols:
+            local.append(
+                PlannedRule(
+                    "nat",
+                    "NATBOX-OUTPUT",
+                    (
+                        "-d",
+                        f"{listen.ip}/32",
+                        "-p",
+                        proto,
+                        "-m",
+                        proto,
+                        "--dport",
+                        listen.ipt_ports,
+                        *com,
+                        "-j",
+                        "DNAT",
+                        "--to-destination",
+                        _to_destination(fwd),
+                    ),
+                    "local",
+                    f"{proto} from this box itself to {listen} → {backend} too (its own traffic "
+                    "never passes PREROUTING)",
+                )
+            )
+    return Plan(fwd, (*pre, *local, *post, *fwd_rules))

@@ -159,7 +159,8 @@ def forward_from_rules(name: str, rules: list[Rule]) -> Forward:
         elif r.text.endswith(" -j MASQUERADE"):
             masquerade = True
     mss = any(" -j TCPMSS " in r.text for r in rules)
-    return Forward(name, proto, listen, backend, snat, masquerade, mss, sources)  # type: ignore[arg-type]
+    local = any(r.chain == "NATBOX-OUTPUT" for r in rules)
+    return Forward(name, proto, listen, backend, snat, masquerade, mss, sources, local)  # type: ignore[arg-type]
 
 
 def forward_states(rs: Ruleset) -> list[ForwardState]:

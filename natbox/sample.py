@@ -58,11 +58,10 @@ def sample_save(forwards: list[Forward]) -> str:
         out.append(f"*{table}")
         out.extend(f":{p} [1200:96000]" for p in POLICIES[table])
         out.extend(f":{c} - [0:0]" for c in FOREIGN_CHAINS[table])
-        if forwards:
-            out.extend(f":{own} - [0:0]" for _, own in OWN_CHAINS[table])
-            out.extend(
-                f"[812:65012] {jump_rule(table, b, o).save_line}" for b, o in OWN_CHAINS[table]
-            )
+        used = {c for f in forwards for c in build_plan(f).chains}
+        jumps = [(b, o) for b, o in OWN_CHAINS[table] if o in used]
+        out.extend(f":{own} - [0:0]" for _, own in jumps)
+        out.extend(f"[812:65012] {jump_rule(table, b, o).save_line}" for b, o in jumps)
         out.extend(f"[3:180] {line}" for line in FOREIGN[table])
         for fwd in forwards:
             out.extend(f"[406:32506] {r.save_line}" for r in build_plan(fwd).table_rules(table))

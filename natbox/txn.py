@@ -88,6 +88,8 @@ def apply_lines(rs: Ruleset, plan: Plan) -> dict[str, list[str]]:
     for table in TABLE_ORDER:
         lines: list[str] = []
         for builtin, own in OWN_CHAINS[table]:
+            if own not in plan.chains:
+                continue  # e.g. NATBOX-OUTPUT exists only while a forward has --local
             if rs.chain(table, own) is None:
                 lines.append(f":{own} - [0:0]")
             if not _has_jump(rs, table, builtin, own):

@@ -61,7 +61,7 @@ def test_healthy_is_silent() -> None:
         (
             {},
             {"route": Route(IPv4Address("10.0.2.50"), "lan0", IPv4Address("192.168.1.30"), None)},
-            ("hairpin", "warning"),
+            ("hairpin", "info"),
         ),
         ({"snat": "10.0.2.99"}, {}, ("snat-not-local", "error")),
         ({}, {"mtus": {"lan0": 1500, "dmz0": 1400}}, ("mtu-mismatch", "warning")),

@@ -117,3 +117,16 @@ def test_save_quote_matches_iptables() -> None:
     assert save_quote("a.b") == '"a.b"' and save_quote("natbox:web") == '"natbox:web"'
     assert save_quote('a"b') == '"a\\"b"' and save_quote("a\\b") == '"a\\\\b"'
     assert save_quote("") == '""'
+
+
+def test_local_adds_the_output_dnat_and_its_chain() -> None:
+    plan = build_plan(seed(local=True, proto="both"))
+    local = [r.save_line for r in plan.rules if r.kind == "local"]
+    assert local == [
+        '-A NATBOX-OUTPUT -d 192.168.1.30/32 -p tcp -m tcp --dport 1234 -m comment --comment "natbox:web" -j DNAT --to-destination 10.0.2.50:80',
+        '-A NATBOX-OUTPUT -d 192.168.1.30/32 -p udp -m udp --dport 1234 -m comment --comment "natbox:web" -j DNAT --to-destination 10.0.2.50:80',
+    ]
+    text = plan.restore_text()
+    assert ":NATBOX-OUTPUT - [0:0]" in text
+    assert "-I OUTPUT 1 -m comment --comment natbox -j NATBOX-OUTPUT" in text
+    assert "NATBOX-OUTPUT" not in build_plan(seed()).restore_text(), "created only when needed"

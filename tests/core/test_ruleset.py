@@ -126,3 +126,16 @@ def test_garbage_is_one_clear_error(bad: str) -> None:
 )
 def test_classify_owner(chain: str, text: str, owner: str) -> None:
     assert classify_owner(chain, text) == owner
+
+
+def test_local_forward_reads_back() -> None:
+    fwd = Forward.from_text(
+        "192.168.1.30:1234", "10.0.2.50:80", name="l", snat="10.0.2.40", local=True
+    )
+    plan = build_plan(fwd)
+    text = "".join(
+        f"*{t}\n" + "".join(r.save_line + "\n" for r in plan.table_rules(t)) + "COMMIT\n"
+        for t in ("filter", "nat")
+    )
+    (state,) = forward_states(parse_save(text))
+    assert state.intact and state.forward == fwd and state.forward.local

@@ -59,7 +59,7 @@ class WizardScreen(Screen[WizardResult | None]):
         padding: 0 1;
     }
     WizardScreen .step {
-        height: auto;
+        height: 1fr;
     }
     WizardScreen Label {
         margin-top: 1;
@@ -125,7 +125,7 @@ class WizardScreen(Screen[WizardResult | None]):
         yield Header(icon="»")
         yield StepBar(STEPS, id="steps")
         with ContentSwitcher(initial="step-0"):
-            with Vertical(id="step-0", classes="step"):
+            with VerticalScroll(id="step-0", classes="step"):
                 yield Label("Client-facing address (where clients connect)")
                 yield Static(f"this box: {listed or 'no addresses found'}", classes="hint")
                 yield Input(
@@ -141,7 +141,7 @@ class WizardScreen(Screen[WizardResult | None]):
                 with RadioSet(id="proto"):
                     for i, p in enumerate(PROTOS):
                         yield RadioButton(p, value=i == 0, id=f"proto-{p}")
-            with Vertical(id="step-1", classes="step"):
+            with VerticalScroll(id="step-1", classes="step"):
                 yield Label("Backend ip:port (the server clients should reach)")
                 yield Input("", id="backend", placeholder="10.0.2.50:80")
                 yield Static("", id="backend-error", classes="error")
@@ -152,7 +152,7 @@ class WizardScreen(Screen[WizardResult | None]):
                 yield Checkbox(
                     "Masquerade instead (SNAT to whatever the outgoing address is)", id="masquerade"
                 )
-            with Vertical(id="step-2", classes="step"):
+            with VerticalScroll(id="step-2", classes="step"):
                 yield Label("Name")
                 yield Input("", id="name")
                 yield Static("", id="name-error", classes="error")
@@ -161,6 +161,7 @@ class WizardScreen(Screen[WizardResult | None]):
                 yield Label("Allowed clients (CIDRs, comma-separated; empty = anyone)")
                 yield Input("", id="sources", placeholder="192.168.1.0/24")
                 yield Static("", id="sources-error", classes="error")
+                yield Checkbox("Also for this box's own connections (nat OUTPUT)", id="local")
                 yield Checkbox("Enable ip_forward (it is off)", id="enable-forwarding")
             with Vertical(id="step-3"):
                 with TabbedContent(id="preview-tabs"):
@@ -340,6 +341,7 @@ class WizardScreen(Screen[WizardResult | None]):
             snat=None if masquerade else self._value("snat"),
             masquerade=masquerade,
             mss_clamp=self.query_one("#mss", Checkbox).value,
+            local=self.query_one("#local", Checkbox).value,
             sources=[p.strip() for p in self._value("sources").split(",") if p.strip()],
         )
 
