@@ -190,6 +190,26 @@ def _origin(fwd: Forward) -> list[str]:
     return ["--ctorigdst", str(fwd.listen.ip), "--ctorigdstport", fwd.listen.ipt_ports]
 
 
+def _dnat_args(fwd: Forward, proto: str, src: list[str]) -> tuple[str, ...]:
+    """The DNAT of the listen ip:port/proto (PREROUTING for clients, OUTPUT for the box itself)."""
+    return (
+        *src,
+        "-d",
+        f"{fwd.listen.ip}/32",
+        "-p",
+        proto,
+        "-m",
+        proto,
+        "--dport",
+        fwd.listen.ipt_ports,
+        *comment_args(fwd.comment),
+        "-j",
+        "DNAT",
+        "--to-destination",
+        _to_destination(fwd),
+    )
+
+
 def build_plan(fwd: Forward) -> Plan:
     """Turn a forward into its rules: DNAT, SNAT, (MSS clamp), FORWARD accept, FORWARD return."""
     com = comment_args(fwd.comment)
@@ -206,22 +226,7 @@ def build_plan(fwd: Forward) -> Plan:
                 PlannedRule(
                     "nat",
                     "NATBOX-PREROUTING",
-                    (
-                        *src,
-                        "-d",
-                        f"{listen.ip}/32",
-                        "-p",
-                        proto,
-                        "-m",
-                        proto,
-                        "--dport",
-                        listen.ipt_ports,
-                        *com,
-                        "-j",
-                        "DNAT",
-                        "--to-destination",
-                        _to_destination(fwd),
-                    ),
+                    _dnat_args(fwd, proto, src),
                     "dnat",
                     f"{proto} {listen} → {backend}{who}: rewrite the destination to the backend",
                 )
@@ -326,21 +331,7 @@ def build_plan(fwd: Forward) -> Plan:
                 PlannedRule(
                     "nat",
                     "NATBOX-OUTPUT",
-                    (
-                        "-d",
-                        f"{listen.ip}/32",
-                        "-p",
-                        proto,
-                        "-m",
-                        proto,
-                        "--dport",
-                        listen.ipt_ports,
-                        *com,
-                        "-j",
-                        "DNAT",
-                        "--to-destination",
-                        _to_destination(fwd),
-                    ),
+                    _dnat_args(fwd, proto, []),
                     "local",
                     f"{proto} from this box itself to {listen} → {backend} too (its own traffic "
                     "never passes PREROUTING)",

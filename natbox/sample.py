@@ -212,44 +212,33 @@ class SampleEngine:
             snat, dev, listen_dev, mtus.get(listen_dev or ""), mtus[dev], self.ip_forward
         )
 
-    def preflight(self, fwd: Forward) -> list[Finding]:
-        """The core's preflight over the sample box's facts."""
+    def _facts(self, fwd: Forward) -> Facts:
         d = self.derive(str(fwd.listen.ip), str(fwd.backend.ip))
         route = (
             Route(fwd.backend.ip, d.backend_dev, IPv4Address(d.snat), None)
             if d.backend_dev and d.snat
             else None
         )
-        facts = Facts(
+        return Facts(
             self.ip_forward,
             {IPv4Address(a): dev for a, dev in self.local_addresses()},
             route,
             d.route_error,
             {"lan0": 1500, "dmz0": 1400, "lo": 65536},
         )
-        return preflight(fwd, parse_save(sample_save(self.forwards)), facts)
+
+    def preflight(self, fwd: Forward) -> list[Finding]:
+        """The core's preflight over the sample box's facts."""
+        return preflight(fwd, parse_save(sample_save(self.forwards)), self._facts(fwd))
 
     def doctor(self, name: str | None = None, probe: bool = True) -> dict[str, list[Finding]]:
         """The core's diagnosis of the sample box's forwards."""
         rs = parse_save(sample_save(self.forwards))
-        out: dict[str, list[Finding]] = {}
-        for fwd in self.forwards:
-            if name is None or fwd.name == name:
-                d = self.derive(str(fwd.listen.ip), str(fwd.backend.ip))
-                route = (
-                    Route(fwd.backend.ip, d.backend_dev, IPv4Address(d.snat), None)
-                    if d.snat and d.backend_dev
-                    else None
-                )
-                facts = Facts(
-                    self.ip_forward,
-                    {IPv4Address(a): dev for a, dev in self.local_addresses()},
-                    route,
-                    d.route_error,
-                    {"lan0": 1500, "dmz0": 1400, "lo": 65536},
-                )
-                out[fwd.name] = diagnose(fwd, rs, facts, existing=True)
-        return out
+        return {
+            f.name: diagnose(f, rs, self._facts(f), existing=True)
+            for f in self.forwards
+            if name is None or f.name == name
+        }
 
     def apply(
         self, fwd: Forward, *, confirm_seconds: float | None = None, enable_forwarding: bool = False
