@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
 
 from natbox.errors import ConflictError, NatboxError
-from natbox.model import Forward, Rule, Ruleset
+from natbox.model import Forward, IPAddress, Rule, Ruleset
 from natbox.plan import jump_rule
 from natbox.system import Route
 
@@ -40,7 +39,7 @@ class Facts:
     """What the checks look at, gathered by the engine (so the checks stay pure)."""
 
     ip_forward: bool
-    local: dict[IPv4Address, str]
+    local: dict[IPAddress, str]
     """Local address -> interface."""
     route: Route | None
     """The route to the backend, None when there is none."""
@@ -84,7 +83,7 @@ def _matches_listen(rule: Rule, fwd: Forward) -> bool:
     """Would this (foreign) rule match packets to the forward's listen ip:port/proto?"""
     t = _tokens(rule)
     dst = _opt(t, "-d")
-    if dst is not None and dst.removesuffix("/32") != str(fwd.listen.ip):
+    if dst is not None and dst.removesuffix("/32").removesuffix("/128") != str(fwd.listen.ip):
         return False
     proto = _opt(t, "-p")
     if proto is not None and proto not in fwd.protocols:
@@ -132,7 +131,7 @@ def diagnose(fwd: Forward, rs: Ruleset, facts: Facts, *, existing: bool = False)
             Finding(
                 "ip-forward-off",
                 ERROR if existing else WARNING,
-                "IPv4 forwarding is off: this box routes nothing between its interfaces",
+                f"IPv{fwd.family} forwarding is off: this box routes nothing between its interfaces",
                 "sysctl -w net.ipv4.ip_forward=1 (natbox add --enable-forwarding; the wizard's tick box)",
             )
         )
@@ -325,7 +324,7 @@ def diagnose(fwd: Forward, rs: Ruleset, facts: Facts, *, existing: bool = False)
 
 def _matches_backend(rule: Rule, fwd: Forward) -> bool:
     dst = _opt(_tokens(rule), "-d")
-    return dst is None or dst.removesuffix("/32") == str(fwd.backend.ip)
+    return dst is None or dst.removesuffix("/32").removesuffix("/128") == str(fwd.backend.ip)
 
 
 def preflight(fwd: Forward, rs: Ruleset, facts: Facts) -> list[Finding]:

@@ -20,7 +20,6 @@ from natbox.backends.detect import BACKEND_CHOICES, choose_backend
 from natbox.errors import NatboxError, NotFoundError
 from natbox.model import PROTOS, Forward
 from natbox.plan import build_plan
-from natbox.ruleset import forward_states
 from natbox.runner import Runner
 from natbox.status import snapshot
 from natbox.system import route_to
@@ -281,7 +280,7 @@ def cmd_save(args: argparse.Namespace) -> int:
     """Record natbox's forwards (only natbox's) and install what restores them at boot."""
     txn.require_root()
     backend = _backend(args)
-    states = forward_states(backend.read(natbox_only=True))
+    states = txn.all_forward_states(backend)
     broken = [s.name for s in states if not s.intact or s.forward is None]
     if broken:
         raise NatboxError(
@@ -321,7 +320,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     saved = persist.load()  # validated whole before anything is touched
     backend = _backend(args)
     _recover(backend)
-    states = {s.name: s for s in forward_states(backend.read(natbox_only=True))}
+    states = {s.name: s for s in txn.all_forward_states(backend)}
     applied: list[str] = []
     for fwd in saved:
         state = states.get(fwd.name)
@@ -339,7 +338,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """Print natbox's forwards for other tools."""
     backend = _backend(args)
-    states = forward_states(backend.read(natbox_only=True))
+    states = txn.all_forward_states(backend)
     forwards = [s.forward for s in states if s.forward is not None]
     if args.names:
         missing = sorted(set(args.names) - {f.name for f in forwards})
@@ -407,7 +406,7 @@ def _flows_with_forwards(
     """Read the table and the forwards (from the kernel's rules) that flows are matched to."""
     table = conntrack.read_flows()
     backend, _det = choose_backend(args.backend_choice)
-    states = forward_states(backend.read(natbox_only=True))
+    states = txn.all_forward_states(backend)
     index = conntrack.ForwardIndex(s.forward for s in states if s.forward is not None)
     names = [s.name for s in states]
     if args.forward is not None and args.forward not in names:

@@ -482,7 +482,9 @@ class ForwardIndex:
         for fwd in forwards:
             for proto in fwd.protocols:
                 for port in range(fwd.listen.port, fwd.listen.port_end + 1):
-                    self._index[(proto, str(fwd.listen.ip), str(port))] = fwd.name
+                    # /proc prints IPv6 fully expanded, conntrack -L compressed: index both.
+                    for form in {str(fwd.listen.ip), fwd.listen.ip.exploded}:
+                        self._index[(proto, form, str(port))] = fwd.name
 
     def __call__(self, flow: Flow) -> str | None:
         return self._index.get((flow[_PROTO], flow[_D1], flow[_DP1])) if self._index else None

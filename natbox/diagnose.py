@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-from ipaddress import IPv4Address
+from ipaddress import ip_address
 from pathlib import Path
 
 from natbox import conntrack
@@ -143,7 +143,7 @@ def gather_facts(
 
     runner = runner or Runner()
     stats = interface_stats()
-    local = {IPv4Address(a): i.name for i in stats for a in i.addresses}
+    local = {ip_address(a): i.name for i in stats for a in i.addresses}
     route, error = None, ""
     try:
         route = route_to(fwd.backend.ip, runner)
@@ -159,7 +159,7 @@ def gather_facts(
     answers, why = backend_probe(fwd) if probe and route is not None else (None, "")
     devs = {i.name for i in stats}
     return Facts(
-        ip_forward=ip_forward_enabled(),
+        ip_forward=ip_forward_enabled(family=fwd.family),
         local=local,
         route=route,
         route_error=error,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 import time
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import ip_address
 
 from natbox import conntrack, persist, txn, watchdog
 from natbox.backends import Backend
@@ -100,7 +100,12 @@ def interface_stats() -> list[InterfaceStat]:
     io = psutil.net_io_counters(pernic=True)
     out: list[InterfaceStat] = []
     for name in sorted(addrs, key=lambda n: (n == "lo", n)):
-        v4 = tuple(a.address for a in addrs[name] if a.family == socket.AF_INET)
+        v4 = tuple(
+            a.address
+            for a in addrs[name]
+            if a.family == socket.AF_INET
+            or (a.family == socket.AF_INET6 and not a.address.lower().startswith("fe80"))
+        )
         st, counters = stats.get(name), io.get(name)
         out.append(
             InterfaceStat(
@@ -169,6 +174,10 @@ class Engine:
         except NatboxError:
             data.saved = None
         data.forwards = forward_states(rs)
+        v6 = [b for b in txn.families(backend) if b.family == 6]
+        rs6 = v6[0].read(natbox_only=True) if v6 else None
+        v6_states = forward_states(rs6) if rs6 is not None else []
+        data.forwards += v6_states
         self._forwards = [s.forward for s in data.forwards if s.forward is not None]
         for table, names in WATCHED.items():
             for name in names:
@@ -182,7 +191,11 @@ class Engine:
                     (table, c) for n, c in t.chains.items() if n.startswith("NATBOX-")
                 )
         data.warnings = list(dict.fromkeys([*self._warnings, *rs.warnings]))
-        data.health = self._health(rs, data.forwards, probe=False, flows=False)
+        data.health = self._health(
+            rs, [s for s in data.forwards if s not in v6_states], probe=False, flows=False
+        )
+        if rs6 is not None:
+            data.health.update(self._health(rs6, v6_states, probe=False, flows=False))
         return data
 
     def _health(
@@ -227,7 +240,7 @@ class Engine:
         local = {a: i.name for i in stats.values() for a in i.addresses}
         listen_dev = local.get(listen_ip)
         try:
-            route = route_to(IPv4Address(backend_ip))
+            route = route_to(ip_address(backend_ip))
         except (NatboxError, ValueError) as exc:
             text = exc.message if isinstance(exc, NatboxError) else str(exc)
             return Derived(
@@ -250,17 +263,18 @@ class Engine:
         """Everything that would make `fwd` fail here, before it is applied."""
         facts = gather_facts(fwd, other_side=self._other_side())
         # The whole ruleset: foreign DNATs and DROPs are what the checks look for.
-        return preflight(fwd, self.backend().read(), facts)
+        return preflight(fwd, self.backend().for_family(fwd.family).read(), facts)
 
     def doctor(self, name: str | None = None, probe: bool = True) -> dict[str, list[Finding]]:
         """Findings for the forwards in the kernel (or one), broken ones included."""
-        rs = self.backend().read()
-        states = forward_states(rs)
-        if name is not None:
-            states = [s for s in states if s.name == name]
-            if not states:
-                raise NotFoundError(f"there is no forward named {name}", "natbox list shows them")
-        return self._health(rs, states, probe=probe, flows=True)
+        out: dict[str, list[Finding]] = {}
+        for bound in txn.families(self.backend()):
+            rs = bound.read()
+            states = [s for s in forward_states(rs) if name is None or s.name == name]
+            out.update(self._health(rs, states, probe=probe, flows=True))
+        if name is not None and not out:
+            raise NotFoundError(f"there is no forward named {name}", "natbox list shows them")
+        return out
 
     def apply(
         self, fwd: Forward, *, confirm_seconds: float | None = None, enable_forwarding: bool = False

@@ -25,11 +25,18 @@ CLIENT_IP, NAT_LAN_IP, NAT_DMZ_IP, SERVER_IP = (
     "10.0.2.40",
     "10.0.2.50",
 )
+# The same topology in IPv6 (documentation prefix, inside the lab only).
+CLIENT_IP6, NAT_LAN_IP6, NAT_DMZ_IP6, SERVER_IP6 = (
+    "2001:db8:1::20",
+    "2001:db8:1::30",
+    "2001:db8:2::40",
+    "2001:db8:2::50",
+)
 PAGE_TOKEN = "natbox-lab-server-page"
 
 _UDP_ECHO = """
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((sys.argv[1], int(sys.argv[2])))
 while True:
     data, peer = s.recvfrom(4096)
@@ -48,7 +55,7 @@ except Exception as exc:
 
 _UDP_ASK = """
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(float(sys.argv[3]))
 s.sendto(b"ping", (sys.argv[1], int(sys.argv[2])))
 try:
@@ -182,7 +189,16 @@ class Lab:
             ):
                 sh("ip", "-n", ns, "addr", "add", addr, "dev", dev)
                 sh("ip", "-n", ns, "link", "set", dev, "up")
+            for ns, dev, addr in (
+                (self.client, "eth0", f"{CLIENT_IP6}/64"),
+                (self.nat, "lan0", f"{NAT_LAN_IP6}/64"),
+                (self.nat, "dmz0", f"{NAT_DMZ_IP6}/64"),
+                (self.server, "eth0", f"{SERVER_IP6}/64"),
+            ):
+                # nodad: usable at once, no duplicate-address-detection wait.
+                sh("ip", "-n", ns, "-6", "addr", "add", addr, "dev", dev, "nodad")
             self.nat_exec("sysctl", "-qw", "net.ipv4.ip_forward=1")
+            self.nat_exec("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
             www = self.workdir / "www"
             www.mkdir()
             (www / "index.html").write_text(PAGE_TOKEN + "\n")
@@ -198,6 +214,18 @@ class Lab:
                 str(www),
             )
             self.spawn(self.server, sys.executable, "-c", _UDP_ECHO, SERVER_IP, "80")
+            self.spawn(
+                self.server,
+                sys.executable,
+                "-m",
+                "http.server",
+                "80",
+                "--bind",
+                SERVER_IP6,
+                "--directory",
+                str(www),
+            )
+            self.spawn(self.server, sys.executable, "-c", _UDP_ECHO, SERVER_IP6, "80")
             self._wait_for_http()
         except BaseException:
             self.close()
@@ -282,7 +310,7 @@ class Lab:
             sys.executable,
             "-c",
             _HTTP_GET,
-            f"http://{host}:{port}/",
+            f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/",
             str(timeout),
             check=False,
         )

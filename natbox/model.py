@@ -9,12 +9,14 @@ import ipaddress
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Literal
 
 from natbox.errors import ValidationError
 
 Proto = Literal["tcp", "udp", "both"]
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
 PROTOS: tuple[str, ...] = ("tcp", "udp", "both")
 PROTO_NUMBERS: dict[str, int] = {"tcp": 6, "udp": 17}
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,23}")
@@ -24,21 +26,27 @@ COMMENT_PREFIX = "natbox"
 # ---------------------------------------------------------------- validators (strings -> values)
 
 
-def parse_ipv4(text: str, what: str = "address") -> IPv4Address:
-    """Parse a dotted-quad IPv4 address, or raise with a message naming the bad text."""
+def parse_ip(text: str, what: str = "address") -> IPAddress:
+    """Parse an IPv4 or IPv6 address, or raise with a message naming the bad text."""
     text = text.strip()
     try:
-        addr = ipaddress.ip_address(text)
+        return ipaddress.ip_address(text)
     except ValueError:
+        if ":" not in text:
+            raise ValidationError(
+                f"{text or '(empty)'} is not an IPv4 address",
+                f"give the {what} as four numbers 0-255, like 192.168.1.30",
+            ) from None
         raise ValidationError(
-            f"{text or '(empty)'} is not an IPv4 address",
-            f"give the {what} as four numbers 0-255, like 192.168.1.30",
+            f"{text} is not an IPv6 address", f"give the {what} like 2001:db8::30"
         ) from None
+
+
+def parse_ipv4(text: str, what: str = "address") -> IPv4Address:
+    """Parse a dotted-quad IPv4 address, or raise with a message naming the bad text."""
+    addr = parse_ip(text, what)
     if not isinstance(addr, IPv4Address):
-        raise ValidationError(
-            f"{text} is an IPv6 address; natbox forwards IPv4 only for now",
-            f"give the {what} as an IPv4 address",
-        )
+        raise ValidationError(f"{text} is an IPv6 address", f"give the {what} as an IPv4 address")
     return addr
 
 
@@ -72,8 +80,8 @@ def parse_port_range(text: str) -> tuple[int, int]:
     return port, port
 
 
-def parse_cidr(text: str) -> IPv4Network:
-    """Parse a client CIDR such as 192.168.1.0/24 (a bare address means /32)."""
+def parse_cidr(text: str) -> IPNetwork:
+    """Parse a client CIDR such as 192.168.1.0/24 or 2001:db8:1::/64 (a bare address: one host)."""
     text = text.strip()
     try:
         net = ipaddress.ip_network(text, strict=True)
@@ -84,10 +92,8 @@ def parse_cidr(text: str) -> IPv4Network:
                 f"{text} has host bits set", f"did you mean {fixed.with_prefixlen}?"
             ) from None
         raise ValidationError(
-            f"{text or '(empty)'} is not an IPv4 network", "write it like 192.168.1.0/24"
+            f"{text or '(empty)'} is not an IP network", "write it like 192.168.1.0/24"
         ) from None
-    if not isinstance(net, IPv4Network):
-        raise ValidationError(f"{text} is an IPv6 network", "natbox forwards IPv4 only for now")
     return net
 
 
@@ -101,13 +107,15 @@ def name_problem(name: str) -> str | None:
     )
 
 
-def _unicast_problem(addr: IPv4Address, what: str) -> str | None:
+def _unicast_problem(addr: IPAddress, what: str) -> str | None:
     if addr.is_unspecified:
         return f"{what} {addr} is the unspecified address; give a real address"
     if addr.is_loopback:
         return f"{what} {addr} is a loopback address; forwarded traffic never reaches it"
     if addr.is_multicast or addr == IPv4Address("255.255.255.255"):
         return f"{what} {addr} is not a unicast address"
+    if addr.version == 6 and addr.is_link_local:
+        return f"{what} {addr} is link-local; it needs an interface, so give a global address"
     return None
 
 
@@ -118,7 +126,7 @@ def _unicast_problem(addr: IPv4Address, what: str) -> str | None:
 class Endpoint:
     """An IPv4 address with a port or a port range (port == port_end for a single port)."""
 
-    ip: IPv4Address
+    ip: IPAddress
     port: int
     port_end: int = 0
 
@@ -128,19 +136,28 @@ class Endpoint:
 
     @classmethod
     def parse(cls, text: str, what: str = "address") -> Endpoint:
-        """Parse `ip:port` or `ip:lo-hi`."""
+        """Parse `ip:port`, `ip:lo-hi`, `[v6]:port` or `[v6]:lo-hi`."""
         text = text.strip()
-        if text.count(":") > 1 or text.startswith("["):
+        if text.startswith("["):
+            host, close, rest = text[1:].partition("]")
+            if not close or not rest.startswith(":") or not rest[1:]:
+                raise ValidationError(
+                    f"{what} {text!r} has no port",
+                    f"give the {what} as [ip]:port, like [{host}]:1234",
+                )
+            ports = rest[1:]
+        elif text.count(":") > 1:
             raise ValidationError(
-                f"{what} {text} looks like IPv6; natbox forwards IPv4 only for now",
-                f"give the {what} as ip:port, like 192.168.1.30:1234",
+                f"{what} {text} needs brackets around the IPv6 address",
+                f"write it like [{text.rpartition(':')[0]}]:{text.rpartition(':')[2]}",
             )
-        host, sep, ports = text.rpartition(":")
-        if not sep:
-            raise ValidationError(
-                f"{what} {text!r} has no port", f"give the {what} as ip:port, like {text}:1234"
-            )
-        ip = parse_ipv4(host, what)
+        else:
+            host, sep, ports = text.rpartition(":")
+            if not sep:
+                raise ValidationError(
+                    f"{what} {text!r} has no port", f"give the {what} as ip:port, like {text}:1234"
+                )
+        ip = parse_ip(host, what)
         lo, hi = parse_port_range(ports)
         return cls(ip, lo, hi)
 
@@ -164,8 +181,13 @@ class Endpoint:
         """Ports as iptables matches write them: `1234` or `1000:1010`."""
         return f"{self.port}:{self.port_end}" if self.is_range else str(self.port)
 
+    @property
+    def host(self) -> str:
+        """The address as it stands before `:port`: `[2001:db8::30]` for IPv6."""
+        return f"[{self.ip}]" if self.ip.version == 6 else str(self.ip)
+
     def __str__(self) -> str:
-        return f"{self.ip}:{self.ports}"
+        return f"{self.host}:{self.ports}"
 
 
 @dataclass(frozen=True)
@@ -179,10 +201,10 @@ class Forward:
     proto: Proto
     listen: Endpoint
     backend: Endpoint
-    snat: IPv4Address | None = None
+    snat: IPAddress | None = None
     masquerade: bool = False
     mss_clamp: bool = False
-    sources: tuple[IPv4Network, ...] = ()
+    sources: tuple[IPNetwork, ...] = ()
     local: bool = False
     """Also DNAT this box's own connections to the listen address (nat OUTPUT)."""
 
@@ -193,8 +215,8 @@ class Forward:
 
     @staticmethod
     def default_name(proto: str, listen: Endpoint) -> str:
-        """The name a forward gets when the user gives none, e.g. `tcp-1234`."""
-        return f"{proto}-{listen.ports}"
+        """The name a forward gets when the user gives none, e.g. `tcp-1234` (`tcp6-1234` for IPv6)."""
+        return f"{proto}{'6' if listen.ip.version == 6 else ''}-{listen.ports}"
 
     @classmethod
     def from_text(
@@ -217,7 +239,7 @@ class Forward:
             )
         listen_ep = Endpoint.parse(listen, "listen address")
         backend_ep = Endpoint.parse(backend, "backend")
-        snat_ip = parse_ipv4(snat, "SNAT source") if snat is not None else None
+        snat_ip = parse_ip(snat, "SNAT source") if snat is not None else None
         nets = tuple(parse_cidr(s) for s in sources)
         return cls(
             name=name if name is not None else cls.default_name(proto, listen_ep),
@@ -235,6 +257,16 @@ class Forward:
     def protocols(self) -> tuple[str, ...]:
         """The layer-4 protocols this forward carries: ('tcp',), ('udp',) or both."""
         return ("tcp", "udp") if self.proto == "both" else (self.proto,)
+
+    @property
+    def family(self) -> int:
+        """4 or 6: which iptables (iptables or ip6tables) carries this forward."""
+        return self.listen.ip.version
+
+    @property
+    def host_prefix(self) -> str:
+        """The prefix of one host in iptables-save's form: /32 or /128."""
+        return "/128" if self.family == 6 else "/32"
 
     @property
     def comment(self) -> str:
@@ -272,6 +304,22 @@ def forward_problem(fwd: Forward) -> tuple[str, str] | None:
                 return f"port {port} is out of range 1-65535", "ports run from 1 to 65535"
         if ep.port_end < ep.port:
             return f"port range {ep.port}-{ep.port_end} runs backwards", "write it low to high"
+    if fwd.backend.ip.version != fwd.listen.ip.version:
+        return (
+            f"listen {fwd.listen} and backend {fwd.backend} are not the same IP version",
+            "forward IPv4 to IPv4 and IPv6 to IPv6",
+        )
+    if fwd.snat is not None and fwd.snat.version != fwd.listen.ip.version:
+        return (
+            f"SNAT source {fwd.snat} is not the forward's IP version",
+            "give the box's own address of that version",
+        )
+    for net in fwd.sources:
+        if net.version != fwd.listen.ip.version:
+            return (
+                f"client network {net} is not the forward's IP version",
+                "give networks of the same version",
+            )
     if fwd.mss_clamp and fwd.proto == "udp":
         return "MSS clamping applies to TCP only", "drop --mss-clamp or use --proto tcp|both"
     if fwd.backend.is_range and fwd.backend.size != fwd.listen.size:

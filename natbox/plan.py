@@ -129,10 +129,16 @@ class Plan:
             lines.append("COMMIT")
         return "\n".join(lines) + "\n"
 
+    @property
+    def binary(self) -> str:
+        """iptables or ip6tables, by the forward's IP version."""
+        return "ip6tables" if self.forward.family == 6 else "iptables"
+
     def commands(
-        self, setup_tables: Iterable[str] = TABLE_ORDER, binary: str = "iptables"
+        self, setup_tables: Iterable[str] = TABLE_ORDER, binary: str | None = None
     ) -> list[list[str]]:
-        """The equivalent iptables command lines (argv lists)."""
+        """The equivalent iptables (or ip6tables) command lines (argv lists)."""
+        binary = binary or self.binary
         setup = set(setup_tables)
         cmds: list[list[str]] = []
         for table in TABLE_ORDER:
@@ -144,7 +150,7 @@ class Plan:
         return cmds
 
     def command_lines(
-        self, setup_tables: Iterable[str] = TABLE_ORDER, binary: str = "iptables"
+        self, setup_tables: Iterable[str] = TABLE_ORDER, binary: str | None = None
     ) -> list[str]:
         """The commands as copyable shell lines."""
         return [shlex.join(c) for c in self.commands(setup_tables, binary)]
@@ -182,8 +188,8 @@ def _to_destination(fwd: Forward) -> str:
     b, listen = fwd.backend, fwd.listen
     if b.is_range:
         # base-port form: listen port p maps to b.port + (p - listen.port), one to one.
-        return f"{b.ip}:{b.port}-{b.port_end}/{listen.port}"
-    return f"{b.ip}:{b.port}"
+        return f"{b.host}:{b.port}-{b.port_end}/{listen.port}"
+    return f"{b.host}:{b.port}"
 
 
 def _origin(fwd: Forward) -> list[str]:
@@ -195,7 +201,7 @@ def _dnat_args(fwd: Forward, proto: str, src: list[str]) -> tuple[str, ...]:
     return (
         *src,
         "-d",
-        f"{fwd.listen.ip}/32",
+        f"{fwd.listen.ip}{fwd.host_prefix}",
         "-p",
         proto,
         "-m",
@@ -233,7 +239,7 @@ def build_plan(fwd: Forward) -> Plan:
             )
         to_backend = (
             "-d",
-            f"{backend.ip}/32",
+            f"{backend.ip}{fwd.host_prefix}",
             "-p",
             proto,
             "-m",

@@ -10,10 +10,20 @@ import re
 import shlex
 from collections import Counter
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import ip_address
 
 from natbox.errors import NatboxError, ValidationError
-from natbox.model import COMMENT_PREFIX, Chain, Endpoint, Forward, Rule, Ruleset, Table, parse_cidr
+from natbox.model import (
+    COMMENT_PREFIX,
+    Chain,
+    Endpoint,
+    Forward,
+    IPAddress,
+    Rule,
+    Ruleset,
+    Table,
+    parse_cidr,
+)
 from natbox.plan import build_plan
 
 _COUNTERS_RE = re.compile(r"\[(\d+):(\d+)\]")
@@ -131,8 +141,8 @@ def _opt(tokens: list[str], flag: str) -> str | None:
     return None
 
 
-def _strip32(addr: str) -> str:
-    return addr[:-3] if addr.endswith("/32") else addr
+def _strip_host(addr: str) -> str:
+    return addr.removesuffix("/32").removesuffix("/128")
 
 
 def forward_from_rules(name: str, rules: list[Rule]) -> Forward:
@@ -147,15 +157,17 @@ def forward_from_rules(name: str, rules: list[Rule]) -> Forward:
         raise ValidationError(f"forward {name}'s DNAT rule is not natbox's shape", "remove it")
     protos = sorted({p for t in dnats if (p := _opt(t, "-p"))})
     proto = "both" if protos == ["tcp", "udp"] else protos[0]
-    listen = Endpoint.parse(f"{_strip32(listen_ip)}:{dport.replace(':', '-')}")
+    host = _strip_host(listen_ip)
+    host = f"[{host}]" if ":" in host else host
+    listen = Endpoint.parse(f"{host}:{dport.replace(':', '-')}")
     backend = Endpoint.parse(to_dest.split("/", 1)[0])
     sources = tuple(dict.fromkeys(parse_cidr(s) for t in dnats if (s := _opt(t, "-s"))))
-    snat: IPv4Address | None = None
+    snat: IPAddress | None = None
     masquerade = False
     for r in rules:
         if " -j SNAT " in r.text:
             src = _opt(shlex.split(r.text), "--to-source")
-            snat = IPv4Address(src) if src else None
+            snat = ip_address(src) if src else None
         elif r.text.endswith(" -j MASQUERADE"):
             masquerade = True
     mss = any(" -j TCPMSS " in r.text for r in rules)

@@ -4,7 +4,7 @@ viewer benchmark. Same interface as Engine; deterministic; changes only its own 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import ip_address
 
 from natbox import conntrack
 from natbox.checks import Facts, Finding, diagnose, preflight
@@ -215,13 +215,13 @@ class SampleEngine:
     def _facts(self, fwd: Forward) -> Facts:
         d = self.derive(str(fwd.listen.ip), str(fwd.backend.ip))
         route = (
-            Route(fwd.backend.ip, d.backend_dev, IPv4Address(d.snat), None)
+            Route(fwd.backend.ip, d.backend_dev, ip_address(d.snat), None)
             if d.backend_dev and d.snat
             else None
         )
         return Facts(
             self.ip_forward,
-            {IPv4Address(a): dev for a, dev in self.local_addresses()},
+            {ip_address(a): dev for a, dev in self.local_addresses()},
             route,
             d.route_error,
             {"lan0": 1500, "dmz0": 1400, "lo": 65536},

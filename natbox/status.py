@@ -43,6 +43,12 @@ def foreign_rules(rs: Ruleset) -> list[Rule]:
     return out
 
 
+def _v6_states(backend: Backend) -> list[ForwardState]:
+    from natbox.txn import families
+
+    return [s for b in families(backend) if b.family == 6 for s in forward_states(b.read(True))]
+
+
 def snapshot(backend: Backend, det: Detection, rs: Ruleset | None = None) -> dict[str, object]:
     """Everything `natbox list --json` reports."""
     rs = rs if rs is not None else backend.read()
@@ -57,7 +63,7 @@ def snapshot(backend: Backend, det: Detection, rs: Ruleset | None = None) -> dic
         "iptables": det.active,
         "ip_forward": ip_forward_enabled(),
         "policies": policies,
-        "forwards": [_forward_dict(s) for s in forward_states(rs)],
+        "forwards": [_forward_dict(s) for s in [*forward_states(rs), *_v6_states(backend)]],
         "foreign": [_rule_dict(r) for r in foreign_rules(rs)],
         "warnings": list(dict.fromkeys([*det.warnings, *rs.warnings])),
     }

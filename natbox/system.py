@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import ip_address
 from pathlib import Path
 
 from natbox.errors import NatboxError
+from natbox.model import IPAddress
 from natbox.runner import Runner
 
 PROC_SYS = Path("/proc/sys")
@@ -27,22 +28,23 @@ def read_sysctl(name: str, root: Path = PROC_SYS) -> str | None:
         return None
 
 
-def ip_forward_enabled(root: Path = PROC_SYS) -> bool:
-    """Whether IPv4 forwarding is on."""
-    return read_sysctl("net.ipv4.ip_forward", root) == "1"
+def ip_forward_enabled(root: Path = PROC_SYS, family: int = 4) -> bool:
+    """Whether forwarding is on for IPv4 (or IPv6)."""
+    key = "net.ipv6.conf.all.forwarding" if family == 6 else "net.ipv4.ip_forward"
+    return read_sysctl(key, root) == "1"
 
 
 @dataclass(frozen=True)
 class Route:
     """How the kernel would reach an address: out of `dev`, from local address `src`."""
 
-    dst: IPv4Address
+    dst: IPAddress
     dev: str
-    src: IPv4Address | None
-    via: IPv4Address | None
+    src: IPAddress | None
+    via: IPAddress | None
 
 
-def parse_route_get(text: str, dst: IPv4Address) -> Route:
+def parse_route_get(text: str, dst: IPAddress) -> Route:
     """Parse one line of `ip -4 -o route get DST` output."""
     tokens = text.split()
     fields: dict[str, str] = {}
@@ -54,14 +56,14 @@ def parse_route_get(text: str, dst: IPv4Address) -> Route:
     return Route(
         dst,
         fields["dev"],
-        IPv4Address(fields["src"]) if "src" in fields else None,
-        IPv4Address(fields["via"]) if "via" in fields else None,
+        ip_address(fields["src"]) if "src" in fields else None,
+        ip_address(fields["via"]) if "via" in fields else None,
     )
 
 
-def route_to(dst: IPv4Address, runner: Runner | None = None) -> Route:
+def route_to(dst: IPAddress, runner: Runner | None = None) -> Route:
     """Ask the kernel how it would reach `dst`; raise NatboxError when it has no route."""
-    res = (runner or Runner()).run(["ip", "-4", "-o", "route", "get", str(dst)])
+    res = (runner or Runner()).run(["ip", f"-{dst.version}", "-o", "route", "get", str(dst)])
     if not res.ok:
         raise NatboxError(
             f"no route to {dst}: {res.first_error_line()}",
@@ -75,7 +77,7 @@ class Interface:
     """A network interface with its IPv4 addresses."""
 
     name: str
-    addresses: tuple[IPv4Address, ...]
+    addresses: tuple[IPAddress, ...]
     mtu: int
     up: bool
 
@@ -88,12 +90,16 @@ def interfaces() -> list[Interface]:
     stats = psutil.net_if_stats()
     out: list[Interface] = []
     for name, entries in addrs.items():
-        v4 = tuple(IPv4Address(a.address) for a in entries if a.family == socket.AF_INET)
+        v4 = tuple(
+            ip_address(a.address.split("%")[0])
+            for a in entries
+            if a.family in (socket.AF_INET, socket.AF_INET6)
+        )
         st = stats.get(name)
         out.append(Interface(name, v4, st.mtu if st else 0, bool(st and st.isup)))
     return sorted(out, key=lambda i: (i.name == "lo", i.name))
 
 
-def local_addresses() -> dict[IPv4Address, str]:
+def local_addresses() -> dict[IPAddress, str]:
     """Every local IPv4 address and the interface that holds it."""
     return {a: i.name for i in interfaces() for a in i.addresses}

@@ -6,6 +6,7 @@ the second table undoes the first, and a forward that does not read back intact 
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from natbox.backends import Backend
 from natbox.errors import BackendError, ConflictError, NatboxError, NotFoundError, NotRootError
 from natbox.model import Forward, Rule, Ruleset
 from natbox.plan import OWN_CHAINS, TABLE_ORDER, Plan, build_plan, jump_rule
-from natbox.ruleset import forward_states
+from natbox.ruleset import ForwardState, forward_states
 from natbox.runner import Runner
 from natbox.system import PROC_SYS, ip_forward_enabled, is_root
 
@@ -240,11 +241,41 @@ def cleanup_empty(backend: Backend) -> list[str]:
     return done
 
 
+def families(backend: Backend) -> list[Backend]:
+    """The backend for IPv4, and for IPv6 where ip6tables is installed."""
+    out = [backend.for_family(4)]
+    v6 = backend.for_family(6)
+    if shutil.which(v6.tool("save")):
+        out.append(v6)
+    return out
+
+
+def locate(backend: Backend, name: str) -> tuple[Backend, Ruleset] | None:
+    """The family-bound backend and ruleset that hold forward `name`, if any."""
+    for bound in families(backend):
+        rs = bound.read(natbox_only=True)
+        if name in rs.forward_names():
+            return bound, rs
+    return None
+
+
+def all_forward_states(backend: Backend, natbox_only: bool = True) -> list[ForwardState]:
+    """natbox's forwards of both IP versions."""
+    return [s for b in families(backend) for s in forward_states(b.read(natbox_only=natbox_only))]
+
+
 def recover(backend: Backend) -> str | None:
     """Finish or undo the operation natbox died in; say which (None when there was none)."""
     entry = journal.pending()
     if entry is None:
         return None
+    if entry.forward is not None and str(entry.forward.get("listen", "")).startswith("["):
+        backend = backend.for_family(6)  # an IPv6 endpoint is written [addr]:port
+    elif entry.forward is None:
+        found = locate(backend, entry.name)
+        backend = found[0] if found else backend.for_family(4)
+    else:
+        backend = backend.for_family(4)
     rs = backend.read(natbox_only=True)
     state = next((s for s in forward_states(rs) if s.name == entry.name), None)
     if entry.op == "apply":
@@ -272,9 +303,10 @@ def recover(backend: Backend) -> str | None:
     return message
 
 
-def enable_forwarding(root: Path = PROC_SYS) -> None:
-    """Turn on IPv4 forwarding at runtime (persistence is `natbox save`'s job)."""
-    (root / "net/ipv4/ip_forward").write_text("1\n")
+def enable_forwarding(root: Path = PROC_SYS, family: int = 4) -> None:
+    """Turn on forwarding at runtime (persistence is `natbox save`'s job)."""
+    key = "net/ipv6/conf/all/forwarding" if family == 6 else "net/ipv4/ip_forward"
+    (root / key).write_text("1\n")
 
 
 def apply(
@@ -288,12 +320,20 @@ def apply(
     require_root()
     start = time.perf_counter()
     runner = runner or backend.runner
-    forwarding = ip_forward_enabled()
+    backend = backend.for_family(fwd.family)
+    forwarding = ip_forward_enabled(family=fwd.family)
     if not forwarding and not enable_ip_forward:
+        version = "IPv6" if fwd.family == 6 else "IPv4"
         raise NatboxError(
-            "IPv4 forwarding is off on this box, so nothing would be forwarded",
-            "pass --enable-forwarding (sets net.ipv4.ip_forward=1 until reboot)",
+            f"{version} forwarding is off on this box, so nothing would be forwarded",
+            "pass --enable-forwarding (turns it on until reboot)",
         )
+    for other in families(backend):
+        if other.family != fwd.family and fwd.name in other.read(natbox_only=True).forward_names():
+            raise ConflictError(
+                f"a forward named {fwd.name} already exists (IPv{other.family})",
+                f"pick another --name, or `natbox remove {fwd.name}` first",
+            )
     rs = backend.read(natbox_only=True)
     conflicts(rs, fwd)
     plan = build_plan(fwd)
@@ -318,7 +358,7 @@ def apply(
     journal.end()
     out = Outcome("apply", fwd.name, backend.label, per_table)
     if not forwarding:
-        enable_forwarding()
+        enable_forwarding(family=fwd.family)
         mark_forwarding_enabled()
         out.notes.append("enabled net.ipv4.ip_forward (until reboot; natbox save keeps it)")
     out.notes.extend(flush_flows(fwd, runner))
@@ -330,13 +370,14 @@ def remove(backend: Backend, name: str) -> Outcome:
     """Delete exactly the rules tagged natbox:<name>, as the kernel has them now."""
     require_root()
     start = time.perf_counter()
-    rs = backend.read(natbox_only=True)
-    per_table = remove_lines(rs, name)
-    if not per_table:
-        known = ", ".join(rs.forward_names()) or "none"
+    found = locate(backend, name)
+    if found is None:
+        known = ", ".join(s.name for s in all_forward_states(backend)) or "none"
         raise NotFoundError(
             f"there is no forward named {name}", f"natbox list shows them (now: {known})"
         )
+    backend, rs = found
+    per_table = remove_lines(rs, name)
     journal.begin("remove", name, None)
     journal.fault("journal-written")
     try:
@@ -356,15 +397,14 @@ def remove(backend: Backend, name: str) -> Outcome:
 
 def preview_remove(backend: Backend, name: str) -> dict[str, list[str]]:
     """The lines `remove` would commit, without committing them."""
-    rs = backend.read(natbox_only=True)
-    per_table = remove_lines(rs, name)
-    if not per_table:
+    found = locate(backend, name)
+    if found is None:
         raise NotFoundError(f"there is no forward named {name}", "natbox list shows them")
-    return per_table
+    return remove_lines(found[1], name)
 
 
 def preview_apply(backend: Backend, fwd: Forward) -> dict[str, list[str]]:
     """The lines `apply` would commit, after the same conflict checks, without committing."""
-    rs = backend.read(natbox_only=True)
+    rs = backend.for_family(fwd.family).read(natbox_only=True)
     conflicts(rs, fwd)
     return apply_lines(rs, build_plan(fwd))

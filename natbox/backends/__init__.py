@@ -7,6 +7,7 @@ translates them into python-iptables calls.
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 
 from natbox.errors import BackendError, NotRootError
@@ -30,10 +31,24 @@ class Backend(ABC):
 
     name: str = "?"
 
-    def __init__(self, flavour: str, runner: Runner | None = None) -> None:
+    def __init__(self, flavour: str, runner: Runner | None = None, family: int = 4) -> None:
         self.flavour = flavour
         """`nft` or `legacy`: which kernel tables this backend reads and writes."""
         self.runner = runner or Runner()
+        self.family = family
+        """4 (iptables) or 6 (ip6tables)."""
+
+    def for_family(self, family: int) -> Backend:
+        """The same backend for IPv4 (iptables) or IPv6 (ip6tables)."""
+        if family == self.family:
+            return self
+        twin = copy.copy(self)
+        twin.family = family
+        return twin
+
+    def tool(self, kind: str) -> str:
+        """The command for this family and flavour: `iptables-nft-save`, `ip6tables-legacy-restore`."""
+        return f"ip{'6' if self.family == 6 else ''}tables-{self.flavour}-{kind}"
 
     @property
     def label(self) -> str:
@@ -42,12 +57,12 @@ class Backend(ABC):
 
     def read(self, natbox_only: bool = False) -> Ruleset:
         """The current ruleset of this backend's flavour, with counters (see parse_save)."""
-        res = self.runner.run([f"iptables-{self.flavour}-save", "-c"])
+        res = self.runner.run([self.tool("save"), "-c"])
         if not res.ok:
             if not is_root() or "ermission denied" in res.stderr:
                 raise NotRootError("read the firewall")
             raise BackendError(
-                f"iptables-{self.flavour}-save failed: {res.first_error_line()}",
+                f"{self.tool('save')} failed: {res.first_error_line()}",
                 "is the iptables package installed and the kernel's netfilter available?",
             )
         rs = parse_save(res.stdout, natbox_only)
@@ -66,9 +81,7 @@ class Backend(ABC):
         from natbox.backends.iptc import lock_wait
 
         wait = str(max(1, int(lock_wait())))
-        res = self.runner.run(
-            [f"iptables-{self.flavour}-restore", "--test", "--noflush", "-w", wait], text
-        )
+        res = self.runner.run([self.tool("restore"), "--test", "--noflush", "-w", wait], text)
         if not res.ok:
             lock_busy(res.stderr)
             raise BackendError(

@@ -80,9 +80,9 @@ def _iptc() -> Any:
     return iptc
 
 
-def build_rule(iptc: Any, tokens: list[str]) -> Any:
-    """Translate iptables arguments (save form) into a python-iptables Rule."""
-    rule = iptc.Rule()
+def build_rule(iptc: Any, tokens: list[str], family: int = 4) -> Any:
+    """Translate iptables arguments (save form) into a python-iptables Rule (Rule6 for IPv6)."""
+    rule = iptc.Rule6() if family == 6 else iptc.Rule()
     current: Any = None
     i = 0
     while i < len(tokens):
@@ -122,16 +122,17 @@ class IptcBackend(Backend):
     def commit(self, table: str, lines: list[str]) -> None:
         """Apply the lines to a private copy of the table and commit it under the xtables lock."""
         iptc = _iptc()
+        table_class = iptc.Table6 if self.family == 6 else iptc.Table
         # Without this, a jump target makes python-iptables open (and so create) all five tables.
-        for name in iptc.Table.ALL:
-            iptc.Table.existing_table_names[name] = name == table
+        for name in table_class.ALL:
+            table_class.existing_table_names[name] = name == table
         with xtables_lock():
-            tbl = iptc.Table(table)
+            tbl = table_class(table)
             tbl.autocommit = False
             tbl.refresh()
             try:
                 for line in lines:
-                    self._apply_line(iptc, tbl, line)
+                    self._apply_line(iptc, tbl, line, self.family)
                 tbl.commit()
             except BackendError:
                 tbl.refresh()
@@ -146,7 +147,7 @@ class IptcBackend(Backend):
                 tbl.autocommit = True
 
     @staticmethod
-    def _apply_line(iptc: Any, tbl: Any, line: str) -> None:
+    def _apply_line(iptc: Any, tbl: Any, line: str, family: int) -> None:
         if line.startswith(":"):
             tbl.create_chain(line[1:].split()[0])
             return
@@ -155,11 +156,13 @@ class IptcBackend(Backend):
         if op == "-X":
             tbl.delete_chain(chain)
         elif op == "-I":
-            iptc.Chain(tbl, chain).insert_rule(build_rule(iptc, tokens[3:]), int(tokens[2]) - 1)
+            iptc.Chain(tbl, chain).insert_rule(
+                build_rule(iptc, tokens[3:], family), int(tokens[2]) - 1
+            )
         elif op == "-A":
-            iptc.Chain(tbl, chain).append_rule(build_rule(iptc, tokens[2:]))
+            iptc.Chain(tbl, chain).append_rule(build_rule(iptc, tokens[2:], family))
         elif op == "-D":
-            iptc.Chain(tbl, chain).delete_rule(build_rule(iptc, tokens[2:]))
+            iptc.Chain(tbl, chain).delete_rule(build_rule(iptc, tokens[2:], family))
         else:
             raise BackendError(
                 f"python-iptables backend cannot run {op!r}", "use --backend restore"

@@ -17,7 +17,7 @@ class RestoreBackend(Backend):
         from natbox.backends.iptc import lock_wait
 
         argv = [
-            f"iptables-{self.flavour}-restore",
+            self.tool("restore"),
             "--noflush",
             "-w",
             str(max(1, int(lock_wait()))),
@@ -26,6 +26,6 @@ class RestoreBackend(Backend):
         if not res.ok:
             lock_busy(res.stderr)
             raise BackendError(
-                f"iptables-{self.flavour}-restore refused the {table} table: {res.first_error_line()}",
+                f"{self.tool('restore')} refused the {table} table: {res.first_error_line()}",
                 f"the {table} table was left as it was",
             )

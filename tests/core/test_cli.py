@@ -76,7 +76,7 @@ def test_plan_text_and_commands(capsys: pytest.CaptureFixture[str]) -> None:
                 "--from",
                 "1.2.3.4/33",
             ],
-            "not an IPv4 network",
+            "not an IP network",
         ),
         (["plan", "192.168.1.30:1234"], "required"),
         (

@@ -39,7 +39,19 @@ def test_seed_forward_defaults() -> None:
         ({"listen": "192.168.1.30:0"}, "port 0 is out of range 1-65535"),
         ({"listen": "192.168.1.30:http"}, "is not a number"),
         ({"listen": "192.168.1.30:2000-1000"}, "port range 2000-1000 runs backwards"),
-        ({"listen": "[2001:db8::1]:80"}, "looks like IPv6"),
+        ({"listen": "2001:db8::1:80"}, "needs brackets around the IPv6 address"),
+        ({"listen": "[2001:db8::zz]:80"}, "2001:db8::zz is not an IPv6 address"),
+        ({"listen": "[2001:db8::1]"}, "has no port"),
+        ({"backend": "[2001:db8::50]:80"}, "are not the same IP version"),
+        (
+            {
+                "listen": "[fe80::1]:80",
+                "backend": "[2001:db8::50]:80",
+                "snat": None,
+                "masquerade": True,
+            },
+            "link-local",
+        ),
         ({"listen": "0.0.0.0:80"}, "unspecified address"),
         ({"backend": "127.0.0.1:80"}, "loopback"),
         ({"backend": "224.0.0.1:80"}, "not a unicast address"),
@@ -53,7 +65,8 @@ def test_seed_forward_defaults() -> None:
         ({"proto": "udp", "mss_clamp": True}, "MSS clamping applies to TCP only"),
         ({"listen": "192.168.1.30:1000-1010", "backend": "10.0.2.50:2000-2004"}, "has 5 ports but"),
         ({"sources": ["192.168.1.1/24"]}, "has host bits set"),
-        ({"sources": ["nonsense"]}, "nonsense is not an IPv4 network"),
+        ({"sources": ["nonsense"]}, "nonsense is not an IP network"),
+        ({"sources": ["2001:db8::/64"]}, "is not the forward's IP version"),
     ],
 )
 def test_bad_input_gets_a_precise_message(kwargs: dict[str, object], message: str) -> None:

@@ -33,7 +33,7 @@ from textual.widgets import (
 from natbox.checks import ERROR, Finding
 from natbox.engine import Derived
 from natbox.errors import NatboxError, ValidationError
-from natbox.model import Endpoint, Forward, name_problem, parse_cidr, parse_ipv4, parse_port_range
+from natbox.model import Endpoint, Forward, name_problem, parse_cidr, parse_ip, parse_port_range
 from natbox.plan import build_plan
 from widgets.step_bar import StepBar
 
@@ -197,14 +197,14 @@ class WizardScreen(Screen[WizardResult | None]):
         value = self._value(id_)
         try:
             if id_ == "listen-ip":
-                parse_ipv4(value, "listen address")
+                parse_ip(value, "listen address")
             elif id_ == "listen-port":
                 parse_port_range(value)
             elif id_ == "backend":
                 Endpoint.parse(value, "backend")
             elif id_ == "snat":
                 if not self.query_one("#masquerade", Checkbox).value:
-                    parse_ipv4(value, "SNAT source")
+                    parse_ip(value, "SNAT source")
             elif id_ == "name":
                 problem = name_problem(value)
                 if problem:
@@ -292,7 +292,7 @@ class WizardScreen(Screen[WizardResult | None]):
             if not name.value:
                 name.value = Forward.default_name(
                     self._proto(),
-                    Endpoint.parse(f"{self._value('listen-ip')}:{self._value('listen-port')}"),
+                    Endpoint.parse(self._listen_text()),
                 )
             name.focus()
         elif step == 1:
@@ -301,6 +301,12 @@ class WizardScreen(Screen[WizardResult | None]):
             self.query_one("#listen-ip", Input).focus()
         elif step == 3:
             self._preview()
+
+    def _listen_text(self) -> str:
+        """ip:port as Endpoint.parse reads it ([v6]:port for an IPv6 address)."""
+        ip = self._value("listen-ip")
+        ip = f"[{ip}]" if ":" in ip and not ip.startswith("[") else ip
+        return f"{ip}:{self._value('listen-port')}"
 
     def _proto(self) -> str:
         pressed = self.query_one("#proto", RadioSet).pressed_index
@@ -334,7 +340,7 @@ class WizardScreen(Screen[WizardResult | None]):
         """The forward the fields describe (raises ValidationError)."""
         masquerade = self.query_one("#masquerade", Checkbox).value
         return Forward.from_text(
-            f"{self._value('listen-ip')}:{self._value('listen-port')}",
+            self._listen_text(),
             self._value("backend"),
             proto=self._proto(),
             name=self._value("name"),
