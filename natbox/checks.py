@@ -177,6 +177,16 @@ def diagnose(fwd: Forward, rs: Ruleset, facts: Facts, *, existing: bool = False)
                 "pick one of this box's addresses, unless that address is routed to this box",
             )
         )
+    if fwd.listen.ip in facts.local and not fwd.local:
+        add(
+            Finding(
+                "local-not-forwarded",
+                INFO,
+                f"connections made on this box itself to {fwd.listen} are not forwarded "
+                "(they never pass PREROUTING)",
+                "add --local (the wizard's 'this box's own connections') if the box should reach it too",
+            )
+        )
     for ip, port, proto in sorted(facts.listeners):
         if (
             proto in fwd.protocols

@@ -43,7 +43,7 @@ def ids(findings: list) -> dict[str, str]:  # type: ignore[type-arg]
 
 
 def test_healthy_is_silent() -> None:
-    assert ids(preflight(seed(), EMPTY, healthy())) == {}
+    assert {k: v for k, v in ids(preflight(seed(), EMPTY, healthy())).items() if v != "info"} == {}
     assert exit_code(preflight(seed(), EMPTY, healthy())) == 0
 
 
@@ -94,6 +94,11 @@ def test_each_check_fires_on_its_fact(
 ) -> None:
     found = ids(preflight(seed(**fwd_kw), EMPTY, healthy(**facts_kw)))
     assert found.get(expected[0]) == expected[1], found
+
+
+def test_local_is_pointed_to_and_silenced_by_the_option() -> None:
+    assert ids(preflight(seed(), EMPTY, healthy())) == {"local-not-forwarded": "info"}
+    assert ids(preflight(seed(local=True), EMPTY, healthy())) == {}
 
 
 def test_mss_clamp_silences_the_mtu_check() -> None:
