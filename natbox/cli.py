@@ -142,10 +142,13 @@ def _print_lines(per_table: dict[str, list[str]]) -> None:
 
 def cmd_add(args: argparse.Namespace) -> int:
     """Add a forward: show the plan, ask, apply all or nothing."""
+    from natbox.engine import Engine
+
     fwd = forward_from_args(args)
     if not args.dry_run:
         txn.require_root()
-    backend = _backend(args)
+    engine = Engine(args.backend_choice)
+    backend = engine.backend()
     if not args.dry_run:
         _recover(backend)  # a crashed natbox's half-finished change first
     plan = build_plan(fwd)
@@ -160,27 +163,20 @@ def cmd_add(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"forward {fwd.name}: {fwd.proto} {fwd.listen} → {fwd.backend} via {backend.label}")
         print("\n".join(plan.plain()))
-    from natbox.engine import Engine
-
-    findings = Engine(args.backend_choice).preflight(fwd)
+    findings = engine.preflight(fwd)
     if not args.json:
         _print_findings(findings)
     if not args.force:
         checks.raise_if_blocked(findings)
     _confirm(args, f"Apply forward {fwd.name}?")
+    # With --confirm the watchdog is armed before the rules go in (Engine.apply).
+    outcome = engine.apply(
+        fwd, confirm_seconds=args.confirm, enable_forwarding=args.enable_forwarding
+    )
     if args.confirm is not None:
-        # The watchdog is armed before the rules go in; a failed apply disarms it.
-        armed = watchdog.arm(fwd.name, args.confirm, args.backend_choice)
-        try:
-            outcome = txn.apply(backend, fwd, enable_ip_forward=args.enable_forwarding)
-        except BaseException:
-            watchdog.disarm(armed)
-            raise
         outcome.notes.append(
             f"rolled back in {args.confirm:g} s unless you run: natbox confirm (or natbox rollback now)"
         )
-    else:
-        outcome = txn.apply(backend, fwd, enable_ip_forward=args.enable_forwarding)
     if args.json:
         print(json.dumps(outcome.to_dict(), indent=2))
     else:
