@@ -18,15 +18,24 @@ from tui.app import NatboxApp, make_app
 
 
 async def settle(pilot: Pilot[int]) -> None:
-    """Let thread workers finish and their messages be handled (a modal's async worker may wait)."""
-    for _ in range(3):
+    """Let thread workers finish and their messages be handled (a modal's async worker may wait).
+
+    Handlers start new work, so it repeats until two rounds in a row found nothing running.
+    """
+    quiet = 0
+    for _ in range(30):
         busy = [
             w
             for w in pilot.app.workers
             if w._thread_worker and w.state in (WorkerState.PENDING, WorkerState.RUNNING)
         ]
         if busy:
+            quiet = 0
             await asyncio.wait([asyncio.ensure_future(w.wait()) for w in busy], timeout=10)
+        else:
+            quiet += 1
+            if quiet == 2:
+                break
         await pilot.pause()
 
 
