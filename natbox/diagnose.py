@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from natbox import conntrack
 from natbox.checks import Facts
@@ -18,6 +20,9 @@ from natbox.errors import NatboxError
 from natbox.model import Forward
 from natbox.runner import Runner
 from natbox.system import PROC_SYS, ip_forward_enabled, route_to
+
+if TYPE_CHECKING:
+    from natbox.engine import InterfaceStat
 
 IPTABLES_TABLES = {"filter", "nat", "mangle", "raw", "security"}
 
@@ -105,12 +110,8 @@ def backend_probe(fwd: Forward, timeout: float = 1.0) -> tuple[bool | None, str]
         return False, exc.strerror or type(exc).__name__
 
 
-def stale_flows(fwd: Forward) -> int:
+def stale_flows(fwd: Forward, flows: list[conntrack.Flow]) -> int:
     """Flows to the listen ip:port/proto that were not DNATed (they bypass the forward)."""
-    try:
-        flows = conntrack.read_flows().flows
-    except NatboxError:
-        return 0
     listen = str(fwd.listen.ip)
     count = 0
     for f in flows:
@@ -126,6 +127,35 @@ def stale_flows(fwd: Forward) -> int:
     return count
 
 
+@dataclass(frozen=True)
+class BoxFacts:
+    """The facts that are the same for every forward: read once per diagnosis, not per forward."""
+
+    interfaces: list[InterfaceStat]
+    listeners: frozenset[tuple[str, int, str]]
+    rp_filter: dict[str, int]
+    nft_drops: list[str]
+    flows: list[conntrack.Flow]
+    """The conntrack table (empty when not read)."""
+
+
+def box_facts(runner: Runner | None = None, *, flows: bool = True) -> BoxFacts:
+    """Interfaces, sockets, rp_filter, native nftables and (with flows) the conntrack table."""
+    from natbox.engine import interface_stats
+
+    runner = runner or Runner()
+    stats = interface_stats()
+    table: list[conntrack.Flow] = []
+    if flows:
+        try:
+            table = conntrack.read_flows().flows
+        except NatboxError:
+            table = []
+    return BoxFacts(
+        stats, listeners(), rp_filter({i.name for i in stats}), nft_forward_drops(runner), table
+    )
+
+
 def gather_facts(
     fwd: Forward,
     *,
@@ -133,16 +163,17 @@ def gather_facts(
     runner: Runner | None = None,
     probe: bool = True,
     flows: bool = True,
+    box: BoxFacts | None = None,
 ) -> Facts:
     """Everything the checks need for `fwd`, read from this box.
 
     probe=False skips the TCP connect to the backend, flows=False the conntrack read: the dashboard's
-    periodic health check stays cheap; `natbox doctor` and the wizard do both.
+    periodic health check stays cheap; `natbox doctor` and the wizard do both. Pass `box` to share
+    the box-wide reads between forwards.
     """
-    from natbox.engine import interface_stats
-
     runner = runner or Runner()
-    stats = interface_stats()
+    box = box or box_facts(runner, flows=flows)
+    stats = box.interfaces
     local = {ip_address(a): i.name for i in stats for a in i.addresses}
     route, error = None, ""
     try:
@@ -157,19 +188,18 @@ def gather_facts(
         except NatboxError:
             continue
     answers, why = backend_probe(fwd) if probe and route is not None else (None, "")
-    devs = {i.name for i in stats}
     return Facts(
         ip_forward=ip_forward_enabled(family=fwd.family),
         local=local,
         route=route,
         route_error=error,
         mtus={i.name: i.mtu for i in stats},
-        listeners=listeners(),
-        rp_filter=rp_filter(devs),
+        listeners=box.listeners,
+        rp_filter=box.rp_filter,
         client_routes=client_routes,
         backend_answers=answers,
         backend_error=why,
-        stale_flows=stale_flows(fwd) if flows else 0,
+        stale_flows=stale_flows(fwd, box.flows),
         other_side=list(other_side or []),
-        nft_drops=nft_forward_drops(runner),
+        nft_drops=box.nft_drops,
     )

@@ -14,11 +14,11 @@ from natbox import conntrack, persist, txn, watchdog
 from natbox.backends import Backend
 from natbox.backends.detect import choose_backend
 from natbox.checks import ERROR, Finding, diagnose, preflight
-from natbox.diagnose import gather_facts
+from natbox.diagnose import BoxFacts, box_facts, gather_facts
 from natbox.errors import NatboxError, NotFoundError
 from natbox.model import Chain, Forward, Ruleset
 from natbox.ruleset import ForwardState, forward_states
-from natbox.status import WATCHED
+from natbox.status import display_chains
 from natbox.system import ip_forward_enabled, is_root, route_to
 
 
@@ -179,17 +179,7 @@ class Engine:
         v6_states = forward_states(rs6) if rs6 is not None else []
         data.forwards += v6_states
         self._forwards = [s.forward for s in data.forwards if s.forward is not None]
-        for table, names in WATCHED.items():
-            for name in names:
-                chain = rs.chain(table, name)
-                if chain is not None:
-                    data.chains.append((table, chain))
-        for table in ("nat", "filter"):
-            t = rs.tables.get(table)
-            if t:
-                data.chains.extend(
-                    (table, c) for n, c in t.chains.items() if n.startswith("NATBOX-")
-                )
+        data.chains = display_chains(rs)
         data.warnings = list(dict.fromkeys([*self._warnings, *rs.warnings]))
         data.health = self._health(
             rs, [s for s in data.forwards if s not in v6_states], probe=False, flows=False
@@ -202,6 +192,7 @@ class Engine:
         self, rs: Ruleset, states: list[ForwardState], *, probe: bool, flows: bool
     ) -> dict[str, list[Finding]]:
         out: dict[str, list[Finding]] = {}
+        box: BoxFacts | None = None
         for state in states:
             findings = [
                 Finding(
@@ -213,8 +204,9 @@ class Engine:
                 for p in state.problems
             ]
             if state.forward is not None:
+                box = box or box_facts(flows=flows)  # once for all forwards
                 facts = gather_facts(
-                    state.forward, other_side=self._other_side(), probe=probe, flows=flows
+                    state.forward, other_side=self._other_side(), probe=probe, box=box
                 )
                 findings += diagnose(state.forward, rs, facts, existing=True)
             out[state.name] = findings

@@ -133,7 +133,7 @@ class Lab:
     def __init__(self, tag: str | None = None) -> None:
         tag = tag or f"nbt-{os.getpid()}-{secrets.token_hex(3)}"
         self.client, self.nat, self.server = (f"{tag}-c", f"{tag}-n", f"{tag}-s")
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.procs: list[subprocess.Popen[str]] = []
         self.workdir = Path(tempfile.mkdtemp(prefix="nbt-lab-"))
         self.lockfile = str(self.workdir / "xtables.lock")
         self.state_dir = str(self.workdir / "state")
@@ -232,28 +232,24 @@ class Lab:
             raise
         return self
 
-    def spawn(self, ns: str, *argv: str) -> subprocess.Popen[bytes]:
+    def spawn(self, ns: str, *argv: str) -> subprocess.Popen[str]:
         """Start a long-running process inside `ns`; close() ends it by pid."""
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, *argv],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self.procs.append(proc)
-        return proc
+        return self._start(ns, argv, subprocess.DEVNULL)
 
     def spawn_capture(self, ns: str, *argv: str) -> subprocess.Popen[str]:
         """Start a process inside `ns` whose stdout the caller reads; close() ends it if still running."""
+        return self._start(ns, argv, subprocess.PIPE)
+
+    def _start(self, ns: str, argv: tuple[str, ...], stdout: int) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, *argv],
-            stdout=subprocess.PIPE,
+            stdout=stdout,
             stderr=subprocess.DEVNULL,
             text=True,
             start_new_session=True,
             env=self.env,
         )
-        self.procs.append(proc)  # type: ignore[arg-type]
+        self.procs.append(proc)
         return proc
 
     def _wait_for_http(self) -> None:

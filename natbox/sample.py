@@ -13,7 +13,7 @@ from natbox.errors import NatboxError, NotFoundError
 from natbox.model import Forward
 from natbox.plan import OWN_CHAINS, build_plan, jump_rule
 from natbox.ruleset import forward_states, parse_save
-from natbox.status import WATCHED
+from natbox.status import display_chains
 from natbox.system import Route
 from natbox.txn import Outcome, apply_lines, conflicts, remove_lines
 
@@ -165,15 +165,7 @@ class SampleEngine:
         )
         data.health = self.doctor()
         data.saved = {"web"}
-        for table, names in WATCHED.items():
-            for name in names:
-                chain = rs.chain(table, name)
-                if chain is not None:
-                    data.chains.append((table, chain))
-        for table in ("nat", "filter"):
-            data.chains.extend(
-                (table, c) for n, c in rs.tables[table].chains.items() if n.startswith("NATBOX-")
-            )
+        data.chains = display_chains(rs)
         return data
 
     def flows(self) -> FlowSnapshot:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from natbox.backends import Backend
 from natbox.backends.detect import Detection
-from natbox.model import Rule, Ruleset
+from natbox.model import Chain, Rule, Ruleset
 from natbox.ruleset import ForwardState, forward_states
 from natbox.system import ip_forward_enabled
 
@@ -30,6 +30,21 @@ def _forward_dict(s: ForwardState) -> dict[str, object]:
     base: dict[str, object] = s.forward.to_dict() if s.forward else {"name": s.name}
     base.update(intact=s.intact, problems=s.problems, rules=[_rule_dict(r) for r in s.rules])
     return base
+
+
+def display_chains(rs: Ruleset) -> list[tuple[str, Chain]]:
+    """(table, chain) the dashboard shows: the watched built-in chains, then natbox's own."""
+    out = [
+        (table, chain)
+        for table, names in WATCHED.items()
+        for name in names
+        if (chain := rs.chain(table, name)) is not None
+    ]
+    for table in ("nat", "filter"):
+        t = rs.tables.get(table)
+        if t:
+            out.extend((table, c) for n, c in t.chains.items() if n.startswith("NATBOX-"))
+    return out
 
 
 def foreign_rules(rs: Ruleset) -> list[Rule]:
