@@ -145,9 +145,21 @@ def _strip_host(addr: str) -> str:
     return addr.removesuffix("/32").removesuffix("/128")
 
 
+def _tokens(text: str) -> list[str]:
+    """A rule's tokens without its comment: a plain split when nothing else is quoted.
+
+    shlex costs ~0.2 ms a rule, which at 1,000 forwards was most of a read; natbox's rules quote
+    only their comment, which the reconstruction does not need.
+    """
+    bare = _COMMENT_RE.sub("", text)
+    if '"' in bare or "\\" in bare or "'" in bare:
+        return shlex.split(text)
+    return bare.split()
+
+
 def forward_from_rules(name: str, rules: list[Rule]) -> Forward:
     """Rebuild the Forward that `rules` (all tagged natbox:<name>) were planned from."""
-    dnats = [shlex.split(r.text) for r in rules if " -j DNAT " in r.text]
+    dnats = [_tokens(r.text) for r in rules if " -j DNAT " in r.text]
     if not dnats:
         raise ValidationError(f"forward {name} has no DNAT rule", "remove it and add it again")
     first = dnats[0]
@@ -166,7 +178,7 @@ def forward_from_rules(name: str, rules: list[Rule]) -> Forward:
     masquerade = False
     for r in rules:
         if " -j SNAT " in r.text:
-            src = _opt(shlex.split(r.text), "--to-source")
+            src = _opt(_tokens(r.text), "--to-source")
             snat = ip_address(src) if src else None
         elif r.text.endswith(" -j MASQUERADE"):
             masquerade = True
@@ -178,8 +190,8 @@ def forward_from_rules(name: str, rules: list[Rule]) -> Forward:
 def forward_states(rs: Ruleset) -> list[ForwardState]:
     """Every natbox forward in the ruleset, each checked against its own plan."""
     states: list[ForwardState] = []
-    for name in rs.forward_names():
-        rules = rs.forward_rules(name)
+    for name, rules in rs.by_forward().items():
+        rules = list(rules)
         state = ForwardState(name, rules)
         try:
             state.forward = forward_from_rules(name, rules)

@@ -139,3 +139,28 @@ def test_local_forward_reads_back() -> None:
     )
     (state,) = forward_states(parse_save(text))
     assert state.intact and state.forward == fwd and state.forward.local
+
+
+def test_forwards_are_grouped_in_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """#18: reading 1,000 forwards visits each rule once, not once per forward (was quadratic)."""
+    from benchmarks.boxes import forwards, save_text
+    from natbox.model import Ruleset
+
+    rs = parse_save(save_text(forwards(1000)))
+    total = sum(1 for _ in rs.rules())
+    visits = 0
+    real_rules = Ruleset.rules
+
+    def counting_rules(self: Ruleset, table: str | None = None):  # type: ignore[no-untyped-def]
+        nonlocal visits
+        for rule in real_rules(self, table):
+            visits += 1
+            yield rule
+
+    monkeypatch.setattr(Ruleset, "rules", counting_rules)
+    states = forward_states(rs)
+    for name in rs.forward_names():  # what remove and the read-back proof ask, per forward
+        rs.forward_rules(name)
+    assert len(states) == 1000 and all(s.intact for s in states)
+    assert total == 4000 + 3  # four rules a forward, three jumps
+    assert visits <= total
