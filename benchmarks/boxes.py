@@ -14,17 +14,17 @@ LISTEN = IPv4Address("192.168.1.30")
 SNAT = IPv4Address("10.0.2.40")
 
 
-def forwards(n: int, backends: int = 100) -> list[Forward]:
-    """`n` tcp forwards on consecutive listen ports, spread over `backends` backend hosts."""
+def forwards(n: int, backends: int = 1, first: str = "10.0.2.50") -> list[Forward]:
+    """`n` tcp forwards on consecutive listen ports, spread over `backends` hosts from `first` on."""
     out = []
     for i in range(n):
-        backend = IPv4Address(int(IPv4Address("10.0.2.100")) + i % backends)
+        backend = IPv4Address(int(IPv4Address(first)) + i % backends)
         out.append(
             Forward(
                 f"fwd-{i}",
                 "tcp",
                 Endpoint(LISTEN, 20000 + i),
-                Endpoint(backend, 8000 + i % 7),
+                Endpoint(backend, 80),
                 snat=SNAT,
             )
         )
