@@ -73,3 +73,16 @@ def save_text(fwds: list[Forward]) -> str:
             lines += per_chain.get((table, chain), [])
         lines.append("COMMIT")
     return "\n".join(lines) + "\n"
+
+
+def proc_lines(n: int) -> str:
+    """`n` UDP flows to the seed's forward as /proc/net/nf_conntrack prints them (for in-process runs)."""
+    out = []
+    for i in range(n):
+        host, sport, port = 20 + i // 50000, 10000 + i % 50000, 1234 + i % 4
+        out.append(
+            f"ipv4     2 udp      17 598 src=192.168.1.{host} dst=192.168.1.30 sport={sport} "
+            f"dport={port} packets=1 bytes=29 [UNREPLIED] src=10.0.2.50 dst=10.0.2.40 "
+            f"sport={port - 1225} dport={sport} packets=0 bytes=0 mark=0 zone=0 use=2\n"
+        )
+    return "".join(out)

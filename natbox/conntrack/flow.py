@@ -7,6 +7,7 @@ on access; `parse_generic` reads every other protocol token by token.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from typing import NamedTuple
 
@@ -15,7 +16,9 @@ from typing import NamedTuple
 # on access. Any other line lands whole in the last group and takes the generic path.
 _LINE = re.compile(
     r"^(?:ipv[46]\s+\d+\s+)?(?:(tcp|udp)\s+\d+\s+(\d+)\s+(?:([A-Z_]+)\s+)?"
-    r"src=(\S+) dst=(\S+) sport=(\d+) dport=(\d+)(.*)|(.+))$",
+    r"src=(\S+) dst=(\S+) sport=(\d+) dport=(\d+)"
+    r"((?: packets=\d+ bytes=\d+)?(?: \[UNREPLIED\])? src=(\S+) dst=(\S+) sport=(\d+) dport=(\d+).*)"
+    r"|(.+))$",
     re.MULTILINE,
 )
 _REST = re.compile(
@@ -24,8 +27,9 @@ _REST = re.compile(
 )
 _FLAGS = re.compile(r"\[([A-Z_]+)\]")
 _L3 = {"ipv4": 4, "ipv6": 6}
-# Field positions in a Flow row (the groups of _LINE) and in its rest (the groups of _REST).
-_PROTO, _TIMEOUT, _STATE, _S1, _D1, _SP1, _DP1, _REST_OF, _OTHER = range(9)
+# Field positions in a Flow row (the groups of _LINE: both tuples, and the rest of the line from the
+# reply's counters on, parsed on access) and in that rest (the groups of _REST).
+_PROTO, _TIMEOUT, _STATE, _S1, _D1, _SP1, _DP1, _REST_OF, _RS, _RD, _RSP, _RDP, _OTHER = range(13)
 _P1, _B1, _UNREP, _S2, _D2, _SP2, _DP2, _P2, _B2, _TAIL = range(10)
 
 
@@ -45,6 +49,24 @@ def _hostport(ip: str, port: int | None) -> str:
     if port is None:
         return ip
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def _hp(ip: str, port: str) -> str:
+    """_hostport on a row's raw fields: the address as printed (IPv6 shortened), the port as text."""
+    if ":" in ip:
+        ip = _short_ip(ip)
+        return f"[{ip}]:{port}" if port else ip
+    return f"{ip}:{port}" if port else ip
+
+
+def _word(tail: str, key: str) -> str:
+    """The value of `key=` in a row's tail, as text ("" when absent)."""
+    at = tail.find(key + "=")
+    while at > 0 and tail[at - 1] != " ":
+        at = tail.find(key + "=", at + 1)
+    if at < 0:
+        return ""
+    return tail[at + len(key) + 1 :].split(" ", 1)[0]
 
 
 def _short_ip(ip: str) -> str:
@@ -97,7 +119,10 @@ class Flow(tuple[str, ...]):
                 s(orig.sport),
                 s(orig.dport),
                 rest,
-                "",
+                reply.src,
+                reply.dst,
+                s(reply.sport),
+                s(reply.dport),
             )
         )
 
@@ -137,8 +162,9 @@ class Flow(tuple[str, ...]):
     @property
     def reply(self) -> Tuple:
         """The reply direction as the kernel expects it: backend → SNAT source."""
-        r = self._rest()
-        return Tuple(_short_ip(r[_S2]), _short_ip(r[_D2]), _opt_int(r[_SP2]), _opt_int(r[_DP2]))
+        return Tuple(
+            _short_ip(self[_RS]), _short_ip(self[_RD]), _opt_int(self[_RSP]), _opt_int(self[_RDP])
+        )
 
     @property
     def flags(self) -> tuple[str, ...]:
@@ -223,24 +249,63 @@ class Flow(tuple[str, ...]):
     @property
     def dnat(self) -> bool:
         """The destination was rewritten: replies come from somewhere else than the client asked."""
-        r = self._rest()
-        return r[_S2] != self[_D1] or r[_SP2] != self[_DP1]
+        return self[_RS] != self[_D1] or self[_RSP] != self[_DP1]
 
     @property
     def snat(self) -> bool:
         """The source was rewritten: the server answers an address other than the client's."""
-        r = self._rest()
-        return r[_D2] != self[_S1] or r[_DP2] != self[_SP1]
+        return self[_RD] != self[_S1] or self[_RDP] != self[_SP1]
 
     def path(self) -> str:
         """client → listen => snat-source → backend, the translation made visible."""
-        o = self.orig
-        client, listen = _hostport(o.src, o.sport), _hostport(o.dst, o.dport)
-        if not (self.dnat or self.snat):
+        # Raw fields, no Tuple objects: `natbox conntrack` prints 100k of these.
+        s1, d1, sp1, dp1, _rest, s2, d2, sp2, dp2 = self[_S1:]
+        client, listen = _hp(s1, sp1), _hp(d1, dp1)
+        if s2 == d1 and sp2 == dp1 and d2 == s1 and dp2 == sp1:
             return f"{client} → {listen}"
-        r = self.reply
         # The server sees the reply tuple reversed: from reply.dst to reply.src.
-        return f"{client} → {listen} => {_hostport(r.dst, r.dport)} → {_hostport(r.src, r.sport)}"
+        return f"{client} → {listen} => {_hp(d2, dp2)} → {_hp(s2, sp2)}"
+
+    def to_json(self, forward: str | None = None, *, plain: bool = False) -> str:
+        """`to_dict` as compact JSON text, written directly (one f-string, no dict, no encoder).
+
+        Every value is a number, a protocol/state/flag word, an address or a validated forward
+        name; a row with anything that would need escaping takes the json module's path.
+        `plain`: the caller knows the whole table has no such character (FlowRead.plain).
+        """
+        if not plain:
+            raw = "".join(self)
+            if '"' in raw or "\\" in raw or not raw.isprintable():
+                return json.dumps(self.to_dict(forward), separators=(",", ":"))
+        r = self._rest()
+        s1, d1, sp1, dp1 = self[_S1], self[_D1], self[_SP1], self[_DP1]
+        s2, d2, sp2, dp2 = self[_RS], self[_RD], self[_RSP], self[_RDP]
+        v6 = ":" in s1
+        if v6:
+            s1, d1, s2, d2 = _short_ip(s1), _short_ip(d1), _short_ip(s2), _short_ip(d2)
+        tail = r[_TAIL]
+        flags = _FLAGS.findall(tail) if "[" in tail else []
+        if r[_UNREP]:
+            flags.insert(0, "UNREPLIED")
+        state = self[_STATE]
+        fwd = "null" if forward is None else f'"{forward}"'
+        extra = ""
+        if "type=" in tail:
+            extra = " ".join(t for t in tail.split() if t.startswith(("type=", "code=", "id=")))
+        dnat = "true" if (self[_RS] != self[_D1] or sp2 != dp1) else "false"
+        snat = "true" if (self[_RD] != self[_S1] or dp2 != sp1) else "false"
+        return (
+            f'{{"family":"ipv{6 if v6 else 4}","proto":"{self[_PROTO]}",'
+            f'"state":{f"{chr(34)}{state}{chr(34)}" if state else "null"},"timeout":{self[_TIMEOUT]},'
+            f'"orig":{{"src":"{s1}","dst":"{d1}","sport":{sp1 or "null"},"dport":{dp1 or "null"}}},'
+            f'"reply":{{"src":"{s2}","dst":"{d2}","sport":{sp2 or "null"},"dport":{dp2 or "null"}}},'
+            f'"flags":[{",".join(f"{chr(34)}{x}{chr(34)}" for x in flags)}],'
+            f'"mark":{_word(tail, "mark") or 0},"zone":{_word(tail, "zone") or 0},'
+            f'"orig_packets":{r[_P1] or "null"},"orig_bytes":{r[_B1] or "null"},'
+            f'"reply_packets":{r[_P2] or "null"},"reply_bytes":{r[_B2] or "null"},'
+            f'"age":{_word(tail, "delta-time") or "null"},"extra":"{extra}",'
+            f'"dnat":{dnat},"snat":{snat},"forward":{fwd}}}'
+        )
 
     def to_dict(self, forward: str | None = None) -> dict[str, object]:
         """JSON-ready, both tuples in full."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,12 @@ class FlowRead:
     skipped: int = 0
     """Malformed lines, skipped and counted (never fatal)."""
     source: str = ""
+    plain: bool = False
+    """No line holds a character JSON would escape (quote, backslash, control): Flow.to_json may
+    skip its per-row check."""
 
 
+_ESCAPED = re.compile(r'[\x00-\x09\x0b-\x1f"\\]')
 CHUNK = 32 * 1024
 """Characters parsed per regex call (~200 lines): the regex holds the GIL for one call, so a big
 table is parsed in slices and a UI thread waits at most one slice (~1 ms) for its turn."""
@@ -41,7 +46,7 @@ def parse_text(text: str) -> FlowRead:
     gc_was_on = gc.isenabled()
     gc.disable()
     try:
-        table = FlowRead([], 0)
+        table = FlowRead([], 0, plain=_ESCAPED.search(text) is None)
         # Values that repeat across a big table (protocol, timeout, state, addresses, listen port)
         # are stored once; slice by slice, the duplicates are freed before the next slice.
         pool: dict[str, str] = {}
@@ -63,7 +68,7 @@ def _parse_rows(rows: list[tuple[str, ...]], table: FlowRead, pool: dict[str, st
     share = pool.setdefault
     for row in rows:
         if not row[_OTHER]:
-            p, t, st, s1, d1, sp, dp, rest, _ = row
+            p, t, st, s1, d1, sp, dp, rest, s2, d2, sp2, dp2, _ = row
             append(
                 new(
                     Flow,
@@ -76,7 +81,10 @@ def _parse_rows(rows: list[tuple[str, ...]], table: FlowRead, pool: dict[str, st
                         sp,
                         share(dp, dp),
                         rest,
-                        "",
+                        share(s2, s2),
+                        share(d2, d2),
+                        share(sp2, sp2),
+                        sp if dp2 == sp else dp2,
                     ),
                 )
             )
