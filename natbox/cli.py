@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -20,6 +21,7 @@ from natbox.backends.detect import BACKEND_CHOICES, choose_backend
 from natbox.errors import NatboxError, NotFoundError
 from natbox.model import PROTOS, Forward
 from natbox.plan import build_plan
+from natbox.ruleset import ForwardState
 from natbox.runner import Runner
 from natbox.status import snapshot
 from natbox.system import route_to
@@ -400,9 +402,24 @@ def _flows_with_forwards(
     args: argparse.Namespace,
 ) -> tuple[conntrack.FlowRead, conntrack.ForwardIndex, list[str]]:
     """Read the table and the forwards (from the kernel's rules) that flows are matched to."""
-    table = conntrack.read_flows()
     backend, _det = choose_backend(args.backend_choice)
-    states = txn.all_forward_states(backend)
+    # The rules are read by iptables-save (a process: it waits, we do not), the flows by us.
+    found: list[list[ForwardState]] = []
+    failed: list[BaseException] = []
+
+    def read_rules() -> None:
+        try:
+            found.append(txn.all_forward_states(backend))
+        except BaseException as exc:  # handed to the main thread, raised there
+            failed.append(exc)
+
+    reader = threading.Thread(target=read_rules, daemon=True)
+    reader.start()
+    table = conntrack.read_flows()
+    reader.join()
+    if failed:
+        raise failed[0]
+    states = found[0]
     index = conntrack.ForwardIndex(s.forward for s in states if s.forward is not None)
     names = [s.name for s in states]
     if args.forward is not None and args.forward not in names:
@@ -474,18 +491,9 @@ def cmd_conntrack(args: argparse.Namespace) -> int:
             sep = ",\n  "
         out.write("\n ]\n}\n")
         return 0
-    out.write(
-        f"{'PROTO':<7}{'STATE':<12}{'TTL':>6}  {'FLOW  client → listen => snat → backend':<62}{'PKTS':>7}{'BYTES':>10}  FORWARD\n"
-    )
-    off = f"{'-':>7}{'-':>10}"
+    out.write(conntrack.TEXT_HEADER)
     for start in range(0, len(shown), _CHUNK):
-        out.write(
-            "".join(
-                f"{f.proto:<7}{(f.state or '-'):<12}{f.timeout:>6}  {f.path():<62}"
-                f"{f'{f.packets:>7}{f.bytes:>10}' if fill.accounting else off}  {index(f) or ''}\n"
-                for f in shown[start : start + _CHUNK]
-            )
-        )
+        out.write(conntrack.text_lines(shown[start : start + _CHUNK], index, fill.accounting))
     print(f"{len(shown)} of {len(flows)} flows; table {fill.count}/{fill.max}")
     if not fill.accounting:
         print(

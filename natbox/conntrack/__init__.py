@@ -25,7 +25,15 @@ from natbox.conntrack.read import (
     read_flows,
     table_fill,
 )
-from natbox.conntrack.select import SORT_KEYS, ForwardIndex, find, parse_tuple, select
+from natbox.conntrack.select import (
+    SORT_KEYS,
+    TEXT_HEADER,
+    ForwardIndex,
+    find,
+    parse_tuple,
+    select,
+    text_lines,
+)
 
 __all__ = [
     "CHUNK",
@@ -33,6 +41,7 @@ __all__ = [
     "PROC_NETFILTER",
     "PROTO_NUMBERS",
     "SORT_KEYS",
+    "TEXT_HEADER",
     "Fill",
     "Flow",
     "FlowRead",
@@ -49,4 +58,5 @@ __all__ = [
     "read_flows",
     "select",
     "table_fill",
+    "text_lines",
 ]

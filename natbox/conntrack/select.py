@@ -16,6 +16,7 @@ from natbox.conntrack.flow import (
     _S1,
     _SP1,
     _STATE,
+    _TIMEOUT,
     Flow,
     Tuple,
     _hp,
@@ -92,6 +93,26 @@ def select(
     elif reverse:
         out.reverse()
     return out[:limit] if limit is not None else out
+
+
+TEXT_HEADER = (
+    f"{'PROTO':<7}{'STATE':<12}{'TTL':>6}  {'FLOW  client → listen => snat → backend':<62}"
+    f"{'PKTS':>7}{'BYTES':>10}  FORWARD\n"
+)
+
+
+def text_lines(flows: list[Flow], index: ForwardIndex, accounting: bool) -> str:
+    """`natbox conntrack`'s rows for these flows, one line each (the columns of TEXT_HEADER)."""
+    off = f"{'-':>7}{'-':>10}"
+    out: list[str] = []
+    add = out.append
+    for f in flows:
+        counters = f"{f.packets:>7}{f.bytes:>10}" if accounting else off
+        add(
+            f"{f[_PROTO]:<7}{f[_STATE] or '-':<12}{f[_TIMEOUT]:>6}  {f.path():<62}{counters}"
+            f"  {index(f) or ''}\n"
+        )
+    return "".join(out)
 
 
 def row_text(flow: Flow, owner: str | None) -> str:
