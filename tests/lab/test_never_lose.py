@@ -169,3 +169,48 @@ def test_lock_wait_env_is_validated(lab: Lab, value: str) -> None:
     finally:
         del lab.env["NATBOX_LOCK_WAIT"]
     assert "NATBOX_LOCK_WAIT" in err
+
+
+def test_bogus_journal_is_refused_and_web_is_untouched(lab: Lab) -> None:
+    ok(lab, "add", *SEED, "--name", "web", "--yes")
+    before = lab.save()
+    path = Path(lab.state_dir) / "journal.json"
+    for body in ('{"op":"bogus","name":"web","forward":null,"started":1}', "[1]", "\x00\x01"):
+        path.write_text(body)
+        path.chmod(0o600)
+        err = fails(lab, "recover")
+        assert "journal.json" in err and "not a journal natbox understands" in err
+        err = fails(lab, "remove", "web", "--yes")  # no write on top of an unknown journal
+        assert lab.save() == before
+    path.unlink()
+
+
+def test_hostile_saved_file_applies_nothing(lab: Lab) -> None:
+    conf = Path(lab.workdir) / "etc"
+    conf.mkdir(mode=0o755)
+    lab.env["NATBOX_CONFIG_DIR"] = str(conf)
+    try:
+        saved = conf / "forwards.json"
+        good = {
+            "name": "a",
+            "listen": f"{NAT_LAN_IP}:1234",
+            "backend": f"{SERVER_IP}:80",
+            "snat": "10.0.2.40",
+        }
+        before = lab.save()
+        cases = [
+            ({"version": 1, "forwards": [good, dict(good, name="b")]}, 0o600, "as a does"),
+            ({"version": 1, "forwards": [dict(good, masquerade="false")]}, 0o600, "true or false"),
+            ({"version": 1, "forwards": [good]}, 0o666, "writable by other users"),
+        ]
+        for body, mode, words in cases:
+            saved.write_text(json.dumps(body))
+            saved.chmod(mode)
+            err = fails(lab, "restore")
+            assert words in err
+            assert lab.save() == before, "nothing applied"
+        saved.unlink()
+        os.mkfifo(saved, 0o600)
+        assert "not a regular file" in fails(lab, "restore")
+    finally:
+        del lab.env["NATBOX_CONFIG_DIR"]
