@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -214,3 +215,29 @@ def test_hostile_saved_file_applies_nothing(lab: Lab) -> None:
         assert "not a regular file" in fails(lab, "restore")
     finally:
         del lab.env["NATBOX_CONFIG_DIR"]
+
+
+def test_busy_lock_names_the_holder(lab: Lab) -> None:
+    """While another natbox changes the firewall, a second one waits (bounded), then says who."""
+    holder = lab.spawn_capture(
+        lab.nat,
+        sys.executable,
+        "-c",
+        "import time\n"
+        "from natbox import lock\n"
+        "with lock.held('adding web'):\n"
+        "    print('held', flush=True); time.sleep(30)\n",
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        before = lab.save()
+        lab.env["NATBOX_WAIT"] = "1"
+        try:
+            err = fails(lab, "add", *SEED, "--yes")
+        finally:
+            del lab.env["NATBOX_WAIT"]
+        assert f"another natbox is changing the firewall (pid {holder.pid}, adding web" in err
+        assert lab.save() == before
+    finally:
+        holder.kill()
+        holder.wait()
