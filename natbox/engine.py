@@ -171,9 +171,11 @@ class Engine:
             out[state.name] = findings
         return out
 
-    def flows(self) -> FlowSnapshot:
-        """Read the conntrack table and tag flows with the forwards seen at the last dashboard()."""
-        table = conntrack.read_flows()
+    def flows(self, head: bool = False) -> FlowSnapshot:
+        """Read the conntrack table and tag flows with the forwards seen at the last dashboard().
+
+        `head`: only the first screenful or so (a viewer's first look, before the whole table)."""
+        table = conntrack.read_flows(head=conntrack.HEAD if head else None)
         return FlowSnapshot(
             table.flows,
             conntrack.ForwardIndex(self._forwards),

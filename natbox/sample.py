@@ -168,12 +168,16 @@ class SampleEngine:
         data.chains = display_chains(rs)
         return data
 
-    def flows(self) -> FlowSnapshot:
+    def flows(self, head: bool = False) -> FlowSnapshot:
         """The sample conntrack table, parsed anew on every read as the real engine does."""
         killed = {f.key for f in self.killed}
-        self._flows = [f for f in conntrack.parse_text(self._text).flows if f.key not in killed]
+        end = self._text.find("\n", conntrack.HEAD) + 1 if head else 0
+        text = self._text[:end] if end > 0 else self._text
+        flows = [f for f in conntrack.parse_text(text).flows if f.key not in killed]
+        if text is self._text:
+            self._flows = flows
         return FlowSnapshot(
-            list(self._flows),
+            list(flows),
             conntrack.ForwardIndex(self.forwards),
             conntrack.Fill(len(self._flows), 262144, True, False),
         )

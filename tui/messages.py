@@ -38,6 +38,7 @@ class FlowsRefreshed(Message):
         *,
         found: object = None,
         took: float = 0.0,
+        partial: bool = False,
     ) -> None:
         self.rows = rows
         self.generation = generation
@@ -48,6 +49,8 @@ class FlowsRefreshed(Message):
         """The viewer's filter state to start the next keystroke from."""
         self.took = took
         """Seconds the read took (0: no read, the rows of the last one re-filtered)."""
+        self.partial = partial
+        """Only the table's first flows (a first look); the whole table follows."""
         super().__init__()
 
 

@@ -15,6 +15,7 @@ from natbox.conntrack.flow import Flow, Tuple, parse_generic
 from natbox.conntrack.netlink import PROTO_NUMBERS, delete_message, kill
 from natbox.conntrack.read import (
     CHUNK,
+    HEAD,
     PROC_CONNTRACK,
     PROC_NETFILTER,
     Fill,
@@ -30,6 +31,7 @@ from natbox.conntrack.select import (
     TEXT_HEADER,
     ForwardIndex,
     find,
+    locate,
     parse_tuple,
     select,
     text_lines,
@@ -37,6 +39,7 @@ from natbox.conntrack.select import (
 
 __all__ = [
     "CHUNK",
+    "HEAD",
     "PROC_CONNTRACK",
     "PROC_NETFILTER",
     "PROTO_NUMBERS",
@@ -51,6 +54,7 @@ __all__ = [
     "enable_accounting",
     "find",
     "kill",
+    "locate",
     "parse_generic",
     "parse_lines",
     "parse_text",

@@ -95,6 +95,22 @@ def select(
     return out[:limit] if limit is not None else out
 
 
+def locate(rows: list[Flow], want: Flow | None, near: int = 0) -> int:
+    """Where the flow `want` (or its successor in a newer read: same key) is in `rows`; else the
+    row at `near`. The same object is found at C speed; a key is compared only where the client's
+    address and port already match."""
+    if want is None or not rows:
+        return 0
+    for i, f in enumerate(rows):
+        if f is want:
+            return i
+    key, src, sport = want.key, want[_S1], want[_SP1]
+    for i, f in enumerate(rows):
+        if f[_SP1] == sport and f[_S1] == src and f.key == key:
+            return i
+    return max(0, min(near, len(rows) - 1))
+
+
 TEXT_HEADER = (
     f"{'PROTO':<7}{'STATE':<12}{'TTL':>6}  {'FLOW  client → listen => snat → backend':<62}"
     f"{'PKTS':>7}{'BYTES':>10}  FORWARD\n"

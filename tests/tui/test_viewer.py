@@ -124,3 +124,37 @@ async def test_typing_on_narrows_without_waiting_for_a_read() -> None:
             f"192.168.1.20:{f.orig.sport}".startswith("192.168.1.20:1001") for f in table.rows
         )
         assert engine.reads - reads <= 1, "keystrokes re-filter the last read, they do not read"
+
+
+async def test_first_rows_show_while_the_whole_table_is_read() -> None:
+    import asyncio
+    import threading
+
+    from natbox.engine import FlowSnapshot
+
+    release = threading.Event()
+
+    class SlowEngine(SampleEngine):
+        def flows(self, head: bool = False) -> FlowSnapshot:
+            if not head:
+                release.wait(10)  # the whole table takes its time
+            return super().flows(head)
+
+    engine = SlowEngine(flow_count=5000)
+    app = make_app(engine)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("c")
+        screen = app.screen
+        assert isinstance(screen, ConntrackScreen)
+        table = screen.query_one(FlowTable)
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if table.rows:
+                break
+        assert 0 < len(table.rows) < 5000, "the first flows are on screen before the whole read"
+        assert "reading" in str(screen.sub_title)
+        assert any("=>" in row for row in screen_rows(table))
+        release.set()
+        await settle(pilot)
+        assert len(table.rows) == 5000 and screen.sub_title == "5000 of 5000 flows"

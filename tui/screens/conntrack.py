@@ -18,7 +18,7 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Header, Input, Static
 
-from natbox.conntrack import Flow, ForwardIndex, select
+from natbox.conntrack import Flow, ForwardIndex, locate, select
 from natbox.conntrack.select import DESCENDING, FlowFilter, row_text
 from natbox.engine import FlowSnapshot
 from natbox.errors import NatboxError
@@ -161,7 +161,6 @@ class ConntrackScreen(Screen[None]):
     def refresh_flows(self, read: bool = True) -> None:
         """Start a refresh; only the newest one's result is shown."""
         self._generation += 1
-        current = self.table.current
         self._refresh_worker(
             read,
             self._generation,
@@ -170,7 +169,7 @@ class ConntrackScreen(Screen[None]):
             SORTS[self.sort_index],
             self.reverse,
             self._found,
-            current.key if current is not None else None,
+            self.table.current,
             self.table.cursor,
         )
 
@@ -190,28 +189,35 @@ class ConntrackScreen(Screen[None]):
         sort: str | None,
         reverse: bool,
         before: Found | None,
-        key: tuple[str, ...] | None,
+        current: Flow | None,
         cursor: int,
     ) -> None:
         """Read (or reuse), filter, sort, and locate the highlighted flow, off the UI thread."""
         took = 0.0
+        engine = self.app.engine  # type: ignore[attr-defined]
+        if snap is None:
+            # The first look: the table's first flows now, the whole table when it is read.
+            try:
+                head = engine.flows(head=True)
+            except NatboxError:
+                head = None  # the whole read below says why
+            if head is not None:
+                rows, _found = find_rows(head, self.forward, flt, sort, reverse, None)
+                total = head.fill.count or len(head.flows)
+                self.post_message(FlowsRefreshed(rows, total, 0, head, generation, partial=True))
         if read or snap is None:
             start = time.perf_counter()
             try:
-                snap = self.app.engine.flows()  # type: ignore[attr-defined]
+                snap = engine.flows()
             except NatboxError as exc:
                 self.app.call_from_thread(self._failed, exc.one_line())
                 return
             took = time.perf_counter() - start
         assert snap is not None
         rows, found = find_rows(snap, self.forward, flt, sort, reverse, before)
-        at = 0
-        if key is not None:
-            at = next((i for i, f in enumerate(rows) if f.key == key), min(cursor, len(rows) - 1))
+        at = locate(rows, current, cursor)
         self.post_message(
-            FlowsRefreshed(
-                rows, len(snap.flows), max(at, 0), snap, generation, found=found, took=took
-            )
+            FlowsRefreshed(rows, len(snap.flows), at, snap, generation, found=found, took=took)
         )
 
     def _failed(self, text: str) -> None:
@@ -238,6 +244,14 @@ class ConntrackScreen(Screen[None]):
             self._interval = max(REFRESH_EVERY, 2 * message.took)
         if message.generation != self._generation:
             return  # a newer refresh (a keystroke in the filter) is on its way
+        if message.partial:
+            with self.app.batch_update():
+                self.table.set_rows(message.rows, message.snapshot.index, 0)
+                self._total = message.total
+                self._status()
+                self.sub_title = f"first {len(message.rows)} of {message.total} flows, reading…"
+            self.call_after_refresh(self._columns)
+            return
         self.snapshot = message.snapshot
         self._found = message.found if isinstance(message.found, Found) else None
         self._total = message.total
