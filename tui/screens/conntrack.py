@@ -93,6 +93,8 @@ class ConntrackScreen(Screen[None]):
     }
     ConntrackScreen #columns {
         height: 1;
+        text-wrap: nowrap;
+        text-overflow: clip;
         background: $panel;
         text-style: bold;
     }
