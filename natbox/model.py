@@ -5,6 +5,7 @@ Validation lives here as plain functions that return precise messages; the UI on
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Iterator
@@ -25,12 +26,20 @@ COMMENT_PREFIX = "natbox"
 
 # ---------------------------------------------------------------- validators (strings -> values)
 
+_BROADCAST = IPv4Address("255.255.255.255")
+
+
+@functools.lru_cache(maxsize=8192)
+def _ip_address(text: str) -> IPAddress:
+    # Addresses repeat (every forward of a box listens on its few addresses): parse each once.
+    return ipaddress.ip_address(text)
+
 
 def parse_ip(text: str, what: str = "address") -> IPAddress:
     """Parse an IPv4 or IPv6 address, or raise with a message naming the bad text."""
     text = text.strip()
     try:
-        return ipaddress.ip_address(text)
+        return _ip_address(text)
     except ValueError:
         if ":" not in text:
             raise ValidationError(
@@ -106,7 +115,7 @@ def _unicast_problem(addr: IPAddress, what: str) -> str | None:
         return f"{what} {addr} is the unspecified address; give a real address"
     if addr.is_loopback:
         return f"{what} {addr} is a loopback address; forwarded traffic never reaches it"
-    if addr.is_multicast or addr == IPv4Address("255.255.255.255"):
+    if addr.is_multicast or addr == _BROADCAST:
         return f"{what} {addr} is not a unicast address"
     if addr.version == 6 and addr.is_link_local:
         return f"{what} {addr} is link-local; it needs an interface, so give a global address"

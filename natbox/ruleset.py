@@ -10,7 +10,6 @@ import re
 import shlex
 from collections import Counter
 from dataclasses import dataclass, field
-from ipaddress import ip_address
 
 from natbox.errors import ConflictError, NatboxError, ValidationError
 from natbox.model import (
@@ -23,6 +22,7 @@ from natbox.model import (
     Ruleset,
     Table,
     parse_cidr,
+    parse_ip,
 )
 from natbox.plan import OWN_CHAINS, build_plan
 
@@ -196,7 +196,7 @@ def forward_from_rules(name: str, rules: list[Rule]) -> Forward:
     for r in rules:
         if " -j SNAT " in r.text:
             src = _opt(_tokens(r.text), "--to-source")
-            snat = ip_address(src) if src else None
+            snat = parse_ip(src, "SNAT source") if src else None
         elif r.text.endswith(" -j MASQUERADE"):
             masquerade = True
     mss = any(" -j TCPMSS " in r.text for r in rules)
