@@ -226,26 +226,56 @@ def forward_states(rs: Ruleset) -> list[ForwardState]:
     return states
 
 
+def _listening(rules: list[Rule]) -> tuple[IPAddress, int, int, set[str], str] | None:
+    """(listen ip, first port, last port, protocols, backend) from a forward's DNAT rules, without
+    rebuilding the whole forward (conflicts() asks this of every forward on every add)."""
+    protos: set[str] = set()
+    found: tuple[str, str, str] | None = None
+    for r in rules:
+        if " -j DNAT " not in r.text or r.chain != "NATBOX-PREROUTING":
+            continue
+        tokens = _tokens(r.text)
+        dst, dport, to = (
+            _opt(tokens, "-d"),
+            _opt(tokens, "--dport"),
+            _opt(tokens, "--to-destination"),
+        )
+        proto = _opt(tokens, "-p")
+        if dst is None or dport is None or to is None or proto is None:
+            return None
+        protos.add(proto)
+        found = found or (dst, dport, to)
+    if found is None:
+        return None
+    dst, dport, to = found
+    try:
+        ip = parse_ip(_strip_host(dst))
+        lo, _, hi = dport.partition(":")
+        return ip, int(lo), int(hi or lo), protos, to.split("/", 1)[0]
+    except (NatboxError, ValueError):
+        return None
+
+
 def conflicts(rs: Ruleset, fwd: Forward) -> None:
     """Raise ConflictError when `fwd` clashes with a natbox forward already in the kernel."""
-    for state in forward_states(rs):
-        if state.name == fwd.name:
-            raise ConflictError(
-                f"a forward named {fwd.name} already exists",
-                f"pick another --name, or `natbox remove {fwd.name}` first",
-            )
-        other = state.forward
-        if other is None or other.listen.ip != fwd.listen.ip:
-            continue
-        same_proto = set(other.protocols) & set(fwd.protocols)
-        overlap = (
-            other.listen.port <= fwd.listen.port_end and fwd.listen.port <= other.listen.port_end
+    groups = rs.by_forward()
+    if fwd.name in groups:
+        raise ConflictError(
+            f"a forward named {fwd.name} already exists",
+            f"pick another --name, or `natbox remove {fwd.name}` first",
         )
+    for name, rules in groups.items():
+        other = _listening(rules)
+        if other is None or other[0] != fwd.listen.ip:
+            continue
+        _ip, lo, hi, protos, backend = other
+        same_proto = protos & set(fwd.protocols)
+        overlap = lo <= fwd.listen.port_end and fwd.listen.port <= hi
         if same_proto and overlap:
             raise ConflictError(
-                f"{'/'.join(sorted(same_proto))} {fwd.listen} is already forwarded by {other.name} "
-                f"(to {other.backend})",
-                f"`natbox remove {other.name}` first, or listen on another port",
+                f"{'/'.join(sorted(same_proto))} {fwd.listen} is already forwarded by {name} "
+                f"(to {backend})",
+                f"`natbox remove {name}` first, or listen on another port",
             )
 
 
