@@ -14,7 +14,18 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from natbox import __version__, checks, conntrack, export, persist, txn, watchdog
+from natbox import (
+    __version__,
+    checks,
+    conntrack,
+    converge,
+    declare,
+    export,
+    persist,
+    tables,
+    txn,
+    watchdog,
+)
 from natbox.backends import Backend
 from natbox.backends.detect import BACKEND_CHOICES, choose_backend
 from natbox.errors import NatboxError, NotFoundError
@@ -202,7 +213,8 @@ def cmd_remove(args: argparse.Namespace) -> int:
             return 0
         _confirm(args, f"Remove forward {args.name}?")
     _recover(backend)
-    outcome = txn.remove(backend, args.name)
+    with tables.tracked(backend):  # an nft table natbox created goes again once empty
+        outcome = txn.remove(backend, args.name)
     if args.json:
         print(json.dumps(outcome.to_dict(), indent=2))
         return 0
@@ -259,9 +271,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def _recover(backend: Backend) -> None:
     """Finish or undo an operation a crashed natbox left behind, and say so."""
-    message = txn.recover(backend)
-    if message:
-        print(f"natbox: recovered: {message}", file=sys.stderr)
+    for message in (txn.recover(backend), converge.recover_set(backend)):
+        if message:
+            print(f"natbox: recovered: {message}", file=sys.stderr)
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
@@ -345,6 +357,92 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise NatboxError("no natbox forwards to export", "natbox add one first")
     print(export.export(forwards, args.format), end="")
     return 0
+
+
+def _other_side(det_warnings: list[str]) -> list[str]:
+    return [w for w in det_warnings if "also sit" in w]
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """Make natbox's forwards in the kernel what FILE says: one transaction, or nothing."""
+    try:
+        return _apply(args)
+    except NatboxError as exc:
+        if args.json:  # a playbook reads stdout: say what failed there too
+            print(json.dumps({"changed": False, "failed": True, "error": exc.one_line()}))
+        raise
+
+
+def _apply(args: argparse.Namespace) -> int:
+    wanted = declare.load(args.file)  # the whole file is checked before anything is read or touched
+    if not args.check:
+        txn.require_root()
+    backend, det = choose_backend(args.backend_choice)
+    if not args.check:
+        _recover(backend)
+    report = declare.plan(
+        backend,
+        wanted,
+        prune=args.prune,
+        enable_forwarding=args.enable_forwarding,
+        other_side=_other_side(det.warnings),
+    )
+    if args.check or not report.changed:
+        report.check = args.check
+        blocked = declare.blocking(report) if report.changed and not args.force else None
+        if args.json:
+            print(json.dumps(report.to_dict(args.diff), indent=2))
+        else:
+            print("\n".join(declare.render(report, diff=args.diff)))
+        if blocked is not None:
+            raise blocked
+        return 0
+    if not args.json:
+        print("\n".join(declare.render(report, diff=args.diff)))
+    if not args.force:
+        blocked = declare.blocking(report)
+        if blocked is not None:
+            raise blocked
+    _confirm(args, "Apply these changes?")
+    declare.carry_out(
+        backend,
+        report,
+        force=args.force,
+        enable_forwarding=args.enable_forwarding,
+        confirm_seconds=args.confirm,
+        backend_choice=args.backend_choice,
+    )
+    if args.json:
+        print(json.dumps(report.to_dict(args.diff), indent=2))
+    else:
+        for note in report.notes:
+            print(f"note: {note}")
+        c = report.change
+        print(
+            f"applied: {len(c.added)} added, {len(c.replaced)} replaced, {len(c.removed)} removed "
+            f"({report.seconds * 1000:.0f} ms)"
+        )
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Drift: how the kernel differs from FILE (default: the saved set), with the fix. Exit 1 on drift."""
+    path = args.file or str(persist.saved_path())
+    if args.file is None and not persist.saved_path().exists():
+        raise NatboxError(f"{path} does not exist", "natbox save first, or give a FILE")
+    wanted = declare.load(path)
+    backend, _det = choose_backend(args.backend_choice)
+    report = declare.plan(backend, wanted, diagnose=False)
+    if args.json:
+        print(json.dumps(report.to_dict(diff=True), indent=2))
+    else:
+        print("\n".join(declare.render(report, diff=True, drift=True)))
+        if report.changed:
+            fix = (
+                f"natbox apply {path}" if args.file else f"natbox apply {path} (or natbox restore)"
+            )
+            print(f"fix: {fix}")
+    return 1 if report.changed else 0
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
@@ -580,6 +678,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--format", choices=export.FORMATS, default="restore")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "apply", help="make natbox's forwards what FILE says (JSON or TOML; - reads stdin)"
+    )
+    p.add_argument("file", metavar="FILE", help="the wanted forwards (the saved set's format)")
+    p.add_argument("--check", action="store_true", help="show what would change, change nothing")
+    p.add_argument("--diff", action="store_true", help="show iptables-save lines before/after")
+    p.add_argument("--prune", action="store_true", help="remove natbox forwards not in FILE")
+    p.add_argument(
+        "--confirm",
+        type=float,
+        metavar="SECONDS",
+        help="roll the whole change back after SECONDS unless `natbox confirm`",
+    )
+    p.add_argument("--force", action="store_true", help="apply despite preflight errors")
+    p.add_argument(
+        "--enable-forwarding", action="store_true", help="turn on IP forwarding if it is off"
+    )
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("diff", help="drift: the kernel against FILE (default the saved set)")
+    p.add_argument("file", metavar="FILE", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_diff)
 
     p = sub.add_parser("confirm", help="keep the change waiting in its confirm window")
     p.set_defaults(func=cmd_confirm)

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 
-from natbox import conntrack, persist, txn, watchdog
+from natbox import conntrack, persist, tables, txn, watchdog
 from natbox.backends import Backend
 from natbox.backends.detect import choose_backend
 from natbox.checks import ERROR, Finding, diagnose, preflight
@@ -273,10 +273,12 @@ class Engine:
     ) -> txn.Outcome:
         """Apply `fwd`; with `confirm_seconds`, a detached watchdog rolls it back unless confirmed."""
         if confirm_seconds is None:
-            return txn.apply(self.backend(), fwd, enable_ip_forward=enable_forwarding)
+            with tables.tracked(self.backend()):
+                return txn.apply(self.backend(), fwd, enable_ip_forward=enable_forwarding)
         armed = watchdog.arm(fwd.name, confirm_seconds, self._choice)
         try:
-            return txn.apply(self.backend(), fwd, enable_ip_forward=enable_forwarding)
+            with tables.tracked(self.backend()):
+                return txn.apply(self.backend(), fwd, enable_ip_forward=enable_forwarding)
         except BaseException:
             watchdog.disarm(armed)
             raise
@@ -294,8 +296,9 @@ class Engine:
         return txn.preview_remove(self.backend(), name)
 
     def remove(self, name: str) -> txn.Outcome:
-        """Remove a forward (all its rules, or none)."""
-        return txn.remove(self.backend(), name)
+        """Remove a forward (all its rules, or none); an nft table natbox created goes if empty."""
+        with tables.tracked(self.backend()):
+            return txn.remove(self.backend(), name)
 
     def kill(self, flows: list[conntrack.Flow]) -> int:
         """Delete flows by tuple."""

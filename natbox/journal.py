@@ -75,3 +75,42 @@ def pending() -> Entry | None:
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+# -- set operations (natbox apply) ------------------------------------------------------------------
+# A separate entry in its own file, so the single-forward recovery above never misreads it: it names
+# the target of the whole change and the state before it, per forward (see converge.recover_set).
+
+
+def _set_path() -> Path:
+    return state_dir() / "journal-set.json"
+
+
+def begin_set(body: dict[str, object]) -> None:
+    """Record a set operation's intent (durably) before the kernel is touched."""
+    path = _set_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps({**body, "started": time.time()}))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def pending_set() -> dict[str, object] | None:
+    """The unfinished set operation, if natbox died in one."""
+    try:
+        data = json.loads(_set_path().read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def end_set() -> None:
+    """The set operation finished (or was undone)."""
+    try:
+        _set_path().unlink()
+    except FileNotFoundError:
+        pass

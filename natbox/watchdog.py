@@ -176,8 +176,15 @@ def _remove(p: Pending) -> str:
     from natbox.errors import NotFoundError
 
     backend, _ = choose_backend(p.backend)
+    if p.name.startswith("apply:"):  # a whole `natbox apply`: put its forwards back as they were
+        from natbox import converge
+
+        return converge.rollback_saved(backend)
+    from natbox import tables
+
     try:
-        txn.remove(backend, p.name)
+        with tables.tracked(backend):
+            txn.remove(backend, p.name)
     except NotFoundError:
         return f"{p.name} was not there (the apply had failed or it was removed)"
     return f"rolled back {p.name}"
