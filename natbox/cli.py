@@ -467,10 +467,21 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps(snap, indent=2))
         return 0
     forwarding = "on" if snap["ip_forward"] else "OFF"
-    print(f"backend {snap['backend']}   ip_forward {forwarding}")
-    policies = snap["policies"]
-    assert isinstance(policies, dict)
-    print("policies " + "  ".join(f"{k} {v}" for k, v in policies.items()))
+    forwarding6 = "on" if snap["ip6_forward"] else "OFF"
+    print(f"backend {snap['backend']}   ip_forward {forwarding}   ipv6 forwarding {forwarding6}")
+    for key, tool in (("policies", "iptables"), ("policies6", "ip6tables")):
+        policies = snap[key]
+        assert isinstance(policies, dict)
+        if policies:
+            print(f"{tool + ' policies':<19}" + "  ".join(f"{k} {v}" for k, v in policies.items()))
+    chains = snap["chains"]
+    assert isinstance(chains, list)
+    own = [c for c in chains if str(c["chain"]).startswith("NATBOX-")]
+    for fam, tool in ((4, "iptables"), (6, "ip6tables")):
+        mine = [c for c in own if c["family"] == fam]
+        if mine:
+            listed = "  ".join(f"{c['table']}/{c['chain']} ({c['rules']})" for c in mine)
+            print(f"{tool + ' chains':<19}{listed}")
     forwards = snap["forwards"]
     assert isinstance(forwards, list)
     print(f"\nforwards ({len(forwards)})")
@@ -486,7 +497,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     assert isinstance(foreign, list)
     print(f"\nforeign NAT and FORWARD rules ({len(foreign)})")
     for r in foreign:
-        print(f"  {r['table']}/{r['chain']:<12} {r['owner']:<6} {r['rule']}")
+        where = f"{'ip6 ' if r['family'] == 6 else ''}{r['table']}/{r['chain']}"
+        print(f"  {where:<20} {r['owner']:<6} {r['rule']}")
     warnings = snap["warnings"]
     assert isinstance(warnings, list)
     for w in warnings:
@@ -673,7 +685,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recover", help="finish or undo what a crashed natbox left behind")
     p.set_defaults(func=cmd_recover)
     p = sub.add_parser(
-        "export", help="forwards as restore text, iptables commands or Ansible tasks"
+        "export",
+        help="forwards as the file natbox apply reads (json, toml), an Ansible playbook, "
+        "restore text or commands",
     )
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--format", choices=export.FORMATS, default="restore")

@@ -34,12 +34,14 @@ from natbox.diagnose import box_facts, gather_facts
 from natbox.errors import NatboxError, ValidationError
 from natbox.model import (
     PROTOS,
+    Chain,
     Endpoint,
     Forward,
     IPAddress,
     IPNetwork,
     Rule,
     Ruleset,
+    Table,
     name_problem,
     parse_cidr,
     parse_ip,
@@ -529,15 +531,14 @@ def _save_lines(rs: Ruleset, tables: set[str]) -> list[str]:
 
 def simulate(rs: Ruleset, table: str, lines: tuple[str, ...]) -> None:
     """Apply restore lines to a parsed ruleset, as --noflush would (for the after-view of --diff)."""
-    from natbox.model import Chain, Table
-
     t = rs.tables.setdefault(table, Table(table))
     for line in lines:
         if line.startswith(":"):
             name = line[1:].split()[0]
             t.chains.setdefault(name, Chain(name))
             continue
-        op, chain_name, rest = line.split(" ", 2)
+        op, _, tail = line.partition(" ")
+        chain_name, _, rest = tail.partition(" ")
         if op == "-X":
             t.chains.pop(chain_name, None)
             continue

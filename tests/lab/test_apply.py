@@ -377,3 +377,32 @@ def test_confirm_window_rolls_the_whole_apply_back(box: Lab) -> None:
         time.sleep(0.1)
     assert both_saves(box, "nft", counters=False) == before
     assert box.udp_ask(port=5353) == "echo:ping"
+
+
+def test_list_and_export_mixed_v4_v6(box: Lab) -> None:
+    box.nat_exec("iptables-nft-restore", stdin=DEMO_FOREIGN)
+    box.nat_exec("ip6tables-nft-restore", stdin=FOREIGN6)
+    apply(box, "restore", write(box, [WEB, WEB6]))
+    out = box.natbox("list")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    (chains6,) = [line for line in text.splitlines() if line.startswith("ip6tables chains")]
+    assert "nat/NATBOX-PREROUTING (1)" in chains6 and "filter/NATBOX-FORWARD (2)" in chains6
+    assert "ip6 nat/POSTROUTING" in text and "2001:db8:2::/64" in text
+    assert "ip6tables policies" in text
+    snap = json.loads(box.natbox("list", "--json").stdout)
+    assert {r["family"] for r in snap["foreign"]} == {4, 6}
+    assert any(c["family"] == 6 and c["chain"] == "NATBOX-FORWARD" for c in snap["chains"])
+    assert [f["name"] for f in snap["forwards"]] == ["web", "web6"]
+
+    exported = box.natbox("export", "--format", "json").stdout
+    again = box.natbox("apply", "-", "--yes", "--json", stdin=exported)
+    assert json.loads(again.stdout)["changed"] is False, "export json is what apply reads"
+    toml = box.natbox("export", "--format", "toml").stdout
+    assert json.loads(box.natbox("apply", "-", "--json", "--check", stdin=toml).stdout)[
+        "unchanged"
+    ] == ["web", "web6"]
+    restore = box.natbox("export", "--format", "restore").stdout
+    assert "(iptables-restore --noflush)" in restore and "(ip6tables-restore --noflush)" in restore
+    commands = box.natbox("export", "--format", "commands").stdout
+    assert "ip6tables -w -t nat -A NATBOX-PREROUTING -d 2001:db8:1::30/128" in commands
