@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from natbox.errors import ConflictError, NatboxError
 from natbox.model import Forward, IPAddress, Rule, Ruleset
 from natbox.plan import jump_rule
+from natbox.ruleset import conflicts
 from natbox.system import Route
 
 ERROR, WARNING, INFO = "error", "warning", "info"
@@ -116,7 +117,6 @@ def _before_jump(
 
 def diagnose(fwd: Forward, rs: Ruleset, facts: Facts, *, existing: bool = False) -> list[Finding]:
     """Findings for `fwd`: a forward about to be added (existing=False) or one in the kernel."""
-    from natbox.txn import conflicts  # txn imports backends; keep this module light
 
     out: list[Finding] = []
     add = out.append

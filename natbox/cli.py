@@ -6,7 +6,6 @@ Every user error is one line on stderr with a hint, and exit code 2. No argument
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -38,6 +37,14 @@ from natbox.system import route_to
 
 class UsageError(NatboxError):
     """A command line argparse could not accept."""
+
+
+def _window(text: str) -> float:
+    """argparse type for confirm windows: finite seconds from 5 to 3600."""
+    try:
+        return watchdog.parse_window(text)
+    except NatboxError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -182,7 +189,10 @@ def cmd_add(args: argparse.Namespace) -> int:
     _confirm(args, f"Apply forward {fwd.name}?")
     # With --confirm the watchdog is armed before the rules go in (Engine.apply).
     outcome = engine.apply(
-        fwd, confirm_seconds=args.confirm, enable_forwarding=args.enable_forwarding
+        fwd,
+        confirm_seconds=args.confirm,
+        enable_forwarding=args.enable_forwarding,
+        adopt=args.adopt,
     )
     if args.confirm is not None:
         outcome.notes.append(
@@ -270,17 +280,21 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _recover(backend: Backend) -> None:
-    """Finish or undo an operation a crashed natbox left behind, and say so."""
+    """Finish or undo what a crashed natbox (or a dead watchdog) left behind, and say so."""
     for message in (txn.recover(backend), converge.recover_set(backend)):
         if message:
             print(f"natbox: recovered: {message}", file=sys.stderr)
+    message = watchdog.supervise()
+    if message:
+        print(f"natbox: {message}", file=sys.stderr)
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
     """Finish or undo what a crashed natbox left behind."""
     txn.require_root()
     message = txn.recover(_backend(args))
-    print(message or "nothing to recover")
+    supervised = watchdog.supervise()
+    print("\n".join(m for m in (message, supervised) if m) or "nothing to recover")
     return 0
 
 
@@ -632,7 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--confirm-window",
-        type=float,
+        type=_window,
         default=30.0,
         metavar="SECONDS",
         help="dashboard: how long a new forward waits for y before it is rolled back (default 30)",
@@ -655,11 +669,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
     p.add_argument(
         "--confirm",
-        type=float,
+        type=_window,
         metavar="SECONDS",
-        help="roll back after SECONDS unless `natbox confirm` (survives a dropped SSH session)",
+        help="roll back after SECONDS (5-3600) unless `natbox confirm` (survives a dropped SSH "
+        "session)",
     )
     p.add_argument("--force", action="store_true", help="apply despite preflight errors")
+    p.add_argument(
+        "--adopt",
+        action="store_true",
+        help="use natbox's chains even though they hold rules natbox did not write",
+    )
     p.add_argument("--yes", "-y", action="store_true", help="do not ask")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_add)
@@ -760,9 +780,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_tui(backend_choice: str | None, confirm_seconds: float) -> int:
-    # Imported here so that `import natbox` never pulls in textual.
-    app_module = importlib.import_module("tui.app")
-    run: Callable[[str | None, float], int] = app_module.run
+    # Imported here so that a CLI command never pays for (or needs) textual; the layering contract
+    # in pyproject.toml allows exactly this one import from natbox into the TUI.
+    from tui.app import run
+
     return run(backend_choice, confirm_seconds)
 
 

@@ -8,11 +8,12 @@ refused, undoes the ones already committed with exact, position-preserving inver
 failure in the second table leaves the ruleset byte for byte as it was). The result is read back
 and must equal the target, or everything is undone.
 
-txn.py's per-forward helpers are not enough here, and they are deliberately not edited: its
-inverse_lines treats any list with a `-D` as a remove list (a replace mixes `-D` and `-A` in one
-table), re-inserts jumps at position 1 rather than where they were, and _commit_all commits one IP
-version. The commit loop below has the same shape (validate everything first, commit in order,
-undo the committed on failure, journal fault points) across both versions.
+txn.py's per-forward helpers are not used for the lines: its inverse_lines puts removed rules back
+at the end of their chain and jumps at position 1 rather than where they were (this undo is exact,
+positions included, so a refused table leaves iptables-save byte for byte as before), and
+_commit_all commits one IP version. The commit loop below has the same shape (validate everything
+first, commit in order, undo the committed on failure, journal fault points) across both versions,
+under the same natbox lock and trusted read.
 
 A set operation's intent goes to its own journal entry (journal.begin_set), which recover_set()
 finishes or undoes; the confirm window's rollback (watchdog) converges back to `before`.
@@ -20,23 +21,21 @@ finishes or undoes; the confirm window's rollback (watchdog) converges back to `
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from natbox import journal, tables
+from natbox import journal, lock, tables
 from natbox.backends import Backend
 from natbox.backends.restore import RestoreBackend
-from natbox.errors import BackendError
+from natbox.errors import BackendError, NatboxError
 from natbox.model import Forward, Rule, Ruleset
+from natbox.paths import read_json, remove, state_dir, write_json
 from natbox.persist import forward_from_dict
 from natbox.plan import OWN_CHAINS, TABLE_ORDER, build_plan, jump_rule
 from natbox.ruleset import ForwardState, forward_states
-from natbox.txn import families
-from natbox.watchdog import state_dir
+from natbox.txn import families, trusted_read
 
 Target = dict[str, Forward | None]
 """Forward name -> what it should be (None: not there). Names not in a target are left alone."""
@@ -66,6 +65,9 @@ class Change:
     units: list[Unit] = field(default_factory=list)
     before: dict[int, Ruleset] = field(default_factory=dict)
     """The full ruleset per IP version, as read before (for --diff)."""
+    wanted: Target = field(default_factory=dict)
+    """The target this change was planned for."""
+    repair: bool = True
 
     @property
     def changed(self) -> bool:
@@ -92,14 +94,14 @@ class Change:
 def read_states(backend: Backend) -> tuple[dict[int, Backend], dict[int, Ruleset]]:
     """The family-bound backends and their full rulesets (positions of the jumps need foreign rules)."""
     bound = {b.family: b for b in families(backend)}
-    return bound, {fam: b.read() for fam, b in bound.items()}
+    return bound, {fam: trusted_read(b, natbox_only=False) for fam, b in bound.items()}
 
 
 def plan_change(backend: Backend, target: Target, *, repair: bool = True) -> Change:
     """Compare the kernel with `target` and compose the restore lines, without committing."""
     bound, rulesets = read_states(backend)
     states = {s.name: (fam, s) for fam, rs in rulesets.items() for s in forward_states(rs)}
-    change = Change(before=rulesets)
+    change = Change(before=rulesets, wanted=dict(target), repair=repair)
     remove_names: dict[int, set[str]] = {fam: set() for fam in bound}
     adds: dict[int, list[Forward]] = {fam: [] for fam in bound}
     for name, want in target.items():
@@ -186,9 +188,10 @@ def compose(
                     drops.append(f"-D {builtin} {jump.spec}")
                     drops_undo.append(f"-I {builtin} {pos} {jump.spec}")
                 drops.append(f"-X {own}")
-                drops_undo.insert(0, f":{own} - [0:0]")
+                drops_undo.insert(0, f"-N {own}")
             elif chain is None and needed:
-                creates += [f":{own} - [0:0]", f"-I {builtin} 1 {jump.spec}"]
+                # -N, never `:CHAIN`: with --noflush a declaration empties a chain that exists.
+                creates += [f"-N {own}", f"-I {builtin} 1 {jump.spec}"]
                 creates_undo = [f"-D {builtin} {jump.spec}", f"-X {own}", *creates_undo]
             elif chain is not None and needed and pos != 1 and repair:
                 if pos is None:
@@ -220,7 +223,7 @@ def compose(
 def _order(units: list[Unit]) -> list[Unit]:
     """filter before nat when anything is added (the accepts exist before the first DNAT), nat
     before filter for pure removals (no new DNAT lands after its accept went); IPv4 first."""
-    adding = any(line.startswith(("-A ", ":")) for u in units for line in u.lines)
+    adding = any(line.startswith(("-A ", "-N ")) for u in units for line in u.lines)
     rank = {t: i for i, t in enumerate(TABLE_ORDER if adding else ("nat", "filter"))}
     return sorted(units, key=lambda u: (u.family, rank[u.table]))
 
@@ -295,12 +298,20 @@ def _journal_body(change: Change, backend: Backend) -> dict[str, object]:
 def execute(backend: Backend, change: Change) -> float:
     """Commit `change` as one transaction with the crash journal, then prove it by reading back.
 
-    Returns the seconds it took. On any failure the kernel is as before and BackendError says so.
+    Under the natbox lock the plan is made again and must be the same (the firewall may have moved
+    while the user read it). Returns the seconds it took. On any failure the kernel is as before
+    and BackendError says so.
     """
     start = time.perf_counter()
     if not change.units:
         return 0.0
-    with tables.tracked(backend):  # an nft table this creates goes again when it is left empty
+    with lock.held("apply"), tables.tracked(backend):
+        fresh = plan_change(backend, change.wanted, repair=change.repair)
+        if fresh.units != change.units:
+            raise NatboxError(
+                "the firewall changed since the plan was made; nothing was changed",
+                "run natbox apply again",
+            )
         journal.begin_set(_journal_body(change, backend))
         journal.fault("set-journal-written")
         try:
@@ -335,19 +346,22 @@ def _load_target(data: object) -> Target:
 
 def recover_set(backend: Backend) -> str | None:
     """Finish or undo the set operation natbox died in; say which (None when there was none)."""
-    entry = journal.pending_set()
-    if entry is None:
-        return None
-    target, before = _load_target(entry.get("target")), _load_target(entry.get("before"))
-    if not mismatches(backend, target):
+    with lock.held("recover"):
+        entry = journal.pending_set()
+        if entry is None:
+            return None
+        target, before = _load_target(entry.get("target")), _load_target(entry.get("before"))
+        if not mismatches(backend, target):
+            journal.end_set()
+            return (
+                f"the interrupted apply of {', '.join(target) or 'nothing'} had finished: kept it"
+            )
+        with tables.tracked(backend):
+            change = plan_change(backend, before, repair=False)
+            if change.units:
+                commit(backend, change.units)
         journal.end_set()
-        return f"the interrupted apply of {', '.join(target) or 'nothing'} had finished: kept it"
-    change = plan_change(backend, before, repair=False)
-    if change.units:
-        commit(backend, change.units)
-    tables.drop_created_if_empty(backend)
-    journal.end_set()
-    return f"undid the interrupted apply of {', '.join(target)}: the forwards are as before it"
+        return f"undid the interrupted apply of {', '.join(target)}: the forwards are as before it"
 
 
 def _rollback_path() -> Path:
@@ -356,24 +370,16 @@ def _rollback_path() -> Path:
 
 def save_rollback(before: Target) -> None:
     """Keep what the confirm window's rollback puts back (written before the watchdog is armed)."""
-    path = _rollback_path()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    body = {n: (f.to_dict() if f is not None else None) for n, f in before.items()}
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(body))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_json(
+        _rollback_path(), {n: (f.to_dict() if f is not None else None) for n, f in before.items()}
+    )
 
 
 def rollback_saved(backend: Backend) -> str:
     """The confirm window ran out: put the forwards the apply touched back as they were."""
-    try:
-        before = _load_target(json.loads(_rollback_path().read_text()))
-    except (OSError, ValueError):
+    data = read_json(_rollback_path())
+    if data is None:
         return "no record of the apply to roll back"
-    change = converge(backend, before)
-    _rollback_path().unlink(missing_ok=True)
+    change = converge(backend, _load_target(data))
+    remove(_rollback_path())
     return f"rolled back the apply ({len(change.units)} tables)"

@@ -373,22 +373,6 @@ def _overlap(a: Forward, b: Forward) -> bool:
     )
 
 
-def dump(forwards: list[Forward], fmt: str = "json") -> str:
-    """Forwards as a file `natbox apply` reads (json: exactly the saved set's format)."""
-    if fmt == "json":
-        return (
-            json.dumps({"version": 1, "forwards": [f.to_dict() for f in forwards]}, indent=2) + "\n"
-        )
-    out = ["# natbox forwards: natbox apply FILE", "version = 1"]
-    for f in forwards:
-        out.append("\n[[forwards]]")
-        for key, value in f.to_dict().items():
-            if value is None or value is False or value == []:
-                continue
-            out.append(f"{key} = {json.dumps(value)}")
-    return "\n".join(out) + "\n"
-
-
 # ---------------------------------------------------------------- comparing and rendering
 
 
@@ -539,6 +523,9 @@ def simulate(rs: Ruleset, table: str, lines: tuple[str, ...]) -> None:
             continue
         op, _, tail = line.partition(" ")
         chain_name, _, rest = tail.partition(" ")
+        if op == "-N":
+            t.chains.setdefault(chain_name, Chain(chain_name))
+            continue
         if op == "-X":
             t.chains.pop(chain_name, None)
             continue

@@ -12,17 +12,13 @@ import socket
 from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from natbox import conntrack
 from natbox.checks import Facts
 from natbox.errors import NatboxError
 from natbox.model import Forward
 from natbox.runner import Runner
-from natbox.system import PROC_SYS, ip_forward_enabled, route_to
-
-if TYPE_CHECKING:
-    from natbox.engine import InterfaceStat
+from natbox.system import PROC_SYS, InterfaceStat, interface_stats, ip_forward_enabled, route_to
 
 IPTABLES_TABLES = {"filter", "nat", "mangle", "raw", "security"}
 
@@ -141,8 +137,6 @@ class BoxFacts:
 
 def box_facts(runner: Runner | None = None, *, flows: bool = True) -> BoxFacts:
     """Interfaces, sockets, rp_filter, native nftables and (with flows) the conntrack table."""
-    from natbox.engine import interface_stats
-
     runner = runner or Runner()
     stats = interface_stats()
     table: list[conntrack.Flow] = []

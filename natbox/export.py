@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shlex
 
-from natbox.declare import dump
 from natbox.model import Forward
 from natbox.plan import TABLE_ORDER, Plan, build_plan, setup_rules
 
@@ -90,6 +89,22 @@ def ansible_playbook(forwards: list[Forward]) -> str:
         "# ansible-playbook -i INVENTORY this.yml [--check]; natbox_prune: true also removes\n"
         "# natbox forwards that are not listed\n" + json.dumps(play, indent=2) + "\n"
     )
+
+
+def dump(forwards: list[Forward], fmt: str = "json") -> str:
+    """Forwards as a file `natbox apply` reads (json: exactly the saved set's format)."""
+    if fmt == "json":
+        return (
+            json.dumps({"version": 1, "forwards": [f.to_dict() for f in forwards]}, indent=2) + "\n"
+        )
+    out = ["# natbox forwards: natbox apply FILE", "version = 1"]
+    for f in forwards:
+        out.append("\n[[forwards]]")
+        for key, value in f.to_dict().items():
+            if value is None or value is False or value == []:
+                continue
+            out.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(out) + "\n"
 
 
 def export(forwards: list[Forward], fmt: str) -> str:

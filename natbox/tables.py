@@ -14,14 +14,13 @@ tables are kernel modules that stay loaded: nothing to do there.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from natbox.backends import Backend
 from natbox.errors import NatboxError
-from natbox.watchdog import state_dir
+from natbox.paths import read_json, remove, state_dir, write_json
 
 # The tables natbox writes, per nft family.
 _MINE = {"ip nat", "ip filter", "ip6 nat", "ip6 filter"}
@@ -47,8 +46,8 @@ def present(backend: Backend) -> set[str] | None:
 def remembered() -> set[str]:
     """The tables natbox created and has not deleted yet."""
     try:
-        data = json.loads(_path().read_text())
-    except (OSError, ValueError):
+        data = read_json(_path())
+    except NatboxError:
         return set()
     return (
         {t for t in data if isinstance(t, str) and t in _MINE} if isinstance(data, list) else set()
@@ -56,18 +55,10 @@ def remembered() -> set[str]:
 
 
 def _write(names: set[str]) -> None:
-    path = _path()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not names:
-        path.unlink(missing_ok=True)
-        return
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(sorted(names)))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    if names:
+        write_json(_path(), sorted(names))
+    else:
+        remove(_path())
 
 
 def remember_created(backend: Backend, before: set[str] | None) -> None:

@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from natbox.converge import compose
-from natbox.declare import _save_lines, dump, load, simulate
+from natbox.declare import _save_lines, load, simulate
 from natbox.errors import NatboxError
+from natbox.export import dump
 from natbox.model import Forward, IPAddress
 from natbox.ruleset import parse_save
 
