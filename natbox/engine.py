@@ -129,6 +129,15 @@ class Engine:
                 data.recovered = f"recovery failed: {exc.message}"
             if data.recovered:
                 rs = backend.read()
+        if not self.read_only:
+            # Every poll: a confirm window whose watchdog died is taken over or rolled back here.
+            try:
+                supervised = watchdog.supervise()
+            except NatboxError as exc:
+                supervised = exc.message
+            if supervised:
+                data.recovered = supervised
+                rs = backend.read()
         try:
             data.saved = {f.name for f in persist.load()}
         except NatboxError:
