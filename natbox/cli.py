@@ -181,18 +181,24 @@ def cmd_add(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"forward {fwd.name}: {fwd.proto} {fwd.listen} → {fwd.backend} via {backend.label}")
         print("\n".join(plan.plain()))
-    findings = engine.preflight(fwd)
-    if not args.json:
-        _print_findings(findings)
-    if not args.force:
-        checks.raise_if_blocked(findings)
-    _confirm(args, f"Apply forward {fwd.name}?")
-    # With --confirm the watchdog is armed before the rules go in (Engine.apply).
+
+    def judge(findings: list[checks.Finding]) -> None:
+        if not args.json:
+            _print_findings(findings)
+        if not args.force:
+            checks.raise_if_blocked(findings)
+
+    if not args.yes:
+        judge(engine.preflight(fwd))  # the findings come before the question
+        _confirm(args, f"Apply forward {fwd.name}?")
+    # With --confirm the watchdog is armed before the rules go in (Engine.apply). With --yes the
+    # preflight runs inside the change, on the one ruleset read the change decides on.
     outcome = engine.apply(
         fwd,
         confirm_seconds=args.confirm,
         enable_forwarding=args.enable_forwarding,
         adopt=args.adopt,
+        judge=judge if args.yes else None,
     )
     if args.confirm is not None:
         outcome.notes.append(
@@ -284,9 +290,6 @@ def _recover(backend: Backend) -> None:
     for message in (txn.recover(backend), converge.recover_set(backend)):
         if message:
             print(f"natbox: recovered: {message}", file=sys.stderr)
-    message = watchdog.supervise()
-    if message:
-        print(f"natbox: {message}", file=sys.stderr)
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
@@ -787,6 +790,25 @@ def _run_tui(backend_choice: str | None, confirm_seconds: float) -> int:
     return run(backend_choice, confirm_seconds)
 
 
+_UNSUPERVISED = {"plan", "export", "confirm", "rollback", "recover", "demo"}
+"""Commands that do not look after the confirm window first (they handle it themselves, or never
+touch the state directory)."""
+
+
+def _supervise() -> None:
+    """Every natbox command makes sure a pending change has a live watchdog (and rolls back an
+    expired one whose watchdog died), so the confirm window cannot be defeated by killing it."""
+    if not os.geteuid() == 0:
+        return
+    try:
+        message = watchdog.supervise()
+    except NatboxError as exc:
+        print(f"natbox: warning: {exc.one_line().removeprefix('natbox: ')}", file=sys.stderr)
+        return
+    if message:
+        print(f"natbox: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `natbox` script."""
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -795,6 +817,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             return _run_tui(args.backend_choice, args.confirm_window)
         func: Callable[[argparse.Namespace], int] = args.func
+        if args.command not in _UNSUPERVISED:
+            _supervise()
         return func(args)
     except NatboxError as exc:
         print(exc.one_line(), file=sys.stderr)

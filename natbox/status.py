@@ -5,7 +5,7 @@ from __future__ import annotations
 from natbox.backends import Backend
 from natbox.backends.detect import Detection
 from natbox.model import Chain, Rule, Ruleset
-from natbox.ruleset import ForwardState, forward_states
+from natbox.ruleset import ForwardState, forward_states, tampering
 from natbox.system import ip_forward_enabled
 
 # The built-in chains a NAT box's admin cares about.
@@ -106,6 +106,14 @@ def snapshot(backend: Backend, det: Detection, rs: Ruleset | None = None) -> dic
         "foreign": [{**_rule_dict(r), "family": 4} for r in foreign_rules(rs)]
         + [{**_rule_dict(r), "family": 6} for r in (foreign_rules(rs6) if rs6 else [])],
         "warnings": list(
-            dict.fromkeys([*det.warnings, *rs.warnings, *(rs6.warnings if rs6 else [])])
+            dict.fromkeys(
+                [
+                    *det.warnings,
+                    *rs.warnings,
+                    *tampering(rs),
+                    *(rs6.warnings if rs6 else []),
+                    *(tampering(rs6) if rs6 else []),
+                ]
+            )
         ),
     }
