@@ -345,16 +345,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
     saved = persist.load()  # validated whole before anything is touched
     backend = _backend(args)
     _recover(backend)
-    states = {s.name: s for s in txn.all_forward_states(backend)}
-    applied: list[str] = []
-    for fwd in saved:
-        state = states.get(fwd.name)
-        if state is not None and state.intact and state.forward == fwd:
-            continue
-        if state is not None:
-            txn.remove(backend, fwd.name)  # a broken or different copy: replace it
-        txn.apply(backend, fwd, enable_ip_forward=True)
-        applied.append(fwd.name)
+    # The whole saved set is one transaction (all of it or nothing), as `natbox apply` does it:
+    # missing forwards are added, broken or different copies replaced, others left as they are.
+    wanted = declare.Wanted(str(persist.saved_path()), [declare.Entry(f, 0) for f in saved])
+    report = declare.plan(backend, wanted, enable_forwarding=True, diagnose=False)
+    declare.carry_out(backend, report, force=True, enable_forwarding=True)
+    change = report.change
+    applied = [f.name for f in change.added] + [new.name for _, new in change.replaced]
     kept = len(saved) - len(applied)
     print(f"restored {', '.join(applied) or 'nothing'}; {kept} already there")
     return 0
