@@ -51,7 +51,15 @@ def forward_from_args(args: argparse.Namespace, runner: Runner | None = None) ->
             sources=args.sources,
             local=args.local,
         )
-        route = route_to(probe.backend.ip, runner)
+        try:
+            route = route_to(probe.backend.ip, runner)
+        except NatboxError as exc:
+            raise NatboxError(
+                f"this box has no route to the backend {probe.backend.ip}: "
+                + exc.message.split(": ", 1)[-1],
+                f"add a route to {probe.backend.ip} (ip route add ...) or fix the backend address; "
+                "natbox check shows what else is in the way",
+            ) from None
         if route.src is None:
             raise NatboxError(
                 f"the route to {probe.backend.ip} (dev {route.dev}) has no source address",
@@ -213,10 +221,11 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def _print_findings(findings: list[checks.Finding], indent: str = "") -> None:
-    marks = {"error": "error", "warning": "warning", "info": "info"}
     for f in findings:
-        print(f"{indent}{marks[f.severity]:<8} {f.message}")
-        if f.severity != "info":
+        print(f"{indent}{f.severity:<8} {f.message}")
+        for line in f.lines():
+            print(f"{indent}{'':<8}   {line}")
+        if f.severity != checks.INFO:
             print(f"{indent}{'':<8} fix: {f.fix}")
 
 
@@ -224,7 +233,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     """Diagnose a forward before adding it: exit 0 clean, 1 findings."""
     from natbox.engine import Engine
 
-    fwd = forward_from_args(args)
+    try:
+        fwd = forward_from_args(args)
+    except NatboxError as exc:
+        if "no route to the backend" not in exc.message:
+            raise
+        # No route is a finding (exit 1), not a usage error: check the rest as if masquerading.
+        args.masquerade = True
+        fwd = forward_from_args(args)
     findings = Engine(args.backend_choice).preflight(fwd)
     if args.json:
         print(
