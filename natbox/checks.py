@@ -136,6 +136,51 @@ def _natbox_own(rule: Rule) -> bool:
     return rule.owner.startswith("natbox")
 
 
+@dataclass
+class Scan:
+    """Rules with chosen targets that the forward's packets meet in one built-in chain."""
+
+    sure: list[Hit] = field(default_factory=list)
+    """They match the forward's traffic from any client (all of it, or part: some ports, ...)."""
+    some_clients: list[Hit] = field(default_factory=list)
+    """They match only the traffic of particular clients (e.g. `-s 10.1.2.3`)."""
+    maybe: list[Hit] = field(default_factory=list)
+    """natbox cannot evaluate all their matches."""
+
+
+def scan(
+    c: Context,
+    table: str,
+    builtin: str,
+    packets: Iterable[pathmatch.Packet],
+    targets: frozenset[str],
+    before: int | None = None,
+) -> Scan:
+    """The rules (with a target in `targets`) the packets meet; only before position `before`."""
+    out = Scan()
+    for pkt in packets:
+        typical: set[Rule] = set()
+        for probe in (pkt.typical(), pkt):
+            for hit in pathmatch.walk(c.rs, table, builtin, probe, skip=_natbox_own):
+                if before is not None and hit.top >= before:
+                    break
+                if hit.parsed.target not in targets or hit.rule in typical:
+                    continue
+                if hit.match is Match.MAYBE:
+                    if (
+                        probe is pkt
+                        and hit not in out.maybe
+                        and all(h.rule is not hit.rule for h in out.maybe)
+                    ):
+                        out.maybe.append(hit)
+                elif probe is not pkt:
+                    typical.add(hit.rule)
+                    out.sure.append(hit)
+                elif all(h.rule is not hit.rule for h in out.some_clients):
+                    out.some_clients.append(hit)
+    return out
+
+
 # ---------------------------------------------------------------- the checks
 
 
@@ -184,14 +229,16 @@ def check_ip_forward(c: Context) -> Iterator[Finding]:
         )
 
 
-def _forward_packets(c: Context) -> list[tuple[str, pathmatch.Packet]]:
-    out: list[tuple[str, pathmatch.Packet]] = []
+def _forward_packets(c: Context) -> list[pathmatch.Packet]:
+    out: list[pathmatch.Packet] = []
     for proto in c.fwd.protocols:
-        out.append(
-            ("request", pathmatch.forwarded_request(c.fwd, proto, c.listen_dev, c.backend_dev))
-        )
-        out.append(("reply", pathmatch.forwarded_reply(c.fwd, proto, c.backend_dev, c.listen_dev)))
+        out.append(pathmatch.forwarded_request(c.fwd, proto, c.listen_dev, c.backend_dev))
+        out.append(pathmatch.forwarded_reply(c.fwd, proto, c.backend_dev, c.listen_dev))
     return out
+
+
+def _rules(hits: list[Hit]) -> int:
+    return len({h.rule for h in hits})
 
 
 def check_forward_path(c: Context) -> Iterator[Finding]:
@@ -212,33 +259,35 @@ def check_forward_path(c: Context) -> Iterator[Finding]:
                 "jump-missing", ERROR, "natbox's jump from FORWARD is missing", "natbox restore"
             )
         return  # a new forward's jump goes in at position 1: nothing is ahead of it
-    sure: list[Hit] = []
-    maybe: list[Hit] = []
-    for _direction, pkt in _forward_packets(c):
-        for hit in pathmatch.walk(c.rs, "filter", "FORWARD", pkt, skip=_natbox_own):
-            if hit.top >= at:
-                break
-            if hit.target in pathmatch.DROPS:
-                (maybe if hit.match is Match.MAYBE else sure).append(hit)
-    if sure:
-        first = sure[0]
+    found = scan(c, "filter", "FORWARD", _forward_packets(c), pathmatch.DROPS, before=at)
+    if found.sure:
+        first = found.sure[0]
         yield grouped(
             "drop-before-jump",
             ERROR,
-            f"{len({h.rule for h in sure})} rule(s) drop the forward's packets before natbox's jump "
+            f"{_rules(found.sure)} rule(s) drop the forward's packets before natbox's jump "
             f"(FORWARD rule {first.top} leads to the first)",
-            f"delete it if it is stale (iptables -D FORWARD {first.top}), or allow the forward there; "
-            "natbox remove + add puts natbox's jump first",
-            (pathmatch.describe(h) for h in sure),
+            f"delete it if it is stale (iptables -D FORWARD {first.top}), or allow the forward "
+            "there; natbox remove + add puts natbox's jump first",
+            (pathmatch.describe(h) for h in found.sure),
         )
-    if maybe:
+    if found.some_clients:
+        yield grouped(
+            "drop-some-clients",
+            INFO,
+            f"{_rules(found.some_clients)} rule(s) before natbox's FORWARD jump drop the forward's "
+            "packets of particular clients only",
+            "nothing to do if those clients are meant to be blocked",
+            (pathmatch.describe(h) for h in found.some_clients),
+        )
+    if found.maybe:
         yield grouped(
             "drop-maybe",
             INFO,
-            f"{len({h.rule for h in maybe})} rule(s) before natbox's FORWARD jump may drop the "
-            "forward's packets (natbox cannot evaluate all their matches)",
+            f"{_rules(found.maybe)} rule(s) before natbox's FORWARD jump may drop the forward's "
+            "packets (natbox cannot evaluate all their matches)",
             "check them if the forward does not work (natbox trace shows what happens)",
-            (pathmatch.describe(h) for h in maybe),
+            (pathmatch.describe(h) for h in found.maybe),
         )
 
 
@@ -282,20 +331,10 @@ def check_foreign_dnat(c: Context) -> Iterator[Finding]:
     fwd = c.fwd
     at = c.jump_at("nat", "PREROUTING", "NATBOX-PREROUTING")
     local = fwd.listen.ip in c.facts.local if c.facts.local else None
-    first: list[Hit] = []
-    shadowed: list[Hit] = []
-    maybe: list[Hit] = []
-    for proto in fwd.protocols:
-        pkt = pathmatch.client_request(fwd, proto, c.listen_dev, local)
-        for hit in pathmatch.walk(c.rs, "nat", "PREROUTING", pkt, skip=_natbox_own):
-            if hit.target not in ("DNAT", "REDIRECT", "NETMAP"):
-                continue
-            if hit.match is Match.MAYBE:
-                maybe.append(hit)
-            elif at is not None and hit.top > at:
-                shadowed.append(hit)
-            else:
-                first.append(hit)
+    packets = [pathmatch.client_request(fwd, p, c.listen_dev, local) for p in fwd.protocols]
+    found = scan(c, "nat", "PREROUTING", packets, frozenset({"DNAT", "REDIRECT", "NETMAP"}))
+    first = [h for h in found.sure if at is None or h.top < at]
+    shadowed = [h for h in found.sure if at is not None and h.top > at]
     if first:
         yield grouped(
             "foreign-dnat",
@@ -315,14 +354,23 @@ def check_foreign_dnat(c: Context) -> Iterator[Finding]:
             "listen on another port if that service is still wanted",
             (pathmatch.describe(h) for h in shadowed),
         )
-    if maybe:
+    if found.some_clients:
+        yield grouped(
+            "foreign-dnat-some-clients",
+            INFO,
+            f"{_rules(found.some_clients)} DNAT rule(s) send particular clients of {fwd.listen} "
+            "elsewhere",
+            "nothing to do if that is intended",
+            (pathmatch.describe(h) for h in found.some_clients),
+        )
+    if found.maybe:
         yield grouped(
             "foreign-dnat-maybe",
             INFO,
-            f"{len({h.rule for h in maybe})} DNAT rule(s) may also match {fwd.listen} "
+            f"{_rules(found.maybe)} DNAT rule(s) may also match {fwd.listen} "
             "(natbox cannot evaluate all their matches)",
             "check them if clients reach the wrong service (natbox trace shows which rule wins)",
-            (pathmatch.describe(h) for h in maybe),
+            (pathmatch.describe(h) for h in found.maybe),
         )
 
 
@@ -331,32 +379,27 @@ def check_foreign_snat(c: Context) -> Iterator[Finding]:
     at = c.jump_at("nat", "POSTROUTING", "NATBOX-POSTROUTING")
     if at is None:
         return  # a new forward's jump goes in first
-    sure: list[Hit] = []
-    maybe: list[Hit] = []
-    for proto in c.fwd.protocols:
-        pkt = pathmatch.to_backend(c.fwd, proto, c.backend_dev)
-        for hit in pathmatch.walk(c.rs, "nat", "POSTROUTING", pkt, skip=_natbox_own):
-            if hit.top >= at:
-                break
-            if hit.target in ("SNAT", "MASQUERADE", "NETMAP"):
-                (maybe if hit.match is Match.MAYBE else sure).append(hit)
+    packets = [pathmatch.to_backend(c.fwd, p, c.backend_dev) for p in c.fwd.protocols]
+    found = scan(
+        c, "nat", "POSTROUTING", packets, frozenset({"SNAT", "MASQUERADE", "NETMAP"}), before=at
+    )
     local = {str(a) for a in c.facts.local}
-    foreign_src = [
+    elsewhere = [
         h
-        for h in sure
+        for h in found.sure
         if h.target == "SNAT"
         and (h.parsed.target_opt("--to-source") or "").split(":")[0] not in local
     ]
-    if foreign_src:
+    if elsewhere:
         yield grouped(
             "foreign-snat",
             WARNING,
             "another rule rewrites the forward's source to an address that is not this box's, "
             "before natbox's SNAT: the backend's replies to it may not come back",
-            "remove that rule or narrow it; natbox remove + add puts natbox's jump first",
-            (pathmatch.describe(h) for h in foreign_src),
+            "remove or narrow that rule; natbox remove + add puts natbox's jump first",
+            (pathmatch.describe(h) for h in elsewhere),
         )
-    harmless = [h for h in sure if h not in foreign_src]
+    harmless = [h for h in found.sure if h not in elsewhere]
     if harmless:
         yield grouped(
             "foreign-snat-first",
@@ -366,14 +409,14 @@ def check_foreign_snat(c: Context) -> Iterator[Finding]:
             "nothing to do if the forward works",
             (pathmatch.describe(h) for h in harmless),
         )
-    if maybe:
+    if found.maybe:
         yield grouped(
             "foreign-snat-maybe",
             INFO,
-            f"{len({h.rule for h in maybe})} SNAT/MASQUERADE rule(s) before natbox's SNAT may meet "
-            "the forward's traffic (natbox cannot evaluate all their matches)",
+            f"{_rules(found.maybe)} SNAT/MASQUERADE rule(s) before natbox's SNAT may meet the "
+            "forward's traffic (natbox cannot evaluate all their matches)",
             "nothing to do if the forward works",
-            (pathmatch.describe(h) for h in maybe),
+            (pathmatch.describe(h) for h in found.maybe),
         )
 
 

@@ -71,6 +71,7 @@ class Packet:
     proto: str
     """tcp or udp."""
     src: tuple[IPNetwork, ...] | None = None
+    """The possible sources; None: any, (): an address no rule names (a typical client)."""
     dst: tuple[IPNetwork, ...] | None = None
     sport: tuple[int, int] | None = None
     dport: tuple[int, int] | None = None
@@ -88,6 +89,12 @@ class Packet:
     def with_(self, **kw: object) -> Packet:
         """A copy with some fields changed."""
         return replace(self, **kw)  # type: ignore[arg-type]
+
+    def typical(self) -> Packet:
+        """The same packet from (or to) a client no rule names: unknown client addresses become ()."""
+        return replace(
+            self, src=() if self.src is None else self.src, dst=() if self.dst is None else self.dst
+        )
 
 
 Cond = Callable[[Packet], Match]
@@ -132,8 +139,10 @@ def _negate(m: Match, neg: bool) -> Match:
 
 
 def _nets_match(have: tuple[IPNetwork, ...] | None, rule: IPNetwork) -> Match:
+    if rule.prefixlen == 0:
+        return Match.ALL if not have or any(n.version == rule.version for n in have) else Match.NONE
     if have is None:
-        return Match.ALL if rule.prefixlen == 0 else Match.SOME
+        return Match.SOME
     inside = outside = 0
     for net in have:
         if net.version != rule.version:
