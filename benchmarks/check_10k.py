@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -77,9 +76,13 @@ def main() -> int:
         timed(lab, *nb, "add", *SEED, "--yes")
         out = lab.exec(lab.nat, sys.executable, "-c", IN_PROCESS, *SEED, str(args.runs)).stdout
         pre_engine, doc_engine = (float(x) for x in out.split())
-        py = statistics.median(timed(lab, sys.executable, "-c", "import natbox.cli") for _ in range(5))
+        py = statistics.median(
+            timed(lab, sys.executable, "-c", "import natbox.cli") for _ in range(5)
+        )
         ref = statistics.median(save)
-        print(f"kube-like host: {count} rules ({args.services} services), {args.runs} runs, medians")
+        print(
+            f"kube-like host: {count} rules ({args.services} services), {args.runs} runs, medians"
+        )
         print(f"{'what':<34}{'time':>9}{'ratio':>8}   goal {GOAL:g}x iptables-nft-save")
         rows = [
             ("iptables-nft-save (reference)", ref),
@@ -91,7 +94,9 @@ def main() -> int:
             ("Engine.doctor (in process)", doc_engine),
         ]
         for what, took in rows:
-            mark = "" if what.startswith("iptables") else ("  ok" if took / ref <= GOAL else "  over")
+            mark = (
+                "" if what.startswith("iptables") else ("  ok" if took / ref <= GOAL else "  over")
+            )
             print(f"{what:<34}{took * 1000:>6.0f} ms{took / ref:>7.1f}x{mark}")
         print(f"(python start-up + import natbox.cli alone: {py * 1000:.0f} ms)")
     finally:

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from natbox import pathmatch
-from natbox.errors import NatboxError
+from natbox.errors import ConflictError, NatboxError
 from natbox.facts import Facts
 from natbox.model import Forward, Rule, Ruleset
 from natbox.pathmatch import Hit, Match
 from natbox.plan import jump_rule
-from natbox.ruleset import forward_states
+from natbox.ruleset import conflicts
 
 __all__ = [
     "ERROR",
@@ -188,33 +188,10 @@ def check_conflict(c: Context) -> Iterator[Finding]:
     """Another natbox forward already has this name or this listen address and port."""
     if c.existing:
         return
-    fwd = c.fwd
-    for state in forward_states(c.rs):
-        if state.name == fwd.name:
-            yield Finding(
-                "conflict",
-                ERROR,
-                f"a forward named {fwd.name} already exists",
-                f"pick another --name, or `natbox remove {fwd.name}` first",
-            )
-            return
-        other = state.forward
-        if other is None or other.listen.ip != fwd.listen.ip:
-            continue
-        same = set(other.protocols) & set(fwd.protocols)
-        if (
-            same
-            and other.listen.port <= fwd.listen.port_end
-            and fwd.listen.port <= other.listen.port_end
-        ):
-            yield Finding(
-                "conflict",
-                ERROR,
-                f"{'/'.join(sorted(same))} {fwd.listen} is already forwarded by {other.name} "
-                f"(to {other.backend})",
-                f"`natbox remove {other.name}` first, or listen on another port",
-            )
-            return
+    try:
+        conflicts(c.rs, c.fwd)
+    except ConflictError as exc:
+        yield Finding("conflict", ERROR, exc.message, exc.hint)
 
 
 def check_ip_forward(c: Context) -> Iterator[Finding]:

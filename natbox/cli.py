@@ -6,20 +6,21 @@ Every user error is one line on stderr with a hint, and exit code 2. No argument
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from natbox import __version__, checks, conntrack, export, persist, txn, watchdog
+from natbox import __version__, checks, conntrack, export, persist, trace, txn, watchdog
 from natbox.backends import Backend
 from natbox.backends.detect import BACKEND_CHOICES, choose_backend
 from natbox.errors import NatboxError, NotFoundError
 from natbox.model import PROTOS, Forward
 from natbox.plan import build_plan
+from natbox.ruleset import forward_states
 from natbox.runner import Runner
 from natbox.status import snapshot
 from natbox.system import route_to
@@ -27,6 +28,14 @@ from natbox.system import route_to
 
 class UsageError(NatboxError):
     """A command line argparse could not accept."""
+
+
+def _window(text: str) -> float:
+    """argparse type for confirm windows: finite seconds from 5 to 3600."""
+    try:
+        return watchdog.parse_window(text)
+    except NatboxError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -179,7 +188,10 @@ def cmd_add(args: argparse.Namespace) -> int:
     _confirm(args, f"Apply forward {fwd.name}?")
     # With --confirm the watchdog is armed before the rules go in (Engine.apply).
     outcome = engine.apply(
-        fwd, confirm_seconds=args.confirm, enable_forwarding=args.enable_forwarding
+        fwd,
+        confirm_seconds=args.confirm,
+        enable_forwarding=args.enable_forwarding,
+        adopt=args.adopt,
     )
     if args.confirm is not None:
         outcome.notes.append(
@@ -273,18 +285,75 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return max((checks.exit_code(fs) for fs in report.values()), default=0)
 
 
+def _traced_forward(backend: Backend, which: str) -> Forward:
+    """The forward in the kernel named `which`, or listening on `which` (ip:port)."""
+    for bound in txn.families(backend):
+        for state in forward_states(bound.read(natbox_only=True)):
+            fwd = state.forward
+            if fwd is not None and which in (fwd.name, str(fwd.listen)):
+                return fwd
+    raise NotFoundError(f"there is no forward {which}", "natbox list shows them (NAME or ip:port)")
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    """Ask the kernel which rules the forward's next connection meets (nft hosts)."""
+    txn.require_root()
+    why = trace.unavailable()
+    if why is not None:
+        raise trace.TraceUnavailable(why, "natbox doctor diagnoses without a trace")
+    fwd = _traced_forward(_backend(args), args.forward)
+
+    def show(pkt: trace.TracedPacket) -> None:
+        if not args.json:
+            print("\n".join(pkt.lines(fwd)), flush=True)
+
+    if not args.json:
+        print(
+            f"tracing {fwd.name} ({fwd.proto} {fwd.listen} → {fwd.backend}): waiting up to "
+            f"{args.timeout:g} s for a connection (Ctrl-C stops)",
+            flush=True,
+        )
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM/SIGHUP end the trace like Ctrl-C: the rules go
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+    result = trace.run(fwd, timeout=args.timeout, on_packet=show)
+    dropped = [p for p in result.packets if p.dropped_by is not None]
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "forward": fwd.to_dict(),
+                    "timed_out": result.timed_out,
+                    "packets": [p.to_dict(fwd) for p in result.packets],
+                },
+                indent=2,
+            )
+        )
+    elif not result.packets:
+        print(f"no packet for {fwd.listen} within {args.timeout:g} s (is a client trying?)")
+    return 1 if dropped or not result.packets else 0
+
+
 def _recover(backend: Backend) -> None:
-    """Finish or undo an operation a crashed natbox left behind, and say so."""
+    """Finish or undo what a crashed natbox (or a dead watchdog) left behind, and say so."""
     message = txn.recover(backend)
     if message:
         print(f"natbox: recovered: {message}", file=sys.stderr)
+    message = watchdog.supervise()
+    if message:
+        print(f"natbox: {message}", file=sys.stderr)
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
     """Finish or undo what a crashed natbox left behind."""
     txn.require_root()
     message = txn.recover(_backend(args))
-    print(message or "nothing to recover")
+    supervised = watchdog.supervise()
+    traced = trace.cleanup_stale()
+    print("\n".join(m for m in (message, supervised, traced) if m) or "nothing to recover")
     return 0
 
 
@@ -538,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--confirm-window",
-        type=float,
+        type=_window,
         default=30.0,
         metavar="SECONDS",
         help="dashboard: how long a new forward waits for y before it is rolled back (default 30)",
@@ -561,11 +630,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
     p.add_argument(
         "--confirm",
-        type=float,
+        type=_window,
         metavar="SECONDS",
-        help="roll back after SECONDS unless `natbox confirm` (survives a dropped SSH session)",
+        help="roll back after SECONDS (5-3600) unless `natbox confirm` (survives a dropped SSH "
+        "session)",
     )
     p.add_argument("--force", action="store_true", help="apply despite preflight errors")
+    p.add_argument(
+        "--adopt",
+        action="store_true",
+        help="use natbox's chains even though they hold rules natbox did not write",
+    )
     p.add_argument("--yes", "-y", action="store_true", help="do not ask")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_add)
@@ -588,6 +663,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_forget)
     p = sub.add_parser("restore", help="re-apply the saved forwards that are missing (boot)")
     p.set_defaults(func=cmd_restore)
+    p = sub.add_parser(
+        "trace", help="show the kernel's path for the forward's next connection (nft hosts)"
+    )
+    p.add_argument("forward", metavar="NAME|LISTEN", help="a forward's name or its ip:port")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_trace)
+
     p = sub.add_parser("recover", help="finish or undo what a crashed natbox left behind")
     p.set_defaults(func=cmd_recover)
     p = sub.add_parser(
@@ -638,9 +721,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_tui(backend_choice: str | None, confirm_seconds: float) -> int:
-    # Imported here so that `import natbox` never pulls in textual.
-    app_module = importlib.import_module("tui.app")
-    run: Callable[[str | None, float], int] = app_module.run
+    # Imported here so that a CLI command never pays for (or needs) textual; the layering contract
+    # in pyproject.toml allows exactly this one import from natbox into the TUI.
+    from tui.app import run
+
     return run(backend_choice, confirm_seconds)
 
 

@@ -19,19 +19,7 @@ from natbox.facts import BoxFacts, box_facts, gather_facts
 from natbox.model import Chain, Forward, Ruleset
 from natbox.ruleset import ForwardState, forward_states
 from natbox.status import display_chains
-from natbox.system import ip_forward_enabled, is_root, route_to
-
-
-@dataclass(frozen=True)
-class InterfaceStat:
-    """One interface at one moment: addresses, MTU, link state and byte counters."""
-
-    name: str
-    addresses: tuple[str, ...]
-    mtu: int
-    up: bool
-    rx_bytes: int
-    tx_bytes: int
+from natbox.system import InterfaceStat, interface_stats, ip_forward_enabled, is_root, route_to
 
 
 @dataclass
@@ -89,35 +77,6 @@ class FlowSnapshot:
 
 def _mtu(stats: dict[str, InterfaceStat], dev: str | None) -> int | None:
     return stats[dev].mtu if dev in stats else None
-
-
-def interface_stats() -> list[InterfaceStat]:
-    """Interfaces with their counters (psutil)."""
-    import psutil  # imported on use: the CLI's write paths never need it
-
-    addrs = psutil.net_if_addrs()
-    stats = psutil.net_if_stats()
-    io = psutil.net_io_counters(pernic=True)
-    out: list[InterfaceStat] = []
-    for name in sorted(addrs, key=lambda n: (n == "lo", n)):
-        v4 = tuple(
-            a.address
-            for a in addrs[name]
-            if a.family == socket.AF_INET
-            or (a.family == socket.AF_INET6 and not a.address.lower().startswith("fe80"))
-        )
-        st, counters = stats.get(name), io.get(name)
-        out.append(
-            InterfaceStat(
-                name,
-                v4,
-                st.mtu if st else 0,
-                bool(st and st.isup),
-                counters.bytes_recv if counters else 0,
-                counters.bytes_sent if counters else 0,
-            )
-        )
-    return out
 
 
 class Engine:
@@ -270,14 +229,20 @@ class Engine:
         return out
 
     def apply(
-        self, fwd: Forward, *, confirm_seconds: float | None = None, enable_forwarding: bool = False
+        self,
+        fwd: Forward,
+        *,
+        confirm_seconds: float | None = None,
+        enable_forwarding: bool = False,
+        adopt: bool = False,
     ) -> txn.Outcome:
         """Apply `fwd`; with `confirm_seconds`, a detached watchdog rolls it back unless confirmed."""
+        backend = self.backend()
         if confirm_seconds is None:
-            return txn.apply(self.backend(), fwd, enable_ip_forward=enable_forwarding)
+            return txn.apply(backend, fwd, enable_ip_forward=enable_forwarding, adopt=adopt)
         armed = watchdog.arm(fwd.name, confirm_seconds, self._choice)
         try:
-            return txn.apply(self.backend(), fwd, enable_ip_forward=enable_forwarding)
+            return txn.apply(backend, fwd, enable_ip_forward=enable_forwarding, adopt=adopt)
         except BaseException:
             watchdog.disarm(armed)
             raise

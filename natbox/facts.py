@@ -15,16 +15,19 @@ import socket
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from natbox import conntrack, pathmatch
 from natbox.errors import NatboxError
 from natbox.model import Forward, IPAddress, Ruleset
 from natbox.runner import Runner
-from natbox.system import PROC_SYS, Route, ip_forward_enabled, route_to
-
-if TYPE_CHECKING:
-    from natbox.engine import InterfaceStat
+from natbox.system import (
+    PROC_SYS,
+    InterfaceStat,
+    Route,
+    interface_stats,
+    ip_forward_enabled,
+    route_to,
+)
 
 IPTABLES_TABLES = {"filter", "nat", "mangle", "raw", "security"}
 EXAMPLES = 5
@@ -209,8 +212,6 @@ class BoxFacts:
 
 def box_facts(runner: Runner | None = None, *, flows: bool = True) -> BoxFacts:
     """Interfaces, sockets, rp_filter, native nftables and (with flows) the conntrack table."""
-    from natbox.engine import interface_stats
-
     runner = runner or Runner()
     stats = interface_stats()
     table: list[conntrack.Flow] = []

@@ -1,6 +1,13 @@
-"""Provides the crash journal: every apply and remove writes its intent before touching the kernel and
-clears it after. A natbox that finds an unfinished entry completes or undoes it and says which, so the
-ruleset is always the state before or the state after, never between.
+"""Provides the crash journal: every change writes its intent before touching the kernel and clears it
+after. A natbox that finds an unfinished entry completes or undoes it and says which, so the ruleset
+is always the state before or the state after, never between.
+
+An entry records the exact restore lines of the change, per table, for one IP version. Recovery acts
+only on those lines: an interrupted apply is undone by deleting the recorded rules that are in the
+kernel, an interrupted removal is completed by deleting the recorded rules that are still there. So a
+journal can never make natbox delete a rule it was not itself adding or removing. The journal is
+written and read only under the natbox lock, and a journal natbox does not understand is refused
+(named), never guessed at.
 
 `fault(point)` is the test-only hook for the fault-injection suite: with NATBOX_FAULT=<point> set,
 natbox kills itself (SIGKILL) at that point, as a crash or `kill -9` would.
@@ -8,15 +15,18 @@ natbox kills itself (SIGKILL) at that point, as a crash or `kill -9` would.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from natbox.model import Forward
-from natbox.watchdog import state_dir
+from natbox.errors import shown
+from natbox.paths import StateFileError, read_json, remove, state_dir, write_json
+
+OPS = ("apply", "remove")
+TABLES = ("nat", "filter")
+JOURNAL_VERSION = 2
 
 
 def fault(point: str) -> None:
@@ -25,53 +35,98 @@ def fault(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _path() -> Path:
+def path() -> Path:
+    """Where the journal lives."""
     return state_dir() / "journal.json"
 
 
 @dataclass(frozen=True)
 class Entry:
-    """An apply or remove that started."""
+    """A change that started: `op` on the forwards `names`, as the exact lines per table."""
 
     op: str
-    name: str
-    forward: dict[str, object] | None
+    names: tuple[str, ...]
+    family: int
+    lines: dict[str, list[str]]
+    forwards: tuple[dict[str, object], ...]
+    """The forwards being applied (their to_dict()), to tell a finished apply from a partial one."""
     started: float
 
+    @property
+    def name(self) -> str:
+        """The forwards' names, for messages."""
+        return ", ".join(self.names)
 
-def begin(op: str, name: str, forward: Forward | None) -> None:
+    def to_dict(self) -> dict[str, object]:
+        """The journal's JSON form."""
+        return {
+            "version": JOURNAL_VERSION,
+            "op": self.op,
+            "names": list(self.names),
+            "family": self.family,
+            "lines": self.lines,
+            "forwards": list(self.forwards),
+            "started": self.started,
+        }
+
+
+def begin(
+    op: str,
+    names: list[str],
+    family: int,
+    lines: dict[str, list[str]],
+    forwards: list[dict[str, object]] | None = None,
+) -> Entry:
     """Record the intent (durably) before the kernel is touched."""
-    path = _path()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    body = {
-        "op": op,
-        "name": name,
-        "forward": forward.to_dict() if forward else None,
-        "started": time.time(),
-    }
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(body))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    entry = Entry(op, tuple(names), family, lines, tuple(forwards or ()), time.time())
+    write_json(path(), entry.to_dict())
+    return entry
 
 
 def end() -> None:
-    """The operation finished (or was undone): nothing to recover."""
-    try:
-        _path().unlink()
-    except FileNotFoundError:
-        pass
+    """The change finished (or was undone): nothing to recover."""
+    remove(path())
+
+
+def _refuse(why: str) -> StateFileError:
+    return StateFileError(
+        f"{path()} is not a journal natbox understands ({why})",
+        f"nothing was changed; look at it, repair the firewall by hand if needed, then delete {path()}",
+    )
 
 
 def pending() -> Entry | None:
-    """The unfinished operation, if natbox died in one."""
-    try:
-        data = json.loads(_path().read_text())
-        return Entry(
-            str(data["op"]), str(data["name"]), data.get("forward"), float(data["started"])
-        )
-    except (OSError, ValueError, KeyError, TypeError):
+    """The unfinished change, if natbox died in one; StateFileError for a journal it cannot trust."""
+    data = read_json(path())
+    if data is None:
         return None
+    if not isinstance(data, dict):
+        raise _refuse("not an object")
+    expected = {"version", "op", "names", "family", "lines", "forwards", "started"}
+    if set(data) != expected:
+        extra = sorted(set(data) ^ expected)
+        raise _refuse(f"unexpected or missing keys: {shown(', '.join(extra))}")
+    if data["version"] != JOURNAL_VERSION or isinstance(data["version"], bool):
+        raise _refuse(f"version {shown(data['version'])}")
+    op, names, family, lines = data["op"], data["names"], data["family"], data["lines"]
+    if op not in OPS:
+        raise _refuse(f"op {shown(op)}")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise _refuse("names must be a list of names")
+    if family not in (4, 6) or isinstance(family, bool):
+        raise _refuse(f"family {shown(family)}")
+    if not isinstance(lines, dict) or not set(lines) <= set(TABLES):
+        raise _refuse("lines must map nat/filter to lists")
+    for table_lines in lines.values():
+        if not isinstance(table_lines, list) or not all(
+            isinstance(line, str) and line.startswith(("-A ", "-D ", "-I ", "-N ", "-X "))
+            for line in table_lines
+        ):
+            raise _refuse("a line is not an iptables-restore command natbox writes")
+    forwards = data["forwards"]
+    if not isinstance(forwards, list) or not all(isinstance(f, dict) for f in forwards):
+        raise _refuse("forwards must be a list of objects")
+    started = data["started"]
+    if not isinstance(started, (int, float)) or isinstance(started, bool):
+        raise _refuse("started must be a number")
+    return Entry(op, tuple(names), family, lines, tuple(forwards), float(started))

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 
-from natbox.errors import NatboxError, ValidationError
+from natbox.errors import ConflictError, NatboxError, ValidationError
 from natbox.model import (
     COMMENT_PREFIX,
     Chain,
@@ -56,6 +56,9 @@ def classify_owner(chain: str, text: str) -> str:
     return "other"
 
 
+_INCOMPATIBLE_RE = re.compile(r"[Tt]able `([^']+)' is incompatible")
+
+
 def parse_save(text: str, natbox_only: bool = False) -> Ruleset:
     """Parse `iptables-save [-c]` output (nft or legacy flavour) into a Ruleset.
 
@@ -71,6 +74,8 @@ def parse_save(text: str, natbox_only: bool = False) -> Ruleset:
         if line.startswith("#"):
             if "Warning" in line:
                 rs.warnings.append(line.lstrip("# ").strip())
+            elif (m := _INCOMPATIBLE_RE.search(line)) is not None:
+                rs.incompatible.append(m.group(1))
             continue
         if line.startswith("*"):
             table = Table(line[1:])
@@ -111,6 +116,11 @@ def parse_save(text: str, natbox_only: bool = False) -> Ruleset:
             chain = table.chains[chain_name] = Chain(chain_name)
         owner = classify_owner(chain_name, line)
         chain.rules.append(Rule(table.name, chain_name, line, pk, by, owner))
+    if table is not None:
+        raise NatboxError(
+            f"iptables-save output ends inside the {table.name} table (no COMMIT): the read was cut",
+            "natbox trusts no partial read; try again",
+        )
     return rs
 
 
@@ -195,3 +205,26 @@ def forward_states(rs: Ruleset) -> list[ForwardState]:
             state.problems.append(f"unexpected in {table}: {line}")
         states.append(state)
     return states
+
+
+def conflicts(rs: Ruleset, fwd: Forward) -> None:
+    """Raise ConflictError when `fwd` clashes with a natbox forward already in the kernel."""
+    for state in forward_states(rs):
+        if state.name == fwd.name:
+            raise ConflictError(
+                f"a forward named {fwd.name} already exists",
+                f"pick another --name, or `natbox remove {fwd.name}` first",
+            )
+        other = state.forward
+        if other is None or other.listen.ip != fwd.listen.ip:
+            continue
+        same_proto = set(other.protocols) & set(fwd.protocols)
+        overlap = (
+            other.listen.port <= fwd.listen.port_end and fwd.listen.port <= other.listen.port_end
+        )
+        if same_proto and overlap:
+            raise ConflictError(
+                f"{'/'.join(sorted(same_proto))} {fwd.listen} is already forwarded by {other.name} "
+                f"(to {other.backend})",
+                f"`natbox remove {other.name}` first, or listen on another port",
+            )

@@ -8,15 +8,15 @@ from ipaddress import ip_address
 
 from natbox import conntrack
 from natbox.checks import Finding, diagnose, preflight
-from natbox.engine import Dashboard, Derived, FlowSnapshot, InterfaceStat
+from natbox.engine import Dashboard, Derived, FlowSnapshot
 from natbox.errors import NatboxError, NotFoundError
 from natbox.facts import Facts
 from natbox.model import Forward
 from natbox.plan import OWN_CHAINS, build_plan, jump_rule
-from natbox.ruleset import forward_states, parse_save
+from natbox.ruleset import conflicts, forward_states, parse_save
 from natbox.status import display_chains
-from natbox.system import Route
-from natbox.txn import Outcome, apply_lines, conflicts, remove_lines
+from natbox.system import InterfaceStat, Route
+from natbox.txn import Outcome, apply_lines, remove_lines
 
 SEED = Forward.from_text(
     "192.168.1.30:1234", "10.0.2.50:80", proto="both", name="web", snat="10.0.2.40", mss_clamp=True

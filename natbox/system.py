@@ -73,33 +73,41 @@ def route_to(dst: IPAddress, runner: Runner | None = None) -> Route:
 
 
 @dataclass(frozen=True)
-class Interface:
-    """A network interface with its IPv4 addresses."""
+class InterfaceStat:
+    """One interface at one moment: addresses, MTU, link state and byte counters."""
 
     name: str
-    addresses: tuple[IPAddress, ...]
+    addresses: tuple[str, ...]
     mtu: int
     up: bool
+    rx_bytes: int
+    tx_bytes: int
 
 
-def interfaces() -> list[Interface]:
-    """This host's interfaces (psutil), loopback last."""
+def interface_stats() -> list[InterfaceStat]:
+    """Interfaces with their counters (psutil)."""
     import psutil  # imported on use: the CLI's write paths never need it
 
     addrs = psutil.net_if_addrs()
     stats = psutil.net_if_stats()
-    out: list[Interface] = []
-    for name, entries in addrs.items():
+    io = psutil.net_io_counters(pernic=True)
+    out: list[InterfaceStat] = []
+    for name in sorted(addrs, key=lambda n: (n == "lo", n)):
         v4 = tuple(
-            ip_address(a.address.split("%")[0])
-            for a in entries
-            if a.family in (socket.AF_INET, socket.AF_INET6)
+            a.address
+            for a in addrs[name]
+            if a.family == socket.AF_INET
+            or (a.family == socket.AF_INET6 and not a.address.lower().startswith("fe80"))
         )
-        st = stats.get(name)
-        out.append(Interface(name, v4, st.mtu if st else 0, bool(st and st.isup)))
-    return sorted(out, key=lambda i: (i.name == "lo", i.name))
-
-
-def local_addresses() -> dict[IPAddress, str]:
-    """Every local IPv4 address and the interface that holds it."""
-    return {a: i.name for i in interfaces() for a in i.addresses}
+        st, counters = stats.get(name), io.get(name)
+        out.append(
+            InterfaceStat(
+                name,
+                v4,
+                st.mtu if st else 0,
+                bool(st and st.isup),
+                counters.bytes_recv if counters else 0,
+                counters.bytes_sent if counters else 0,
+            )
+        )
+    return out

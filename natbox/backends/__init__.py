@@ -12,9 +12,15 @@ from abc import ABC, abstractmethod
 
 from natbox.errors import BackendError, NotRootError
 from natbox.model import Ruleset
+from natbox.paths import env_seconds
 from natbox.ruleset import parse_save
 from natbox.runner import Runner
 from natbox.system import is_root
+
+
+def lock_wait() -> float:
+    """Seconds to wait for the xtables lock (NATBOX_LOCK_WAIT, default 10, at most an hour)."""
+    return env_seconds("NATBOX_LOCK_WAIT", 10.0, 0, 3600)
 
 
 def lock_busy(stderr: str) -> None:
@@ -78,8 +84,6 @@ class Backend(ABC):
             f"*{table}\n" + "".join(line + "\n" for line in lines) + "COMMIT\n"
             for table, lines in per_table.items()
         )
-        from natbox.backends.iptc import lock_wait
-
         wait = str(max(1, int(lock_wait())))
         res = self.runner.run([self.tool("restore"), "--test", "--noflush", "-w", wait], text)
         if not res.ok:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from natbox.backends import Backend
+from natbox.backends import Backend, lock_wait
 from natbox.errors import BackendError, ToolMissingError
 
 _ADDRESS_FLAGS = {
@@ -33,14 +33,6 @@ _ADDRESS_FLAGS = {
 def lockfile_path() -> str:
     """The xtables lock every iptables-legacy writer takes."""
     return os.environ.get("XTABLES_LOCKFILE", "/run/xtables.lock")
-
-
-def lock_wait() -> float:
-    """Seconds to wait for the xtables lock (NATBOX_LOCK_WAIT, default 10)."""
-    try:
-        return float(os.environ.get("NATBOX_LOCK_WAIT", "10"))
-    except ValueError:
-        return 10.0
 
 
 @contextmanager
@@ -150,6 +142,14 @@ class IptcBackend(Backend):
     def _apply_line(iptc: Any, tbl: Any, line: str, family: int) -> None:
         if line.startswith(":"):
             tbl.create_chain(line[1:].split()[0])
+            return
+        if line.startswith("-N "):
+            name = line[3:].strip()
+            if tbl.is_chain(name):  # as iptables-restore's -N: never adopt or flush a chain
+                raise BackendError(
+                    f"chain {name} already exists", f"the {tbl.name} table was left as it was"
+                )
+            tbl.create_chain(name)
             return
         tokens = shlex.split(line)
         op, chain = tokens[0], tokens[1]
