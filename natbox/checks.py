@@ -178,6 +178,11 @@ def scan(
                     out.sure.append(hit)
                 elif all(h.rule is not hit.rule for h in out.some_clients):
                     out.some_clients.append(hit)
+    # One rule, one cause: a rule that surely matches one direction is not repeated as partial.
+    sure = {h.rule for h in out.sure}
+    out.some_clients = [h for h in out.some_clients if h.rule not in sure]
+    partial = sure | {h.rule for h in out.some_clients}
+    out.maybe = [h for h in out.maybe if h.rule not in partial]
     return out
 
 
@@ -518,11 +523,26 @@ def check_host(c: Context) -> Iterator[Finding]:
             c.facts.nft_drops[1:],
         )
     if c.rs.chain("filter", "DOCKER-USER") is not None:
+        ours = c.jump_at("filter", "FORWARD", "NATBOX-FORWARD")
+        forward = c.rs.chain("filter", "FORWARD")
+        docker = next(
+            (
+                i
+                for i, r in enumerate(forward.rules if forward else [], 1)
+                if "-j DOCKER-USER" in r.text
+            ),
+            None,
+        )
+        where = (
+            "Docker's DOCKER-USER jump sits before natbox's (Docker restarted): what DOCKER-USER "
+            "drops is checked above"
+            if ours is not None and docker is not None and docker < ours
+            else "natbox's FORWARD jump sits first, before DOCKER-USER"
+        )
         yield Finding(
             "docker",
             INFO,
-            "Docker is here: natbox's FORWARD jump sits first, before DOCKER-USER; Docker re-adds its "
-            "jumps on restart but never removes natbox's",
+            f"Docker is here: {where}; Docker re-adds its jumps on restart but never removes natbox's",
             "nothing to do",
         )
 

@@ -41,6 +41,14 @@ _FAMILY = {"1": "inet", "2": "ip", "3": "arp", "5": "netdev", "7": "bridge", "10
 _PACKET_RE = re.compile(r"^PACKET: (\d+) ([0-9a-f]+) (.*)$")
 _TRACE_RE = re.compile(r"^TRACE: (\d+) ([0-9a-f]+) (\S+?)(?:\s+(-[46] -t .*))?$")
 _RULE_PREFIX = re.compile(r"^-[46] -t (\S+) ")
+# nftables' own verdict codes, as xtables-monitor prints them when it has no name for them.
+_VERDICT_CODES = {
+    "0xffffffff": "CONTINUE",
+    "0xfffffffe": "BREAK",
+    "0xfffffffd": "JUMP",
+    "0xfffffffc": "GOTO",
+    "0xfffffffb": "RETURN",
+}
 _DNAT_RE = re.compile(r"-j DNAT --to-destination (\S+)")
 _SNAT_RE = re.compile(r"-j SNAT --to-source (\S+)")
 
@@ -140,6 +148,8 @@ class Step:
             return f"policy {self.verdict}"
         if self.kind == "return":
             return "end of chain, back to the caller"
+        if self.verdict == "RETURN":
+            return f"RETURN  [{self.owner}]"
         if self.verdict in ("JUMP", "GOTO"):
             return f"{self.verdict.lower()} to {self.target}  [{self.owner}]"
         if m := _DNAT_RE.search(self.rule):
@@ -164,7 +174,7 @@ def parse_step(line: str) -> Step | None:
         return None
     table, chain, kind = parts[:3]
     rest = parts[4:] if kind == "rule" else parts[3:]  # rules carry their handle (0x..) first
-    verdict = rest[0] if rest else ""
+    verdict = _VERDICT_CODES.get(rest[0], rest[0]) if rest else ""
     target = rest[1] if len(rest) > 1 else ""
     rule = _RULE_PREFIX.sub("", rule).strip()
     return Step(family, table, chain, kind, verdict, target, rule)
@@ -414,14 +424,14 @@ def run(
     fwd: Forward,
     *,
     timeout: float = 30.0,
-    max_packets: int = 12,
+    max_packets: int = 4,
     on_packet: Callable[[TracedPacket], None] | None = None,
     runner: Runner | None = None,
 ) -> Result:
     """Arm, wait for the next connection (or the timeout), read its packets, disarm.
 
-    Ends at the first drop, after a reply has been forwarded and 0.5 s passed quietly, after
-    `max_packets`, or at the timeout. `on_packet` is called with each packet once it is complete
+    Ends at the first drop, after a reply has been forwarded and 0.3 s passed quietly, after
+    `max_packets` (the handshake and the first data), or at the timeout. `on_packet` is called with each packet once it is complete
     (a newer one started, or the trace ended). The rules are removed on every way out.
     """
     runner = runner or Runner()
@@ -448,7 +458,7 @@ def run(
         while True:
             now = time.monotonic()
             if now >= deadline:
-                return Result(asm.packets, True)
+                return Result(asm.packets[:max_packets], True)
             ready, _, _ = select.select([fd], [], [], min(0.1, deadline - now))
             if ready:
                 chunk = os.read(fd, 65536).decode(errors="replace")
@@ -461,16 +471,18 @@ def run(
                 quiet_since = None
             elif quiet_since is None:
                 quiet_since = now
-            while on_packet is not None and reported < len(asm.packets) - 1:
+            while on_packet is not None and reported < min(len(asm.packets) - 1, max_packets):
                 on_packet(asm.packets[reported])
                 reported += 1
             pkts = asm.packets
-            if any(p.dropped_by for p in pkts) or len(pkts) >= max_packets:
+            if any(p.dropped_by for p in pkts[:max_packets]) or len(pkts) > max_packets:
                 break
             replied = any(p.direction(fwd) == "reply" and p.last.fields.get("OUT") for p in pkts)
-            if replied and quiet_since is not None and now - quiet_since >= 0.5:
+            if len(pkts) == max_packets and quiet_since is not None and now - quiet_since >= 0.3:
                 break
-        return Result(asm.packets, False)
+            if replied and quiet_since is not None and now - quiet_since >= 0.3:
+                break
+        return Result(asm.packets[:max_packets], False)
     finally:
         try:
             disarm(runner)
@@ -481,6 +493,6 @@ def run(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=2)
-            while on_packet is not None and reported < len(asm.packets):
+            while on_packet is not None and reported < min(len(asm.packets), max_packets):
                 on_packet(asm.packets[reported])
                 reported += 1

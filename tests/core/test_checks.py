@@ -390,3 +390,16 @@ def test_worst_and_severity_names() -> None:
 
 def serious(found: list) -> dict[str, str]:  # type: ignore[type-arg]
     return {k: v for k, v in ids(found).items() if v != "info"}
+
+
+def test_one_rule_is_one_cause_across_directions() -> None:
+    host = hostshapes.docker_host().replace(
+        "-A DOCKER-USER -j RETURN",
+        "-A DOCKER-USER -d 10.0.2.0/24 -j DROP\n-A DOCKER-USER -j RETURN",
+    )
+    found = ids(
+        diagnose(
+            seed(name="web"), parse_save(with_natbox(host, first=False)), healthy(), existing=True
+        )
+    )
+    assert found["drop-before-jump"] == "error" and "drop-some-clients" not in found

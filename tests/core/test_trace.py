@@ -107,3 +107,10 @@ def test_legacy_hosts_say_why_in_one_line(monkeypatch: pytest.MonkeyPatch) -> No
         answers={"iptables -V": Result((), 0, "iptables v1.8.9 (nf_tables)\n", "")}
     )
     assert trace.unavailable(nft) is None
+
+
+def test_numeric_verdicts_get_their_names() -> None:
+    step = trace.parse_step(
+        " TRACE: 2 1 filter:DOCKER-USER:rule:0x9:0xfffffffb  -4 -t filter -A DOCKER-USER -j RETURN"
+    )
+    assert step is not None and step.verdict == "RETURN" and step.describe() == "RETURN  [docker]"
