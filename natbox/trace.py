@@ -22,6 +22,7 @@ import re
 import select
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -427,12 +428,14 @@ def run(
     max_packets: int = 4,
     on_packet: Callable[[TracedPacket], None] | None = None,
     runner: Runner | None = None,
+    stop: threading.Event | None = None,
 ) -> Result:
     """Arm, wait for the next connection (or the timeout), read its packets, disarm.
 
     Ends at the first drop, after a reply has been forwarded and 0.3 s passed quietly, after
     `max_packets` (the handshake and the first data), or at the timeout. `on_packet` is called with each packet once it is complete
-    (a newer one started, or the trace ended). The rules are removed on every way out.
+    (a newer one started, or the trace ended). Setting `stop` ends it early (the TUI's Escape). The
+    rules are removed on every way out.
     """
     runner = runner or Runner()
     why = unavailable(runner)
@@ -457,7 +460,7 @@ def run(
         buf = ""
         while True:
             now = time.monotonic()
-            if now >= deadline:
+            if now >= deadline or (stop is not None and stop.is_set()):
                 return Result(asm.packets[:max_packets], True)
             ready, _, _ = select.select([fd], [], [], min(0.1, deadline - now))
             if ready:
