@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 
 from textual.app import App
-from textual.widgets import Log, Static
+from textual.widgets import Static
 
 from natbox import trace
 from natbox.model import Forward
@@ -37,9 +37,9 @@ async def test_trace_screen_shows_the_cli_lines() -> None:
         await app.workers.wait_for_complete()
         await pilot.pause()
         screen = app.screen
-        log = screen.query_one("#trace-log", Log)
+        assert isinstance(screen, TraceScreen)
         pkt = trace.Assembler().feed_all((FIX / "trace-reject.txt").read_text().splitlines())[0]
-        assert list(log.lines)[: len(pkt.lines(FWD))] == pkt.lines(FWD)
+        assert screen.shown[: len(pkt.lines(FWD))] == pkt.lines(FWD)
         status = str(screen.query_one("#trace-status", Static).render())
         assert "1 dropped" in status
         await pilot.press("r")

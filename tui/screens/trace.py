@@ -17,7 +17,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Log, Static
+from textual.widgets import Footer, RichLog, Static
 
 from natbox import trace
 from natbox.errors import NatboxError
@@ -31,7 +31,7 @@ class TraceScreen(Screen[None]):
 
     DEFAULT_CSS = """
     TraceScreen #trace-title { height: auto; padding: 0 1; background: $panel; }
-    TraceScreen Log { height: 1fr; }
+    TraceScreen RichLog { height: 1fr; }
     TraceScreen #trace-status { height: 1; padding: 0 1; color: $text-muted; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -59,13 +59,15 @@ class TraceScreen(Screen[None]):
         self.timeout = timeout
         self._tracer = tracer
         self._stop = threading.Event()
+        self.shown: list[str] = []
+        """Every line shown so far (what the log holds)."""
 
     def compose(self) -> ComposeResult:
         fwd = self.fwd
         yield Static(
             f"trace {fwd.name}: {fwd.proto} {fwd.listen} → {fwd.backend}", id="trace-title"
         )
-        yield Log(id="trace-log", highlight=False)
+        yield RichLog(id="trace-log", wrap=True, markup=False, highlight=False)
         yield Static("", id="trace-status")
         yield Footer()
 
@@ -103,7 +105,10 @@ class TraceScreen(Screen[None]):
 
     @on(PacketTraced)
     def _packet(self, message: PacketTraced) -> None:
-        self.query_one("#trace-log", Log).write_lines([*message.lines, ""])
+        log = self.query_one("#trace-log", RichLog)
+        for line in (*message.lines, ""):
+            log.write(line)
+        self.shown += [*message.lines, ""]
 
     @on(TraceEnded)
     def _ended(self, message: TraceEnded) -> None:
@@ -117,5 +122,6 @@ class TraceScreen(Screen[None]):
     def action_again(self) -> None:
         """Trace the next connection."""
         self._stop.set()
-        self.query_one("#trace-log", Log).clear()
+        self.query_one("#trace-log", RichLog).clear()
+        self.shown = []
         self._start()
