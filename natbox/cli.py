@@ -342,9 +342,6 @@ def _recover(backend: Backend) -> None:
     message = txn.recover(backend)
     if message:
         print(f"natbox: recovered: {message}", file=sys.stderr)
-    message = watchdog.supervise()
-    if message:
-        print(f"natbox: {message}", file=sys.stderr)
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
@@ -728,6 +725,25 @@ def _run_tui(backend_choice: str | None, confirm_seconds: float) -> int:
     return run(backend_choice, confirm_seconds)
 
 
+_UNSUPERVISED = {"plan", "export", "confirm", "rollback", "recover", "demo"}
+"""Commands that do not look after the confirm window first (they handle it themselves, or never
+touch the state directory)."""
+
+
+def _supervise() -> None:
+    """Every natbox command makes sure a pending change has a live watchdog (and rolls back an
+    expired one whose watchdog died), so the confirm window cannot be defeated by killing it."""
+    if not os.geteuid() == 0:
+        return
+    try:
+        message = watchdog.supervise()
+    except NatboxError as exc:
+        print(f"natbox: warning: {exc.one_line().removeprefix('natbox: ')}", file=sys.stderr)
+        return
+    if message:
+        print(f"natbox: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `natbox` script."""
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -736,6 +752,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             return _run_tui(args.backend_choice, args.confirm_window)
         func: Callable[[argparse.Namespace], int] = args.func
+        if args.command not in _UNSUPERVISED:
+            _supervise()
         return func(args)
     except NatboxError as exc:
         print(exc.one_line(), file=sys.stderr)

@@ -15,6 +15,7 @@ natbox kills itself (SIGKILL) at that point, as a crash or `kill -9` would.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -22,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from natbox.errors import shown
-from natbox.paths import StateFileError, read_json, remove, state_dir, write_json
+from natbox.paths import StateFileError, read_trusted, remove, state_dir, write_json
 
 OPS = ("apply", "remove")
 TABLES = ("nat", "filter")
 JOURNAL_VERSION = 2
+MAX_JOURNAL = 4 * 1024 * 1024
 
 
 def fault(point: str) -> None:
@@ -97,9 +99,13 @@ def _refuse(why: str) -> StateFileError:
 
 def pending() -> Entry | None:
     """The unfinished change, if natbox died in one; StateFileError for a journal it cannot trust."""
-    data = read_json(path())
-    if data is None:
+    text = read_trusted(path(), limit=MAX_JOURNAL)
+    if text is None:
         return None
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        raise _refuse("not JSON") from None
     if not isinstance(data, dict):
         raise _refuse("not an object")
     expected = {"version", "op", "names", "family", "lines", "forwards", "started"}

@@ -140,7 +140,7 @@ def parse_forwards(text: str, where: str) -> list[Forward]:
     lines = _line_index(text)
     out: list[Forward] = []
     names: dict[str, str] = {}
-    spans: dict[tuple[str, str], list[tuple[int, int, str, str]]] = {}
+    spans: dict[tuple[str, str], list[tuple[int, int, str, str, int]]] = {}
     for i, item in enumerate(items, 1):
         name = item.get("name") if isinstance(item, dict) else None
         line = lines.get(name) if isinstance(name, str) else None
@@ -156,20 +156,22 @@ def parse_forwards(text: str, where: str) -> list[Forward]:
         names[fwd.name] = fwd.name
         for proto in fwd.protocols:
             spans.setdefault((str(fwd.listen.ip), proto), []).append(
-                (fwd.listen.port, fwd.listen.port_end, fwd.name, at)
+                (fwd.listen.port, fwd.listen.port_end, fwd.name, at, i)
             )
         out.append(fwd)
     for (ip, proto), taken in spans.items():  # sorted spans: an overlap shows at once (n log n)
         taken.sort()
-        reach, holder = -1, ""
-        for lo, hi, name, at in taken:
-            if lo <= reach:
+        reach: tuple[int, int, str, str, int] | None = None
+        for span in taken:
+            if reach is not None and span[0] <= reach[1]:
+                first, second = sorted((reach, span), key=lambda s: s[4])  # in file order
                 raise NatboxError(
-                    f"{at}: {name} listens on {proto} {ip} port {lo}, as {holder} does",
+                    f"{second[3]}: {second[2]} listens on {proto} {ip} port "
+                    f"{max(first[0], second[0])}, as {first[2]} does",
                     "two forwards cannot share a listen port; keep one of them",
                 )
-            if hi > reach:
-                reach, holder = hi, name
+            if reach is None or span[1] > reach[1]:
+                reach = span
     return out
 
 

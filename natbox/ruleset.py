@@ -24,7 +24,7 @@ from natbox.model import (
     Table,
     parse_cidr,
 )
-from natbox.plan import build_plan
+from natbox.plan import OWN_CHAINS, build_plan
 
 _COUNTERS_RE = re.compile(r"\[(\d+):(\d+)\]")
 _COMMENT_RE = re.compile(r'--comment (?:"((?:[^"\\]|\\.)*)"|(\S+))')
@@ -41,14 +41,21 @@ def rule_comment(text: str) -> str | None:
     return m.group(2)
 
 
+_OWN = {own for pairs in OWN_CHAINS.values() for _, own in pairs}
+FORGED = "forged"
+"""The owner of a rule that carries natbox's tag where natbox never writes one: a look-alike."""
+
+
 def classify_owner(chain: str, text: str) -> str:
-    """Who wrote a rule: `natbox:<name>`, `natbox` (its jumps), `docker`, `kube` or `other`."""
+    """Who wrote a rule: `natbox:<name>`, `natbox` (its jumps), `docker`, `kube`, `other`, or
+    `forged` — a natbox tag outside natbox's own chains (or on a jump that is not natbox's)."""
     if "--comment natbox" in text or '--comment "natbox:' in text:
         comment = rule_comment(text)
-        if comment is not None and (
-            comment == COMMENT_PREFIX or comment.startswith(COMMENT_PREFIX + ":")
-        ):
-            return comment
+        if comment == COMMENT_PREFIX:
+            jumps_in = any(text.endswith(f" -j {own}") for own in _OWN)
+            return COMMENT_PREFIX if jumps_in and chain not in _OWN else FORGED
+        if comment is not None and comment.startswith(COMMENT_PREFIX + ":"):
+            return comment if chain in _OWN else FORGED
     if chain.startswith("DOCKER") or " -j DOCKER" in text or "docker" in text:
         return "docker"
     if chain.startswith(("KUBE-", "CNI-", "CALI-")) or " -j KUBE-" in text or "kubernetes" in text:
@@ -228,3 +235,20 @@ def conflicts(rs: Ruleset, fwd: Forward) -> None:
                 f"(to {other.backend})",
                 f"`natbox remove {other.name}` first, or listen on another port",
             )
+
+
+def tampering(rs: Ruleset) -> list[str]:
+    """What in the ruleset imitates or intrudes on natbox: look-alike tags outside natbox's chains,
+    rules in natbox's chains that natbox did not write, tables iptables could not show. natbox
+    reports these and never deletes or adopts them."""
+    out = [
+        f"{t} table: iptables cannot show it (native nftables rules): natbox's forwards there "
+        f"cannot be verified; see `nft list table ip {t}`"
+        for t in rs.incompatible
+    ]
+    for r in rs.rules():
+        if r.owner == FORGED:
+            out.append(f"a rule carries natbox's tag but is not natbox's (left alone): {r.text}")
+        elif r.chain in _OWN and not r.owner.startswith(COMMENT_PREFIX):
+            out.append(f"a rule in natbox's chain {r.chain} was not written by natbox: {r.text}")
+    return out

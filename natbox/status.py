@@ -5,7 +5,7 @@ from __future__ import annotations
 from natbox.backends import Backend
 from natbox.backends.detect import Detection
 from natbox.model import Chain, Rule, Ruleset
-from natbox.ruleset import ForwardState, forward_states
+from natbox.ruleset import ForwardState, forward_states, tampering
 from natbox.system import ip_forward_enabled
 
 # The built-in chains a NAT box's admin cares about.
@@ -80,5 +80,5 @@ def snapshot(backend: Backend, det: Detection, rs: Ruleset | None = None) -> dic
         "policies": policies,
         "forwards": [_forward_dict(s) for s in [*forward_states(rs), *_v6_states(backend)]],
         "foreign": [_rule_dict(r) for r in foreign_rules(rs)],
-        "warnings": list(dict.fromkeys([*det.warnings, *rs.warnings])),
+        "warnings": list(dict.fromkeys([*det.warnings, *rs.warnings, *tampering(rs)])),
     }

@@ -120,6 +120,8 @@ def process_start(pid: int) -> int | None:
     except OSError:
         return None
     fields = stat.rsplit(")", 1)[-1].split()
+    if not fields or fields[0] in ("Z", "X"):
+        return None  # a zombie (nobody reaped it yet) is dead all the same
     try:
         return int(fields[19])  # field 22 of stat; fields[0] is field 3 (state)
     except (IndexError, ValueError):

@@ -119,7 +119,19 @@ def test_garbage_is_one_clear_error(bad: str) -> None:
         ("DOCKER", "-A DOCKER -j RETURN", "docker"),
         ("KUBE-SERVICES", "-A KUBE-SERVICES -j ACCEPT", "kube"),
         ("INPUT", "-A INPUT -m comment --comment natbox -j NATBOX-FORWARD", "natbox"),
-        ("INPUT", '-A INPUT -m comment --comment "natbox:x" -j ACCEPT', "natbox:x"),
+        (
+            "NATBOX-FORWARD",
+            '-A NATBOX-FORWARD -m comment --comment "natbox:x" -j ACCEPT',
+            "natbox:x",
+        ),
+        # A natbox tag where natbox never writes one is a look-alike, never a forward's rule.
+        ("INPUT", '-A INPUT -m comment --comment "natbox:x" -j ACCEPT', "forged"),
+        (
+            "FORWARD",
+            "-A FORWARD -s 172.16.9.9/32 -m comment --comment natbox:web -j DROP",
+            "forged",
+        ),
+        ("FORWARD", "-A FORWARD -m comment --comment natbox -j DROP", "forged"),
         ("INPUT", '-A INPUT -m comment --comment "natboxer" -j ACCEPT', "other"),
         ("INPUT", "-A INPUT -p tcp -j ACCEPT", "other"),
     ],
