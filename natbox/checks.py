@@ -315,24 +315,28 @@ def check_foreign_dnat(c: Context) -> Iterator[Finding]:
     local = fwd.listen.ip in c.facts.local if c.facts.local else None
     packets = [pathmatch.client_request(fwd, p, c.listen_dev, local) for p in fwd.protocols]
     found = scan(c, "nat", "PREROUTING", packets, frozenset({"DNAT", "REDIRECT", "NETMAP"}))
-    first = [h for h in found.sure if at is None or h.top < at]
-    shadowed = [h for h in found.sure if at is not None and h.top > at]
+    # natbox's jump goes in first (or is there already): DNATs behind it are shadowed by the forward,
+    # DNATs before it take the forward's clients.
+    first = [h for h in found.sure if at is not None and h.top < at]
+    shadowed = [h for h in found.sure if h not in first]
     if first:
         yield grouped(
             "foreign-dnat",
             ERROR,
-            f"another DNAT already takes {fwd.proto} {fwd.listen}"
-            + (" before natbox's jump" if c.existing else ""),
+            f"another DNAT takes {fwd.proto} {fwd.listen} before natbox's jump: the forward never "
+            "sees its clients",
             "listen on another port, or remove that rule (it belongs to "
             f"{', '.join(sorted({pathmatch.owner(h.rule) for h in first}))})",
             (pathmatch.describe(h) for h in first),
         )
     if shadowed:
+        owners = ", ".join(sorted({pathmatch.owner(h.rule) for h in shadowed}))
         yield grouped(
             "foreign-dnat",
             WARNING,
-            f"natbox's forward hides another DNAT of {fwd.proto} {fwd.listen}: that service is "
-            "unreachable on this port",
+            f"another DNAT ({owners}) already serves {fwd.proto} {fwd.listen}; natbox's forward "
+            + ("hides it" if c.existing else "would hide it")
+            + ": that service is unreachable on this address",
             "listen on another port if that service is still wanted",
             (pathmatch.describe(h) for h in shadowed),
         )

@@ -66,8 +66,12 @@ def forward_from_args(args: argparse.Namespace, runner: Runner | None = None) ->
             raise NatboxError(
                 f"this box has no route to the backend {probe.backend.ip}: "
                 + exc.message.split(": ", 1)[-1],
-                f"add a route to {probe.backend.ip} (ip route add ...) or fix the backend address; "
-                "natbox check shows what else is in the way",
+                f"add a route to {probe.backend.ip} (ip route add ...) or fix the backend address"
+                + (
+                    "; to only plan it, pass --snat ADDR"
+                    if getattr(args, "command", "") == "plan"
+                    else "; natbox check shows what else is in the way"
+                ),
             ) from None
         if route.src is None:
             raise NatboxError(

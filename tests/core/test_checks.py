@@ -228,7 +228,7 @@ def test_kube_nodeport_on_the_listen_port_is_found() -> None:
     fwd = Forward.from_text("192.168.1.30:31234", "10.0.2.50:80", snat="10.0.2.40")
     found = preflight(fwd, rs, healthy())
     dnat = [f for f in found if f.id == "foreign-dnat"]
-    assert len(dnat) == 1 and dnat[0].severity == "error"
+    assert len(dnat) == 1 and dnat[0].severity == "warning"
     assert "KUBE-NODEPORTS" in dnat[0].examples[0] and "(kube;" in dnat[0].examples[0]
     assert len(dnat[0].examples) == 2 and dnat[0].more == 0, "one line per endpoint DNAT"
 
@@ -236,7 +236,7 @@ def test_kube_nodeport_on_the_listen_port_is_found() -> None:
 def test_docker_published_port_is_found_and_unpublished_is_clean() -> None:
     fwd = Forward.from_text("192.168.1.30:8080", "10.0.2.50:80", snat="10.0.2.40")
     found = ids(preflight(fwd, parse_save(hostshapes.docker_host(published=8080)), healthy()))
-    assert found["foreign-dnat"] == "error"
+    assert found["foreign-dnat"] == "warning"
     assert serious(preflight(fwd, parse_save(hostshapes.docker_host()), healthy())) == {}
 
 
@@ -403,3 +403,13 @@ def test_one_rule_is_one_cause_across_directions() -> None:
         )
     )
     assert found["drop-before-jump"] == "error" and "drop-some-clients" not in found
+
+
+def test_foreign_dnat_before_natbox_jump_is_an_error_behind_it_a_warning() -> None:
+    fwd = Forward.from_text("192.168.1.30:8080", "10.0.2.50:80", snat="10.0.2.40")
+    late = parse_save(with_natbox(hostshapes.docker_host(published=8080), first=False))
+    f = next(f for f in preflight(fwd, late, healthy()) if f.id == "foreign-dnat")
+    assert f.severity == "error" and "before natbox's jump" in f.message
+    early = parse_save(with_natbox(hostshapes.docker_host(published=8080)))
+    f = next(f for f in preflight(fwd, early, healthy()) if f.id == "foreign-dnat")
+    assert f.severity == "warning" and "would hide it" in f.message and "(docker)" in f.message
