@@ -184,18 +184,24 @@ def cmd_add(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"forward {fwd.name}: {fwd.proto} {fwd.listen} → {fwd.backend} via {backend.label}")
         print("\n".join(plan.plain()))
-    findings = engine.preflight(fwd)
-    if not args.json:
-        _print_findings(findings)
-    if not args.force:
-        checks.raise_if_blocked(findings)
-    _confirm(args, f"Apply forward {fwd.name}?")
-    # With --confirm the watchdog is armed before the rules go in (Engine.apply).
+
+    def judge(findings: list[checks.Finding]) -> None:
+        if not args.json:
+            _print_findings(findings)
+        if not args.force:
+            checks.raise_if_blocked(findings)
+
+    if not args.yes:
+        judge(engine.preflight(fwd))  # the findings come before the question
+        _confirm(args, f"Apply forward {fwd.name}?")
+    # With --confirm the watchdog is armed before the rules go in (Engine.apply). With --yes the
+    # preflight runs inside the change, on the one ruleset read the change decides on.
     outcome = engine.apply(
         fwd,
         confirm_seconds=args.confirm,
         enable_forwarding=args.enable_forwarding,
         adopt=args.adopt,
+        judge=judge if args.yes else None,
     )
     if args.confirm is not None:
         outcome.notes.append(

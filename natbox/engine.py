@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 
@@ -128,6 +129,15 @@ class Engine:
                 data.recovered = f"recovery failed: {exc.message}"
             if data.recovered:
                 rs = backend.read()
+        if not self.read_only:
+            # Every poll: a confirm window whose watchdog died is taken over or rolled back here.
+            try:
+                supervised = watchdog.supervise()
+            except NatboxError as exc:
+                supervised = exc.message
+            if supervised:
+                data.recovered = supervised
+                rs = backend.read()
         try:
             data.saved = {f.name for f in persist.load()}
         except NatboxError:
@@ -235,14 +245,31 @@ class Engine:
         confirm_seconds: float | None = None,
         enable_forwarding: bool = False,
         adopt: bool = False,
+        judge: Callable[[list[Finding]], None] | None = None,
     ) -> txn.Outcome:
-        """Apply `fwd`; with `confirm_seconds`, a detached watchdog rolls it back unless confirmed."""
+        """Apply `fwd`; with `confirm_seconds`, a detached watchdog rolls it back unless confirmed.
+
+        With `judge`, the preflight diagnosis runs on the same ruleset read the change decides on
+        (one read per command) and `judge(findings)` may raise to stop it before anything changes.
+        """
         backend = self.backend()
+        gate: Callable[[Ruleset], None] | None = None
+        if judge is not None:
+            facts = gather_facts(fwd, other_side=self._other_side())
+
+            def gate(rs: Ruleset) -> None:
+                judge(preflight(fwd, rs, facts))
+
+        def run() -> txn.Outcome:
+            return txn.apply(
+                backend, fwd, enable_ip_forward=enable_forwarding, adopt=adopt, gate=gate
+            )
+
         if confirm_seconds is None:
-            return txn.apply(backend, fwd, enable_ip_forward=enable_forwarding, adopt=adopt)
+            return run()
         armed = watchdog.arm(fwd.name, confirm_seconds, self._choice)
         try:
-            return txn.apply(backend, fwd, enable_ip_forward=enable_forwarding, adopt=adopt)
+            return run()
         except BaseException:
             watchdog.disarm(armed)
             raise
