@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ from natbox import (
     export,
     persist,
     tables,
+    trace,
     txn,
     watchdog,
 )
@@ -30,6 +32,7 @@ from natbox.backends.detect import BACKEND_CHOICES, choose_backend
 from natbox.errors import NatboxError, NotFoundError
 from natbox.model import PROTOS, Forward
 from natbox.plan import build_plan
+from natbox.ruleset import forward_states
 from natbox.runner import Runner
 from natbox.status import snapshot
 from natbox.system import route_to
@@ -69,7 +72,19 @@ def forward_from_args(args: argparse.Namespace, runner: Runner | None = None) ->
             sources=args.sources,
             local=args.local,
         )
-        route = route_to(probe.backend.ip, runner)
+        try:
+            route = route_to(probe.backend.ip, runner)
+        except NatboxError as exc:
+            raise NatboxError(
+                f"this box has no route to the backend {probe.backend.ip}: "
+                + exc.message.split(": ", 1)[-1],
+                f"add a route to {probe.backend.ip} (ip route add ...) or fix the backend address"
+                + (
+                    "; to only plan it, pass --snat ADDR"
+                    if getattr(args, "command", "") == "plan"
+                    else "; natbox check shows what else is in the way"
+                ),
+            ) from None
         if route.src is None:
             raise NatboxError(
                 f"the route to {probe.backend.ip} (dev {route.dev}) has no source address",
@@ -241,10 +256,11 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def _print_findings(findings: list[checks.Finding], indent: str = "") -> None:
-    marks = {"error": "error", "warning": "warning", "info": "info"}
     for f in findings:
-        print(f"{indent}{marks[f.severity]:<8} {f.message}")
-        if f.severity != "info":
+        print(f"{indent}{f.severity:<8} {f.message}")
+        for line in f.lines():
+            print(f"{indent}{'':<8}   {line}")
+        if f.severity != checks.INFO:
             print(f"{indent}{'':<8} fix: {f.fix}")
 
 
@@ -252,7 +268,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     """Diagnose a forward before adding it: exit 0 clean, 1 findings."""
     from natbox.engine import Engine
 
-    fwd = forward_from_args(args)
+    try:
+        fwd = forward_from_args(args)
+    except NatboxError as exc:
+        if "no route to the backend" not in exc.message:
+            raise
+        # No route is a finding (exit 1), not a usage error: check the rest as if masquerading.
+        args.masquerade = True
+        fwd = forward_from_args(args)
     findings = Engine(args.backend_choice).preflight(fwd)
     if args.json:
         print(
@@ -285,6 +308,58 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return max((checks.exit_code(fs) for fs in report.values()), default=0)
 
 
+def _traced_forward(backend: Backend, which: str) -> Forward:
+    """The forward in the kernel named `which`, or listening on `which` (ip:port)."""
+    for bound in txn.families(backend):
+        for state in forward_states(bound.read(natbox_only=True)):
+            fwd = state.forward
+            if fwd is not None and which in (fwd.name, str(fwd.listen)):
+                return fwd
+    raise NotFoundError(f"there is no forward {which}", "natbox list shows them (NAME or ip:port)")
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    """Ask the kernel which rules the forward's next connection meets (nft hosts)."""
+    txn.require_root()
+    why = trace.unavailable()
+    if why is not None:
+        raise trace.TraceUnavailable(why, "natbox doctor diagnoses without a trace")
+    fwd = _traced_forward(_backend(args), args.forward)
+
+    def show(pkt: trace.TracedPacket) -> None:
+        if not args.json:
+            print("\n".join(pkt.lines(fwd)), flush=True)
+
+    if not args.json:
+        print(
+            f"tracing {fwd.name} ({fwd.proto} {fwd.listen} → {fwd.backend}): waiting up to "
+            f"{args.timeout:g} s for a connection (Ctrl-C stops)",
+            flush=True,
+        )
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM/SIGHUP end the trace like Ctrl-C: the rules go
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+    result = trace.run(fwd, timeout=args.timeout, on_packet=show)
+    dropped = [p for p in result.packets if p.dropped_by is not None]
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "forward": fwd.to_dict(),
+                    "timed_out": result.timed_out,
+                    "packets": [p.to_dict(fwd) for p in result.packets],
+                },
+                indent=2,
+            )
+        )
+    elif not result.packets:
+        print(f"no packet for {fwd.listen} within {args.timeout:g} s (is a client trying?)")
+    return 1 if dropped or not result.packets else 0
+
+
 def _recover(backend: Backend) -> None:
     """Finish or undo what a crashed natbox (or a dead watchdog) left behind, and say so."""
     for message in (txn.recover(backend), converge.recover_set(backend)):
@@ -295,9 +370,14 @@ def _recover(backend: Backend) -> None:
 def cmd_recover(args: argparse.Namespace) -> int:
     """Finish or undo what a crashed natbox left behind."""
     txn.require_root()
-    message = txn.recover(_backend(args))
-    supervised = watchdog.supervise()
-    print("\n".join(m for m in (message, supervised) if m) or "nothing to recover")
+    backend = _backend(args)
+    done = (
+        txn.recover(backend),
+        converge.recover_set(backend),
+        watchdog.supervise(),
+        trace.cleanup_stale(),
+    )
+    print("\n".join(m for m in done if m) or "nothing to recover")
     return 0
 
 
@@ -702,6 +782,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_forget)
     p = sub.add_parser("restore", help="re-apply the saved forwards that are missing (boot)")
     p.set_defaults(func=cmd_restore)
+    p = sub.add_parser(
+        "trace", help="show the kernel's path for the forward's next connection (nft hosts)"
+    )
+    p.add_argument("forward", metavar="NAME|LISTEN", help="a forward's name or its ip:port")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_trace)
+
     p = sub.add_parser("recover", help="finish or undo what a crashed natbox left behind")
     p.set_defaults(func=cmd_recover)
     p = sub.add_parser(

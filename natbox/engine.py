@@ -15,8 +15,8 @@ from natbox import conntrack, persist, tables, txn, watchdog
 from natbox.backends import Backend
 from natbox.backends.detect import choose_backend
 from natbox.checks import ERROR, Finding, diagnose, preflight
-from natbox.diagnose import BoxFacts, box_facts, gather_facts
 from natbox.errors import NatboxError, NotFoundError
+from natbox.facts import BoxFacts, box_facts, gather_facts
 from natbox.model import Chain, Forward, Ruleset
 from natbox.ruleset import ForwardState, forward_states
 from natbox.status import display_chains
@@ -175,7 +175,7 @@ class Engine:
             if state.forward is not None:
                 box = box or box_facts(flows=flows)  # once for all forwards
                 facts = gather_facts(
-                    state.forward, other_side=self._other_side(), probe=probe, box=box
+                    state.forward, other_side=self._other_side(), probe=probe, box=box, rs=rs
                 )
                 findings += diagnose(state.forward, rs, facts, existing=True)
             out[state.name] = findings
@@ -222,9 +222,10 @@ class Engine:
 
     def preflight(self, fwd: Forward) -> list[Finding]:
         """Everything that would make `fwd` fail here, before it is applied."""
-        facts = gather_facts(fwd, other_side=self._other_side())
-        # The whole ruleset: foreign DNATs and DROPs are what the checks look for.
-        return preflight(fwd, self.backend().for_family(fwd.family).read(), facts)
+        # The whole ruleset, read once: foreign DNATs and DROPs are what the checks look for.
+        rs = self.backend().for_family(fwd.family).read()
+        facts = gather_facts(fwd, other_side=self._other_side(), rs=rs)
+        return preflight(fwd, rs, facts)
 
     def doctor(self, name: str | None = None, probe: bool = True) -> dict[str, list[Finding]]:
         """Findings for the forwards in the kernel (or one), broken ones included."""
