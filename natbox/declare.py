@@ -30,8 +30,8 @@ from typing import Any
 from natbox import converge, txn, watchdog
 from natbox.backends import Backend
 from natbox.checks import ERROR, Finding, preflight
-from natbox.diagnose import box_facts, gather_facts
 from natbox.errors import NatboxError, ValidationError
+from natbox.facts import box_facts, gather_facts
 from natbox.model import (
     PROTOS,
     Chain,
