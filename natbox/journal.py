@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from natbox.errors import shown
-from natbox.paths import StateFileError, read_trusted, remove, state_dir, write_json
+from natbox.paths import StateFileError, read_json, read_trusted, remove, state_dir, write_json
 
 OPS = ("apply", "remove")
 TABLES = ("nat", "filter")
@@ -136,3 +136,37 @@ def pending() -> Entry | None:
     if not isinstance(started, (int, float)) or isinstance(started, bool):
         raise _refuse("started must be a number")
     return Entry(op, tuple(names), family, lines, tuple(forwards), float(started))
+
+
+# -- set operations (natbox apply) ------------------------------------------------------------------
+# A whole `natbox apply` spans both IP versions, so its entry lives in its own file, in its own shape:
+# the target of the change and the state before it, per forward (see converge.recover_set). The entry
+# above never sees it, and it never sees the entry above.
+
+
+def set_path() -> Path:
+    """Where a set operation's journal lives."""
+    return state_dir() / "journal-set.json"
+
+
+def begin_set(body: dict[str, object]) -> None:
+    """Record a set operation's intent (durably) before the kernel is touched."""
+    write_json(set_path(), {**body, "started": time.time()})
+
+
+def pending_set() -> dict[str, object] | None:
+    """The unfinished set operation, if natbox died in one (StateFileError if it cannot be trusted)."""
+    data = read_json(set_path())
+    if data is None:
+        return None
+    if not isinstance(data, dict) or not {"target", "before"} <= set(data):
+        raise StateFileError(
+            f"{set_path()} is not a journal natbox understands",
+            f"nothing was changed; look at it, then delete {set_path()}",
+        )
+    return data
+
+
+def end_set() -> None:
+    """The set operation finished (or was undone)."""
+    remove(set_path())

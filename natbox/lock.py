@@ -10,8 +10,6 @@ transaction take it again) and serialises threads of one process.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import threading
 import time
@@ -19,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from natbox.errors import NatboxError
-from natbox.paths import ensure_dir, env_seconds, state_dir
+from natbox.paths import ensure_dir, env_seconds, flock_until, state_dir
 
 DEFAULT_WAIT = 30.0
 
@@ -78,23 +76,18 @@ def _take(what: str, limit: float) -> int:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise NatboxError(f"cannot open {path}: {exc.strerror}", "run natbox with sudo") from None
-    deadline = time.monotonic() + limit
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
-                os.close(fd)
-                raise
-            if time.monotonic() >= deadline:
-                holder = _holder(fd)
-                os.close(fd)
-                raise BusyError(
-                    f"another natbox is changing the firewall ({holder})",
-                    "wait for it to finish (NATBOX_WAIT sets how long natbox waits)",
-                ) from None
-            time.sleep(0.05)
+    try:
+        taken = flock_until(fd, limit)
+    except OSError:
+        os.close(fd)
+        raise
+    if not taken:
+        holder = _holder(fd)
+        os.close(fd)
+        raise BusyError(
+            f"another natbox is changing the firewall ({holder})",
+            "wait for it to finish (NATBOX_WAIT sets how long natbox waits)",
+        )
     body = f"{os.getpid()}\n{time.time()}\n{what}\n".encode()
     os.ftruncate(fd, 0)
     os.pwrite(fd, body, 0)

@@ -17,10 +17,12 @@ NATBOX_SYSCTL_DIR (/etc/sysctl.d).
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import math
 import os
 import stat
+import time
 from pathlib import Path
 
 from natbox.errors import NatboxError, shown
@@ -68,6 +70,21 @@ def env_seconds(name: str, default: float, low: float, high: float) -> float:
             f"unset it or set it like {name}={default:g}",
         )
     return value
+
+
+def flock_until(fd: int, seconds: float) -> bool:
+    """Take an exclusive flock on `fd`, retrying for up to `seconds`; False when it stayed taken."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                raise
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
 
 
 def _trusted(st: os.stat_result) -> bool:

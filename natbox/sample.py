@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 
 from natbox import conntrack
-from natbox.checks import Facts, Finding, diagnose, preflight
+from natbox.checks import Finding, diagnose, preflight
 from natbox.engine import Dashboard, Derived, FlowSnapshot
 from natbox.errors import NatboxError, NotFoundError
+from natbox.facts import Facts
 from natbox.model import Forward
 from natbox.plan import OWN_CHAINS, build_plan, jump_rule
 from natbox.ruleset import conflicts, forward_states, parse_save

@@ -377,8 +377,13 @@ def apply(
     enable_ip_forward: bool = False,
     runner: Runner | None = None,
     adopt: bool = False,
+    gate: Callable[[Ruleset], None] | None = None,
 ) -> Outcome:
-    """Add `fwd` to the kernel: all of its rules or none, checked by reading them back."""
+    """Add `fwd` to the kernel: all of its rules or none, checked by reading them back.
+
+    `gate(ruleset)` (the preflight diagnosis) runs on the one full read the change decides on,
+    under the lock, and may raise to stop the change before anything is touched.
+    """
     require_root()
     start = time.perf_counter()
     runner = runner or backend.runner
@@ -397,7 +402,9 @@ def apply(
                     f"a forward named {fwd.name} already exists (IPv{other.family})",
                     f"pick another --name, or `natbox remove {fwd.name}` first",
                 )
-        rs = trusted_read(backend)
+        rs = trusted_read(backend, natbox_only=gate is None)
+        if gate is not None:
+            gate(rs)
         conflicts(rs, fwd)
         plan = build_plan(fwd)
         foreign = foreign_in_own_chains(rs, set(plan.chains))

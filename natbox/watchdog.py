@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from natbox import txn
+from natbox import converge, tables, txn
 from natbox.backends.detect import choose_backend
 from natbox.errors import NatboxError, shown
 from natbox.paths import StateFileError, read_json, state_dir, write_json
@@ -283,7 +283,15 @@ def _roll_back(p: Pending, text: str) -> str | None:
     """Remove `p`'s forward if this process wins the claim; the removal is journaled before the
     claim, so a natbox that dies anywhere in here leaves a journal the next natbox completes."""
     backend, _ = choose_backend(p.backend)
-    result = txn.remove_claimed(backend, p.name, claim=lambda: _clear(p.token), missing_ok=True)
+    if p.name.startswith("apply:"):  # a whole `natbox apply`: put its forwards back as they were
+        if not _clear(p.token):
+            return None  # confirmed (or rolled back) by someone else first
+        _forget_beat(p.token)
+        text = f"{text}: {converge.rollback_saved(backend)}"
+        _record(p, False, text)
+        return text
+    with tables.tracked(backend):  # an nft table natbox created goes again once empty
+        result = txn.remove_claimed(backend, p.name, claim=lambda: _clear(p.token), missing_ok=True)
     _forget_beat(p.token)
     if result is None:
         return None  # confirmed (or rolled back) by someone else first

@@ -9,17 +9,15 @@ it open (so create) every table to look for that chain, so it is told only the t
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import shlex
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from natbox.backends import Backend, lock_wait
 from natbox.errors import BackendError, ToolMissingError
+from natbox.paths import flock_until
 
 _ADDRESS_FLAGS = {
     "-s": "src",
@@ -41,21 +39,11 @@ def xtables_lock(timeout: float | None = None) -> Iterator[None]:
     wait = lock_wait() if timeout is None else timeout
     fd = os.open(lockfile_path(), os.O_CREAT | os.O_RDWR, 0o600)
     try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if (
-                    exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK)
-                    or time.monotonic() > deadline
-                ):
-                    raise BackendError(
-                        f"the xtables lock {lockfile_path()} is held by another process",
-                        "wait for the other iptables command to finish and try again",
-                    ) from None
-                time.sleep(0.02)
+        if not flock_until(fd, wait):
+            raise BackendError(
+                f"the xtables lock {lockfile_path()} is held by another process",
+                "wait for the other iptables command to finish and try again",
+            )
         yield
     finally:
         os.close(fd)
