@@ -413,19 +413,12 @@ class Table:
 
 @dataclass
 class Ruleset:
-    """Everything one iptables-save dump says, plus warnings it printed.
-
-    A ruleset is built once (by `ruleset.parse_save`) and only read afterwards: the grouping of
-    natbox's rules by forward is made on first use, in one pass, and kept.
-    """
+    """Everything one iptables-save dump says, plus warnings it printed."""
 
     tables: dict[str, Table] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     incompatible: list[str] = field(default_factory=list)
     """Tables iptables-nft-save could not show (native nftables rules in them): not to be trusted."""
-    _by_forward: dict[str, list[Rule]] | None = field(
-        default=None, init=False, repr=False, compare=False
-    )
 
     def rules(self, table: str | None = None) -> Iterator[Rule]:
         """All rules, optionally of one table, in dump order."""
@@ -441,24 +434,27 @@ class Ruleset:
         return t.chains.get(name) if t else None
 
     def by_forward(self) -> dict[str, list[Rule]]:
-        """natbox's tagged rules grouped by forward name (first appearance order), in one pass."""
-        if self._by_forward is None:
-            groups: dict[str, list[Rule]] = {}
-            tagged = COMMENT_PREFIX + ":"
-            for r in self.rules():
-                if r.owner.startswith(tagged):
-                    name = r.owner[len(tagged) :]
-                    group = groups.get(name)
-                    if group is None:
-                        groups[name] = [r]
-                    else:
-                        group.append(r)
-            self._by_forward = groups
-        return self._by_forward
+        """natbox's tagged rules grouped by forward name (first appearance order), in one pass.
+
+        Not cached: rulesets are copied and edited (a simulated change, a forward left out), so
+        whoever needs every forward's rules asks once and keeps the answer."""
+        groups: dict[str, list[Rule]] = {}
+        tagged = COMMENT_PREFIX + ":"
+        for r in self.rules():
+            if r.owner.startswith(tagged):
+                name = r.owner[len(tagged) :]
+                group = groups.get(name)
+                if group is None:
+                    groups[name] = [r]
+                else:
+                    group.append(r)
+        return groups
 
     def forward_rules(self, name: str) -> list[Rule]:
-        """The rules tagged `natbox:<name>`, in dump order."""
-        return list(self.by_forward().get(name, ()))
+        """The rules tagged `natbox:<name>`, in dump order (one pass; for every forward at once,
+        use by_forward())."""
+        tag = f"{COMMENT_PREFIX}:{name}"
+        return [r for r in self.rules() if r.owner == tag]
 
     def forward_names(self) -> list[str]:
         """Names of the natbox forwards present, in order of first appearance."""
