@@ -87,6 +87,17 @@ def foreign_in_own_chains(rs: Ruleset, chains: set[str] | None = None) -> list[R
     return out
 
 
+def natbox_chains(own: set[str] | frozenset[str] | None = None) -> dict[str, list[str]]:
+    """The chains a read-back needs per table: natbox's own (those in `own`, or all) and the
+    built-in chains that jump to them."""
+    out: dict[str, list[str]] = {}
+    for table in TABLE_ORDER:
+        for builtin, chain in OWN_CHAINS[table]:
+            if own is None or chain in own:
+                out.setdefault(table, []).extend([builtin, chain])
+    return out
+
+
 def _has_jump(rs: Ruleset, table: str, builtin: str, own: str) -> bool:
     chain = rs.chain(table, builtin)
     want = jump_rule(table, builtin, own).save_line
@@ -422,7 +433,7 @@ def apply(
         except BaseException:
             journal.end()  # undone (or nothing done): the state before
             raise
-        after = backend.read(natbox_only=True)
+        after = backend.read_chains(natbox_chains(plan.chains))
         state = next((s for s in forward_states(after) if s.name == fwd.name), None)
         if state is None or not state.intact or state.forward != fwd:
             undone = _undo(backend, per_table, [t for t in TABLE_ORDER if t in per_table])
@@ -494,7 +505,7 @@ def remove_claimed(
             raise
         journal.fault("before-journal-end")
         journal.end()
-        left = backend.read(natbox_only=True).forward_rules(name)
+        left = backend.read_chains(natbox_chains()).forward_rules(name)
     if left:
         raise BackendError(
             f"{len(left)} rules of {name} are still there", "run natbox remove again"
