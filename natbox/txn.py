@@ -408,7 +408,13 @@ def apply(
         )
     with lock.held(f"adding {fwd.name}"):
         for other in families(backend):
-            if other.family != fwd.family and fwd.name in trusted_read(other).forward_names():
+            # Forwards live only in natbox's chains: those few chains answer the name question.
+            names = (
+                other.read_chains(natbox_chains()).forward_names()
+                if other.family != fwd.family
+                else []
+            )
+            if fwd.name in names:
                 raise ConflictError(
                     f"a forward named {fwd.name} already exists (IPv{other.family})",
                     f"pick another --name, or `natbox remove {fwd.name}` first",
