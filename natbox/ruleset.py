@@ -42,6 +42,12 @@ def rule_comment(text: str) -> str | None:
 
 
 _OWN = {own for pairs in OWN_CHAINS.values() for _, own in pairs}
+_JUMPS = {
+    f"-A {builtin} -m comment --comment {COMMENT_PREFIX} -j {own}"
+    for pairs in OWN_CHAINS.values()
+    for builtin, own in pairs
+}
+"""natbox's jumps exactly as iptables-save prints them: any other `natbox` jump is a look-alike."""
 FORGED = "forged"
 """The owner of a rule that carries natbox's tag where natbox never writes one: a look-alike."""
 
@@ -52,8 +58,7 @@ def classify_owner(chain: str, text: str) -> str:
     if "--comment natbox" in text or '--comment "natbox:' in text:
         comment = rule_comment(text)
         if comment == COMMENT_PREFIX:
-            jumps_in = any(text.endswith(f" -j {own}") for own in _OWN)
-            return COMMENT_PREFIX if jumps_in and chain not in _OWN else FORGED
+            return COMMENT_PREFIX if text in _JUMPS else FORGED
         if comment is not None and comment.startswith(COMMENT_PREFIX + ":"):
             return comment if chain in _OWN else FORGED
     if chain.startswith("DOCKER") or " -j DOCKER" in text or "docker" in text:
@@ -249,6 +254,8 @@ def tampering(rs: Ruleset) -> list[str]:
     for r in rs.rules():
         if r.owner == FORGED:
             out.append(f"a rule carries natbox's tag but is not natbox's (left alone): {r.text}")
+        elif r.owner != COMMENT_PREFIX and any(r.text.endswith(f" -j {o}") for o in _OWN):
+            out.append(f"a rule natbox did not write jumps into natbox's chain: {r.text}")
         elif r.chain in _OWN and not r.owner.startswith(COMMENT_PREFIX):
             out.append(f"a rule in natbox's chain {r.chain} was not written by natbox: {r.text}")
     return out

@@ -98,6 +98,29 @@ def natbox_chains(own: set[str] | frozenset[str] | None = None) -> dict[str, lis
     return out
 
 
+def _refuse_unowned_chains(rs: Ruleset, chains: set[str]) -> None:
+    """An empty natbox-named chain without natbox's jump, or one someone else jumps into, was
+    not created by natbox: using it would take over someone else's chain."""
+    for table, pairs in OWN_CHAINS.items():
+        for builtin, own in pairs:
+            chain = rs.chain(table, own)
+            if chain is None or own not in chains:
+                continue
+            foreign_jumps = [
+                r for r in rs.rules(table) if r.text.endswith(f" -j {own}") and r.owner != "natbox"
+            ]
+            if foreign_jumps or (not chain.rules and not _has_jump(rs, table, builtin, own)):
+                why = (
+                    f"`{foreign_jumps[0].text[:80]}` jumps into it"
+                    if foreign_jumps
+                    else "it has no natbox jump"
+                )
+                raise ConflictError(
+                    f"a chain {own} exists that natbox did not create ({why})",
+                    "remove it (and any jump into it) first, or pass --adopt to use it",
+                )
+
+
 def _has_jump(rs: Ruleset, table: str, builtin: str, own: str) -> bool:
     chain = rs.chain(table, builtin)
     want = jump_rule(table, builtin, own).save_line
@@ -177,13 +200,22 @@ def remove_lines(rs: Ruleset, name: str) -> dict[str, list[str]]:
         if not mine:
             continue
         lines = [f"-D {r.chain} {r.spec}" for r in mine]
-        # Chains and jumps go with the last forward of the table, if nobody else put rules there.
+        # natbox's jump goes with the last forward of its chain (so traffic never meets rules
+        # someone else left there); the chain itself only when it is empty and nobody else
+        # jumps into it.
         for builtin, own in OWN_CHAINS[table]:
             chain = rs.chain(table, own)
-            others: list[Rule] = [r for r in chain.rules if r.forward_name != name] if chain else []
-            if chain is not None and not others:
-                if _has_jump(rs, table, builtin, own):
-                    lines.append(f"-D {builtin} {jump_rule(table, builtin, own).spec}")
+            if chain is None:
+                continue
+            others: list[Rule] = [r for r in chain.rules if r.forward_name != name]
+            if any(r.forward_name is not None for r in others):
+                continue  # another forward still uses the chain
+            if _has_jump(rs, table, builtin, own):
+                lines.append(f"-D {builtin} {jump_rule(table, builtin, own).spec}")
+            foreign_jumps = [
+                r for r in rs.rules(table) if r.text.endswith(f" -j {own}") and r.owner != "natbox"
+            ]
+            if not others and not foreign_jumps:
                 lines.append(f"-X {own}")
         out[table] = lines
     return out
@@ -425,6 +457,8 @@ def apply(
         conflicts(rs, fwd)
         plan = build_plan(fwd)
         foreign = foreign_in_own_chains(rs, set(plan.chains))
+        if not adopt:
+            _refuse_unowned_chains(rs, set(plan.chains))
         if foreign and not adopt:
             raise ConflictError(
                 f"natbox's chain {foreign[0].chain} already holds {len(foreign)} rule(s) natbox "
