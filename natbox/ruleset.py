@@ -144,6 +144,8 @@ class ForwardState:
     rules: list[Rule]
     forward: Forward | None = None
     problems: list[str] = field(default_factory=list)
+    tampered: list[Rule] = field(default_factory=list)
+    """Rules tagged with this forward's name that are not in its plan: not natbox's, left alone."""
 
     @property
     def intact(self) -> bool:
@@ -213,8 +215,18 @@ def forward_states(rs: Ruleset) -> list[ForwardState]:
         have = Counter((r.table, r.text) for r in rules)
         for table, line in sorted((want - have).elements()):
             state.problems.append(f"missing in {table}: {line}")
-        for table, line in sorted((have - want).elements()):
-            state.problems.append(f"unexpected in {table}: {line}")
+        # A tagged rule that is not in the forward's exact plan is not the forward's: natbox
+        # reports it and never deletes it (a comment tag can be written by anyone).
+        extra = have - want
+        if extra:
+            state.tampered = [r for r in rules if (r.table, r.text) in extra]
+            state.rules = [r for r in rules if (r.table, r.text) not in extra]
+        if rs.incompatible and state.problems:
+            tables = ", ".join(rs.incompatible)
+            state.problems = [
+                f"cannot be verified: iptables cannot show the {tables} table (native nftables "
+                f"rules in it; see `nft list table ip {rs.incompatible[0]}`)"
+            ]
         states.append(state)
     return states
 
@@ -251,6 +263,11 @@ def tampering(rs: Ruleset) -> list[str]:
         f"cannot be verified; see `nft list table ip {t}`"
         for t in rs.incompatible
     ]
+    for state in forward_states(rs):
+        out.extend(
+            f"a rule tagged natbox:{state.name} is not part of that forward (left alone): {r.text}"
+            for r in state.tampered
+        )
     for r in rs.rules():
         if r.owner == FORGED:
             out.append(f"a rule carries natbox's tag but is not natbox's (left alone): {r.text}")

@@ -193,7 +193,8 @@ def _is_jump(line: str) -> bool:
 
 def remove_lines(rs: Ruleset, name: str) -> dict[str, list[str]]:
     """The restore lines per table (nat first: stop new DNATs before their accepts go)."""
-    rules = rs.forward_rules(name)
+    state = next((s for s in forward_states(rs) if s.name == name), None)
+    rules = state.rules if state is not None else []  # its own rules, never look-alikes
     out: dict[str, list[str]] = {}
     for table in ("nat", "filter"):
         mine = [r for r in rules if r.table == table]
@@ -207,8 +208,8 @@ def remove_lines(rs: Ruleset, name: str) -> dict[str, list[str]]:
             chain = rs.chain(table, own)
             if chain is None:
                 continue
-            others: list[Rule] = [r for r in chain.rules if r.forward_name != name]
-            if any(r.forward_name is not None for r in others):
+            others: list[Rule] = [r for r in chain.rules if r not in rules]
+            if any(r.forward_name is not None and r.forward_name != name for r in others):
                 continue  # another forward still uses the chain
             if _has_jump(rs, table, builtin, own):
                 lines.append(f"-D {builtin} {jump_rule(table, builtin, own).spec}")
@@ -545,7 +546,9 @@ def remove_claimed(
             raise
         journal.fault("before-journal-end")
         journal.end()
-        left = backend.read_chains(natbox_chains()).forward_rules(name)
+        gone = {f"-A {x[3:]}" for lines in per_table.values() for x in lines if x.startswith("-D ")}
+        after = backend.read_chains(natbox_chains())
+        left = [r for r in after.rules() if r.text in gone and r.forward_name == name]
     if left:
         raise BackendError(
             f"{len(left)} rules of {name} are still there", "run natbox remove again"

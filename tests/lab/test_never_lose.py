@@ -334,3 +334,28 @@ def test_busy_lock_at_the_deadline_delays_the_rollback_never_loses_it(lab: Lab) 
     while time.monotonic() < deadline and lab.save() != before:
         time.sleep(0.3)
     assert lab.save() == before, "rolled back once the lock was free"
+
+
+def test_look_alike_inside_natbox_chain_is_reported_never_deleted(lab: Lab) -> None:
+    ok(lab, "add", *SEED, "--name", "web", "--yes")
+    lab.nat_exec(
+        "iptables-nft",
+        "-A",
+        "NATBOX-FORWARD",
+        "-s",
+        "172.16.7.7/32",
+        "-m",
+        "comment",
+        "--comment",
+        "natbox:web",
+        "-j",
+        "DROP",
+    )
+    snap = json.loads(ok(lab, "list", "--json"))
+    (web,) = snap["forwards"]
+    assert web["intact"], "web's own rules are all there"
+    assert any("172.16.7.7" in w and "not part of that forward" in w for w in snap["warnings"])
+    ok(lab, "remove", "web", "--yes")
+    save = lab.save()
+    assert '-A NATBOX-FORWARD -s 172.16.7.7/32 -m comment --comment "natbox:web" -j DROP' in save
+    assert "-j NATBOX-FORWARD" not in save, "natbox's jump left with web"
