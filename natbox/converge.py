@@ -375,6 +375,16 @@ def save_rollback(before: Target) -> None:
     )
 
 
+def rollback_pending() -> bool:
+    """Whether a confirm window's rollback record is on disk."""
+    return _rollback_path().exists()
+
+
+def forget_rollback() -> None:
+    """The apply was kept (or never happened): drop its rollback record."""
+    remove(_rollback_path())
+
+
 def rollback_saved(backend: Backend) -> str:
     """The confirm window ran out: put the forwards the apply touched back as they were."""
     data = read_json(_rollback_path())

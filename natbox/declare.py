@@ -17,14 +17,15 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import os
 import re
+import stat
 import sys
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from json import decoder as json_decoder
 from json import scanner as json_scanner
-from pathlib import Path
 from typing import Any
 
 from natbox import converge, txn, watchdog
@@ -318,6 +319,32 @@ def _route_src(runner: Runner | None) -> Callable[[IPAddress], IPAddress | None]
     return lookup
 
 
+MAX_FILE = 16 * 1024 * 1024
+
+
+def _read_file(path: str) -> str:
+    """A forwards file's text: a regular file of bounded size (a FIFO or /dev/zero never hangs)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise NatboxError(f"{path} does not exist", "give the path of a forwards file") from None
+    except PermissionError:
+        raise NatboxError(f"cannot read {path}", "run natbox with sudo") from None
+    except OSError as exc:
+        raise NatboxError(f"cannot read {path}: {exc.strerror}", "give a text file") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NatboxError(f"{path} is not a regular file", "give the path of a forwards file")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            raw = fh.read(MAX_FILE + 1)
+    finally:
+        os.close(fd)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise NatboxError(f"{path} is not UTF-8 text", "give a text file") from None
+
+
 def load(
     path: str,
     text: str | None = None,
@@ -327,18 +354,11 @@ def load(
     """Read and validate a forwards file (`-`: stdin); one error naming file, line and field."""
     if text is None:
         if path == "-":
-            text = sys.stdin.read()
+            text = sys.stdin.read(MAX_FILE + 1)
         else:
-            try:
-                text = Path(path).read_text()
-            except FileNotFoundError:
-                raise NatboxError(
-                    f"{path} does not exist", "give the path of a forwards file"
-                ) from None
-            except PermissionError:
-                raise NatboxError(f"cannot read {path}", "run natbox with sudo") from None
-            except (OSError, UnicodeDecodeError) as exc:
-                raise NatboxError(f"cannot read {path}: {exc}", "give a text file") from None
+            text = _read_file(path)
+        if len(text) > MAX_FILE:
+            raise NatboxError(f"{path} is larger than natbox reads ({MAX_FILE} bytes)", "check it")
     source = "stdin" if path == "-" else path
     items, where = _parse_text(source, text)
     wanted = Wanted(source)
@@ -672,10 +692,12 @@ def carry_out(
         raise blocked
     armed = None
     if confirm_seconds is not None:
-        converge.save_rollback(change.before_target())
+        # Armed first: arm() refuses while another change waits, and that change's rollback
+        # record must not be overwritten by one that never starts.
         armed = watchdog.arm(
             (ROLLBACK_PREFIX + ",".join(change.target()))[:80], confirm_seconds, backend_choice
         )
+        converge.save_rollback(change.before_target())
     try:
         report.seconds = converge.execute(backend, change)
     except BaseException:

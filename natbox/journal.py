@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from natbox.errors import shown
 from natbox.paths import StateFileError, read_json, read_trusted, remove, state_dir, write_json
+from natbox.plan import OWN_CHAINS, jump_rule
 
 OPS = ("apply", "remove")
 TABLES = ("nat", "filter")
@@ -135,7 +137,33 @@ def pending() -> Entry | None:
     started = data["started"]
     if not isinstance(started, (int, float)) or isinstance(started, bool):
         raise _refuse("started must be a number")
+    for table, table_lines in lines.items():
+        for line in table_lines:
+            why = _foreign_line(table, line, set(names))
+            if why:
+                raise _refuse(f"{why}: {shown(line)}")
     return Entry(op, tuple(names), family, lines, tuple(forwards), float(started))
+
+
+_OWN = {own for pairs in OWN_CHAINS.values() for _, own in pairs}
+_TAG_RE = re.compile(r'--comment (?:"natbox:([^"]+)"|natbox:(\S+))')
+
+
+def _foreign_line(table: str, line: str, names: set[str]) -> str | None:
+    """Why `line` is not one natbox writes for the forwards `names` (None when it is)."""
+    op, _, rest = line.partition(" ")
+    if op in ("-N", "-X"):
+        return None if rest in _OWN else "a chain that is not natbox's"
+    chain = rest.split(" ", 1)[0]
+    if op == "-I" or (op == "-D" and chain not in _OWN):
+        spec = rest.split(" ", 2)[2] if op == "-I" else rest.split(" ", 1)[1]
+        jumps = {jump_rule(table, b, o).spec for b, o in OWN_CHAINS.get(table, ())}
+        return None if spec in jumps else "a rule outside natbox's chains"
+    if chain not in _OWN:
+        return "a rule outside natbox's chains"
+    m = _TAG_RE.search(line)
+    tag = (m.group(1) or m.group(2)) if m else None
+    return None if tag in names else "a rule of another forward"
 
 
 # -- set operations (natbox apply) ------------------------------------------------------------------

@@ -10,6 +10,7 @@ transaction take it again) and serialises threads of one process.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -17,7 +18,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from natbox.errors import NatboxError
-from natbox.paths import ensure_dir, env_seconds, flock_until, state_dir
+from natbox.paths import (
+    StateFileError,
+    check_trusted_fd,
+    ensure_dir,
+    env_seconds,
+    flock_until,
+    state_dir,
+)
 
 DEFAULT_WAIT = 30.0
 
@@ -72,10 +80,20 @@ def held(what: str, wait: float | None = None) -> Iterator[None]:
 
 def _take(what: str, limit: float) -> int:
     path = ensure_dir(state_dir()) / "lock"
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, flags, 0o600)
     except OSError as exc:
-        raise NatboxError(f"cannot open {path}: {exc.strerror}", "run natbox with sudo") from None
+        if exc.errno == errno.ELOOP:
+            raise StateFileError(
+                f"refusing {path}: it is a symbolic link", f"remove it: rm {path}"
+            ) from None
+        raise StateFileError(f"cannot open {path}: {exc.strerror}", f"check {path}") from None
+    try:
+        check_trusted_fd(fd, path)
+    except StateFileError:
+        os.close(fd)
+        raise
     try:
         taken = flock_until(fd, limit)
     except OSError:

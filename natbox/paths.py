@@ -37,22 +37,22 @@ class StateFileError(NatboxError):
 
 def state_dir() -> Path:
     """Where natbox keeps its runtime state: journal, pending change, lock."""
-    return Path(os.environ.get("NATBOX_STATE_DIR", "/var/lib/natbox"))
+    return Path(os.environ.get("NATBOX_STATE_DIR") or "/var/lib/natbox")
 
 
 def config_dir() -> Path:
     """Where the saved forwards live."""
-    return Path(os.environ.get("NATBOX_CONFIG_DIR", "/etc/natbox"))
+    return Path(os.environ.get("NATBOX_CONFIG_DIR") or "/etc/natbox")
 
 
 def unit_dir() -> Path:
     """Where the systemd unit goes."""
-    return Path(os.environ.get("NATBOX_UNIT_DIR", "/etc/systemd/system"))
+    return Path(os.environ.get("NATBOX_UNIT_DIR") or "/etc/systemd/system")
 
 
 def sysctl_dir() -> Path:
     """Where the ip_forward drop-in goes."""
-    return Path(os.environ.get("NATBOX_SYSCTL_DIR", "/etc/sysctl.d"))
+    return Path(os.environ.get("NATBOX_SYSCTL_DIR") or "/etc/sysctl.d")
 
 
 def env_seconds(name: str, default: float, low: float, high: float) -> float:
@@ -85,6 +85,20 @@ def flock_until(fd: int, seconds: float) -> bool:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.02)
+
+
+def check_trusted_fd(fd: int, path: Path) -> None:
+    """Refuse an open state file that is not a regular file natbox may trust (see the module)."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise StateFileError(
+            f"refusing {path}: it is not a regular file", "remove it; natbox writes a new one"
+        )
+    if not _trusted(st):
+        raise StateFileError(
+            f"refusing {path}: it is writable by other users or not owned by root",
+            f"check who changed it, then chown root {path} && chmod 600 {path}",
+        )
 
 
 def _trusted(st: os.stat_result) -> bool:

@@ -42,6 +42,12 @@ def rule_comment(text: str) -> str | None:
 
 
 _OWN = {own for pairs in OWN_CHAINS.values() for _, own in pairs}
+_JUMPS = {
+    f"-A {builtin} -m comment --comment {COMMENT_PREFIX} -j {own}"
+    for pairs in OWN_CHAINS.values()
+    for builtin, own in pairs
+}
+"""natbox's jumps exactly as iptables-save prints them: any other `natbox` jump is a look-alike."""
 FORGED = "forged"
 """The owner of a rule that carries natbox's tag where natbox never writes one: a look-alike."""
 
@@ -52,8 +58,7 @@ def classify_owner(chain: str, text: str) -> str:
     if "--comment natbox" in text or '--comment "natbox:' in text:
         comment = rule_comment(text)
         if comment == COMMENT_PREFIX:
-            jumps_in = any(text.endswith(f" -j {own}") for own in _OWN)
-            return COMMENT_PREFIX if jumps_in and chain not in _OWN else FORGED
+            return COMMENT_PREFIX if text in _JUMPS else FORGED
         if comment is not None and comment.startswith(COMMENT_PREFIX + ":"):
             return comment if chain in _OWN else FORGED
     if chain.startswith("DOCKER") or " -j DOCKER" in text or "docker" in text:
@@ -139,6 +144,8 @@ class ForwardState:
     rules: list[Rule]
     forward: Forward | None = None
     problems: list[str] = field(default_factory=list)
+    tampered: list[Rule] = field(default_factory=list)
+    """Rules tagged with this forward's name that are not in its plan: not natbox's, left alone."""
 
     @property
     def intact(self) -> bool:
@@ -220,8 +227,18 @@ def forward_states(rs: Ruleset) -> list[ForwardState]:
         have = Counter((r.table, r.text) for r in rules)
         for table, line in sorted((want - have).elements()):
             state.problems.append(f"missing in {table}: {line}")
-        for table, line in sorted((have - want).elements()):
-            state.problems.append(f"unexpected in {table}: {line}")
+        # A tagged rule that is not in the forward's exact plan is not the forward's: natbox
+        # reports it and never deletes it (a comment tag can be written by anyone).
+        extra = have - want
+        if extra:
+            state.tampered = [r for r in rules if (r.table, r.text) in extra]
+            state.rules = [r for r in rules if (r.table, r.text) not in extra]
+        if rs.incompatible and state.problems:
+            tables = ", ".join(rs.incompatible)
+            state.problems = [
+                f"cannot be verified: iptables cannot show the {tables} table (native nftables "
+                f"rules in it; see `nft list table ip {rs.incompatible[0]}`)"
+            ]
         states.append(state)
     return states
 
@@ -288,9 +305,16 @@ def tampering(rs: Ruleset) -> list[str]:
         f"cannot be verified; see `nft list table ip {t}`"
         for t in rs.incompatible
     ]
+    for state in forward_states(rs):
+        out.extend(
+            f"a rule tagged natbox:{state.name} is not part of that forward (left alone): {r.text}"
+            for r in state.tampered
+        )
     for r in rs.rules():
         if r.owner == FORGED:
             out.append(f"a rule carries natbox's tag but is not natbox's (left alone): {r.text}")
+        elif r.owner != COMMENT_PREFIX and any(r.text.endswith(f" -j {o}") for o in _OWN):
+            out.append(f"a rule natbox did not write jumps into natbox's chain: {r.text}")
         elif r.chain in _OWN and not r.owner.startswith(COMMENT_PREFIX):
             out.append(f"a rule in natbox's chain {r.chain} was not written by natbox: {r.text}")
     return out

@@ -30,17 +30,28 @@ def _path() -> Path:
     return state_dir() / "created-tables.json"
 
 
+_PROBE = {"nat": "POSTROUTING", "filter": "FORWARD"}
+"""The built-in chain natbox always writes to in each table: if it is there, the table is."""
+
+
 def present(backend: Backend) -> set[str] | None:
-    """The nft tables natbox could create that exist now (None: not an nft host, or no `nft`)."""
+    """The nft tables natbox could create that exist now (None: not an nft host, or no `nft`).
+
+    One `nft list chain` per table (a few ms each): `nft list tables` fetches every rule of every
+    table first, 0.85 s on a 10,000-rule kube-proxy node.
+    """
     if backend.flavour != "nft":
         return None
-    try:
-        res = backend.runner.run(["nft", "list", "tables"])
-    except NatboxError:
-        return None
-    if not res.ok:
-        return None
-    return {" ".join(line.split()[1:3]) for line in res.stdout.splitlines() if line.strip()} & _MINE
+    found: set[str] = set()
+    for table in sorted(_MINE):
+        family, name = table.split()
+        try:
+            res = backend.runner.run(["nft", "list", "chain", family, name, _PROBE[name]])
+        except NatboxError:
+            return None
+        if res.ok:
+            found.add(table)
+    return found
 
 
 def remembered() -> set[str]:

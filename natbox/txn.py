@@ -87,6 +87,40 @@ def foreign_in_own_chains(rs: Ruleset, chains: set[str] | None = None) -> list[R
     return out
 
 
+def natbox_chains(own: set[str] | frozenset[str] | None = None) -> dict[str, list[str]]:
+    """The chains a read-back needs per table: natbox's own (those in `own`, or all) and the
+    built-in chains that jump to them."""
+    out: dict[str, list[str]] = {}
+    for table in TABLE_ORDER:
+        for builtin, chain in OWN_CHAINS[table]:
+            if own is None or chain in own:
+                out.setdefault(table, []).extend([builtin, chain])
+    return out
+
+
+def _refuse_unowned_chains(rs: Ruleset, chains: set[str]) -> None:
+    """An empty natbox-named chain without natbox's jump, or one someone else jumps into, was
+    not created by natbox: using it would take over someone else's chain."""
+    for table, pairs in OWN_CHAINS.items():
+        for builtin, own in pairs:
+            chain = rs.chain(table, own)
+            if chain is None or own not in chains:
+                continue
+            foreign_jumps = [
+                r for r in rs.rules(table) if r.text.endswith(f" -j {own}") and r.owner != "natbox"
+            ]
+            if foreign_jumps or (not chain.rules and not _has_jump(rs, table, builtin, own)):
+                why = (
+                    f"`{foreign_jumps[0].text[:80]}` jumps into it"
+                    if foreign_jumps
+                    else "it has no natbox jump"
+                )
+                raise ConflictError(
+                    f"a chain {own} exists that natbox did not create ({why})",
+                    "remove it (and any jump into it) first, or pass --adopt to use it",
+                )
+
+
 def _has_jump(rs: Ruleset, table: str, builtin: str, own: str) -> bool:
     chain = rs.chain(table, builtin)
     want = jump_rule(table, builtin, own).save_line
@@ -159,20 +193,30 @@ def _is_jump(line: str) -> bool:
 
 def remove_lines(rs: Ruleset, name: str) -> dict[str, list[str]]:
     """The restore lines per table (nat first: stop new DNATs before their accepts go)."""
-    rules = rs.forward_rules(name)
+    state = next((s for s in forward_states(rs) if s.name == name), None)
+    rules = state.rules if state is not None else []  # its own rules, never look-alikes
     out: dict[str, list[str]] = {}
     for table in ("nat", "filter"):
         mine = [r for r in rules if r.table == table]
         if not mine:
             continue
         lines = [f"-D {r.chain} {r.spec}" for r in mine]
-        # Chains and jumps go with the last forward of the table, if nobody else put rules there.
+        # natbox's jump goes with the last forward of its chain (so traffic never meets rules
+        # someone else left there); the chain itself only when it is empty and nobody else
+        # jumps into it.
         for builtin, own in OWN_CHAINS[table]:
             chain = rs.chain(table, own)
-            others: list[Rule] = [r for r in chain.rules if r.forward_name != name] if chain else []
-            if chain is not None and not others:
-                if _has_jump(rs, table, builtin, own):
-                    lines.append(f"-D {builtin} {jump_rule(table, builtin, own).spec}")
+            if chain is None:
+                continue
+            others: list[Rule] = [r for r in chain.rules if r not in rules]
+            if any(r.forward_name is not None and r.forward_name != name for r in others):
+                continue  # another forward still uses the chain
+            if _has_jump(rs, table, builtin, own):
+                lines.append(f"-D {builtin} {jump_rule(table, builtin, own).spec}")
+            foreign_jumps = [
+                r for r in rs.rules(table) if r.text.endswith(f" -j {own}") and r.owner != "natbox"
+            ]
+            if not others and not foreign_jumps:
                 lines.append(f"-X {own}")
         out[table] = lines
     return out
@@ -397,7 +441,13 @@ def apply(
         )
     with lock.held(f"adding {fwd.name}"):
         for other in families(backend):
-            if other.family != fwd.family and fwd.name in trusted_read(other).forward_names():
+            # Forwards live only in natbox's chains: those few chains answer the name question.
+            names = (
+                other.read_chains(natbox_chains()).forward_names()
+                if other.family != fwd.family
+                else []
+            )
+            if fwd.name in names:
                 raise ConflictError(
                     f"a forward named {fwd.name} already exists (IPv{other.family})",
                     f"pick another --name, or `natbox remove {fwd.name}` first",
@@ -408,6 +458,8 @@ def apply(
         conflicts(rs, fwd)
         plan = build_plan(fwd)
         foreign = foreign_in_own_chains(rs, set(plan.chains))
+        if not adopt:
+            _refuse_unowned_chains(rs, set(plan.chains))
         if foreign and not adopt:
             raise ConflictError(
                 f"natbox's chain {foreign[0].chain} already holds {len(foreign)} rule(s) natbox "
@@ -422,7 +474,7 @@ def apply(
         except BaseException:
             journal.end()  # undone (or nothing done): the state before
             raise
-        after = backend.read(natbox_only=True)
+        after = backend.read_chains(natbox_chains(plan.chains))
         state = next((s for s in forward_states(after) if s.name == fwd.name), None)
         if state is None or not state.intact or state.forward != fwd:
             undone = _undo(backend, per_table, [t for t in TABLE_ORDER if t in per_table])
@@ -494,7 +546,9 @@ def remove_claimed(
             raise
         journal.fault("before-journal-end")
         journal.end()
-        left = backend.read(natbox_only=True).forward_rules(name)
+        gone = {f"-A {x[3:]}" for lines in per_table.values() for x in lines if x.startswith("-D ")}
+        after = backend.read_chains(natbox_chains())
+        left = [r for r in after.rules() if r.text in gone and r.forward_name == name]
     if left:
         raise BackendError(
             f"{len(left)} rules of {name} are still there", "run natbox remove again"

@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from natbox import converge, tables, txn
+from natbox import converge, lock, tables, txn
 from natbox.backends.detect import choose_backend
 from natbox.errors import NatboxError, shown
 from natbox.paths import StateFileError, read_json, state_dir, write_json
@@ -215,6 +215,8 @@ def disarm(p: Pending) -> None:
     if _clear(p.token):
         _stop_watchdog(p)
         _forget_beat(p.token)
+        if p.name.startswith("apply:"):
+            converge.forget_rollback()
 
 
 def _forget_beat(token: str) -> None:
@@ -263,6 +265,8 @@ def confirm() -> str:
         raise NatboxError("the change was rolled back meanwhile", "natbox list shows what is there")
     _stop_watchdog(p)
     _forget_beat(p.token)
+    if p.name.startswith("apply:"):
+        converge.forget_rollback()  # kept: nothing to put back
     _record(p, True, f"{p.name} kept")
     return p.name
 
@@ -284,10 +288,14 @@ def _roll_back(p: Pending, text: str) -> str | None:
     claim, so a natbox that dies anywhere in here leaves a journal the next natbox completes."""
     backend, _ = choose_backend(p.backend)
     if p.name.startswith("apply:"):  # a whole `natbox apply`: put its forwards back as they were
-        if not _clear(p.token):
-            return None  # confirmed (or rolled back) by someone else first
-        _forget_beat(p.token)
-        text = f"{text}: {converge.rollback_saved(backend)}"
+        # Lock first, claim second: a busy lock leaves the change pending (and its watchdog
+        # retrying), never claimed and forgotten. A death after the claim leaves the rollback
+        # record without a pending change, which supervise() finishes.
+        with lock.held(f"rolling back {p.name}"):
+            if not _clear(p.token):
+                return None  # confirmed (or rolled back) by someone else first
+            _forget_beat(p.token)
+            text = f"{text}: {converge.rollback_saved(backend)}"
         _record(p, False, text)
         return text
     with tables.tracked(backend):  # an nft table natbox created goes again once empty
@@ -309,6 +317,11 @@ def supervise() -> str | None:
     Returns what it did, for the user (None when all was well).
     """
     p = pending()
+    if p is None and converge.rollback_pending() and os.geteuid() == 0:
+        # A rollback claimed its change and died before it finished: finish it.
+        backend, _ = choose_backend(None)
+        with lock.held("finishing a rollback"):
+            return f"finished an interrupted rollback: {converge.rollback_saved(backend)}"
     if p is None or alive(p):
         return None
     if os.geteuid() != 0:
@@ -356,11 +369,22 @@ def watch(token: str) -> int:
         if p.seconds_left <= 0:
             break
         time.sleep(min(0.2, p.seconds_left))
-    try:
-        done = _roll_back(p, f"{p.name} rolled back: not confirmed within {p.window:g} s")
-    except NatboxError as exc:
-        _log(f"rollback of {p.name} failed: {exc.one_line()}")
-        return 1
+    while True:
+        try:
+            done = _roll_back(p, f"{p.name} rolled back: not confirmed within {p.window:g} s")
+            break
+        except lock.BusyError as exc:  # another natbox is busy: the change stays pending; retry
+            _log(f"rollback of {p.name} waits: {exc.one_line()}")
+            try:
+                beat.touch()
+            except OSError:
+                pass
+            current = pending()
+            if current is None or current.token != token:
+                return 0
+        except NatboxError as exc:
+            _log(f"rollback of {p.name} failed: {exc.one_line()}")
+            return 1
     if done:
         _log(done)
     return 0

@@ -118,7 +118,10 @@ def test_garbage_is_one_clear_error(bad: str) -> None:
         ("FORWARD", "-A FORWARD -j DOCKER-USER", "docker"),
         ("DOCKER", "-A DOCKER -j RETURN", "docker"),
         ("KUBE-SERVICES", "-A KUBE-SERVICES -j ACCEPT", "kube"),
-        ("INPUT", "-A INPUT -m comment --comment natbox -j NATBOX-FORWARD", "natbox"),
+        ("FORWARD", "-A FORWARD -m comment --comment natbox -j NATBOX-FORWARD", "natbox"),
+        # natbox's jumps are exactly these: one from INPUT or with a match is a look-alike.
+        ("INPUT", "-A INPUT -m comment --comment natbox -j NATBOX-FORWARD", "forged"),
+        ("FORWARD", "-A FORWARD -i lo -m comment --comment natbox -j NATBOX-FORWARD", "forged"),
         (
             "NATBOX-FORWARD",
             '-A NATBOX-FORWARD -m comment --comment "natbox:x" -j ACCEPT',

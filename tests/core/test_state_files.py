@@ -216,10 +216,28 @@ def test_journal_that_natbox_does_not_understand_is_refused(dirs: Path, body: ob
 
 
 def test_journal_round_trip(dirs: Path) -> None:
-    entry = journal.begin("apply", ["web"], 4, {"nat": ["-A NATBOX-PREROUTING -j ACCEPT"]}, [])
+    line = '-A NATBOX-PREROUTING -d 192.168.1.30/32 -m comment --comment "natbox:web" -j ACCEPT'
+    entry = journal.begin("apply", ["web"], 4, {"nat": [line]}, [])
     assert journal.pending() == entry
     journal.end()
     assert journal.pending() is None
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '-A NATBOX-FORWARD -m comment --comment "natbox:dns" -j ACCEPT',  # another forward's
+        "-A NATBOX-FORWARD -j ACCEPT",  # untagged
+        '-A FORWARD -m comment --comment "natbox:web" -j DROP',  # outside natbox's chains
+        "-D FORWARD -i lo -m comment --comment natbox -j NATBOX-FORWARD",  # not the jump
+        "-X DOCKER-USER",  # not natbox's chain
+    ],
+)
+def test_journal_lines_must_be_the_named_forwards_own(dirs: Path, line: str) -> None:
+    """A journal can never make recovery touch a rule of another forward, or anyone else's."""
+    journal.begin("remove", ["web"], 4, {"filter": [line]}, [])
+    with pytest.raises(StateFileError, match="not a journal natbox understands"):
+        journal.pending()
 
 
 def test_state_dir_that_is_a_file_is_one_error(dirs: Path, monkeypatch: pytest.MonkeyPatch) -> None:

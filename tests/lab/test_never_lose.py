@@ -241,3 +241,121 @@ def test_busy_lock_names_the_holder(lab: Lab) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_look_alike_jump_and_adopted_chain_never_strand_traffic(lab: Lab) -> None:
+    """A foreign jump into natbox's chain is reported and keeps the chain; after --adopt and
+    remove, natbox's own jump goes, so nothing is sent into the foreign DROP any more."""
+    ok(lab, "add", *SEED, "--name", "web", "--yes")
+    lab.nat_exec(
+        "iptables-nft",
+        "-I",
+        "FORWARD",
+        "1",
+        "-i",
+        "lo",
+        "-m",
+        "comment",
+        "--comment",
+        "natbox",
+        "-j",
+        "NATBOX-FORWARD",
+    )
+    snap = json.loads(ok(lab, "list", "--json"))
+    assert any("-i lo" in w for w in snap["warnings"])
+    ok(lab, "remove", "web", "--yes")
+    save = lab.save()
+    assert "-A FORWARD -i lo -m comment --comment natbox -j NATBOX-FORWARD" in save
+    assert ":NATBOX-FORWARD" in save, "the chain stays while someone jumps into it"
+
+    other = Lab().up()
+    try:
+        other.nat_exec("iptables-nft", "-N", "NATBOX-FORWARD")
+        other.nat_exec("iptables-nft", "-A", "NATBOX-FORWARD", "-j", "DROP")
+        assert other.natbox("add", *SEED, "--adopt", "--yes").returncode == 0
+        assert other.natbox("remove", "tcp-1234", "--yes").returncode == 0
+        save = other.save()
+        assert "-j NATBOX-FORWARD" not in save, "no jump left into the foreign DROP"
+        assert "-A NATBOX-FORWARD -j DROP" in save, "their rule stays"
+    finally:
+        other.close()
+
+
+def test_empty_precreated_chain_is_refused(lab: Lab) -> None:
+    lab.nat_exec("iptables-nft", "-N", "NATBOX-FORWARD")
+    before = lab.save()
+    err = fails(lab, "add", *SEED, "--yes")
+    assert "NATBOX-FORWARD exists that natbox did not create" in err and "--adopt" in err
+    assert lab.save() == before
+
+
+def _apply_file(lab: Lab, name: str, port: int) -> str:
+    path = Path(lab.workdir) / f"{name}.json"
+    body = {
+        "version": 1,
+        "forwards": [
+            {"name": name, "listen": f"{NAT_LAN_IP}:{port}", "backend": f"{SERVER_IP}:80"}
+        ],
+    }
+    path.write_text(json.dumps(body))
+    return str(path)
+
+
+def test_refused_second_apply_does_not_defeat_the_first_ones_window(lab: Lab) -> None:
+    lab.nat_exec("iptables-nft-restore", stdin=DEMO_FOREIGN)
+    before = lab.save()
+    ok(lab, "apply", _apply_file(lab, "n1", 1401), "--yes", "--confirm", "5")
+    err = fails(lab, "apply", _apply_file(lab, "n2", 1402), "--yes", "--confirm", "5")
+    assert "still waits for confirmation" in err
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and lab.save() != before:
+        time.sleep(0.3)
+    assert lab.save() == before, "n1 rolled back at its deadline"
+
+
+def test_busy_lock_at_the_deadline_delays_the_rollback_never_loses_it(lab: Lab) -> None:
+    lab.nat_exec("iptables-nft-restore", stdin=DEMO_FOREIGN)
+    before = lab.save()
+    lab.env["NATBOX_WAIT"] = "2"  # the watchdog inherits it: it gives up waiting after 2 s
+    try:
+        ok(lab, "apply", _apply_file(lab, "n1", 1401), "--yes", "--confirm", "5")
+    finally:
+        del lab.env["NATBOX_WAIT"]
+    holder = lab.spawn_capture(
+        lab.nat,
+        sys.executable,
+        "-c",
+        "import time\nfrom natbox import lock\nwith lock.held('a long change'):\n"
+        "    print('held', flush=True); time.sleep(9)\n",
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    holder.wait(timeout=30)  # the deadline passes while the lock is held
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and lab.save() != before:
+        time.sleep(0.3)
+    assert lab.save() == before, "rolled back once the lock was free"
+
+
+def test_look_alike_inside_natbox_chain_is_reported_never_deleted(lab: Lab) -> None:
+    ok(lab, "add", *SEED, "--name", "web", "--yes")
+    lab.nat_exec(
+        "iptables-nft",
+        "-A",
+        "NATBOX-FORWARD",
+        "-s",
+        "172.16.7.7/32",
+        "-m",
+        "comment",
+        "--comment",
+        "natbox:web",
+        "-j",
+        "DROP",
+    )
+    snap = json.loads(ok(lab, "list", "--json"))
+    (web,) = snap["forwards"]
+    assert web["intact"], "web's own rules are all there"
+    assert any("172.16.7.7" in w and "not part of that forward" in w for w in snap["warnings"])
+    ok(lab, "remove", "web", "--yes")
+    save = lab.save()
+    assert '-A NATBOX-FORWARD -s 172.16.7.7/32 -m comment --comment "natbox:web" -j DROP' in save
+    assert "-j NATBOX-FORWARD" not in save, "natbox's jump left with web"
