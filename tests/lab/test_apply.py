@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import difflib
 import json
-import time
 import os
 import re
 import secrets
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
