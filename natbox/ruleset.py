@@ -211,10 +211,12 @@ def forward_from_rules(name: str, rules: list[Rule]) -> Forward:
     return Forward(name, proto, listen, backend, snat, masquerade, mss, sources, local)  # type: ignore[arg-type]
 
 
-def forward_states(rs: Ruleset) -> list[ForwardState]:
-    """Every natbox forward in the ruleset, each checked against its own plan."""
+def forward_states(rs: Ruleset, only: str | None = None) -> list[ForwardState]:
+    """Every natbox forward in the ruleset (or just `only`), each checked against its own plan."""
     states: list[ForwardState] = []
     for name, rules in rs.by_forward().items():
+        if only is not None and name != only:
+            continue
         rules = list(rules)
         state = ForwardState(name, rules)
         try:
