@@ -16,7 +16,7 @@ from natbox.backends import Backend
 from natbox.backends.detect import choose_backend
 from natbox.checks import ERROR, Finding, diagnose, preflight
 from natbox.errors import NatboxError, NotFoundError
-from natbox.facts import BoxFacts, box_facts, gather_facts
+from natbox.facts import BoxFacts, box_facts, gather_facts, prefetch
 from natbox.model import Chain, Forward, Ruleset
 from natbox.ruleset import ForwardState, forward_states
 from natbox.status import display_chains
@@ -162,6 +162,10 @@ class Engine:
     ) -> dict[str, list[Finding]]:
         out: dict[str, list[Finding]] = {}
         box: BoxFacts | None = None
+        forwards = [s.forward for s in states if s.forward is not None]
+        if forwards:
+            box = box_facts(flows=flows)  # once for all forwards
+            prefetch(box, forwards, probe=probe)  # each backend once, in parallel
         for state in states:
             findings = [
                 Finding(
