@@ -22,7 +22,7 @@ from natbox.runner import Runner
 from natbox.system import PROC_SYS, ip_forward_enabled, route_to
 
 if TYPE_CHECKING:
-    from natbox.engine import InterfaceStat
+    from natbox.system import InterfaceStat
 
 IPTABLES_TABLES = {"filter", "nat", "mangle", "raw", "security"}
 
@@ -141,7 +141,7 @@ class BoxFacts:
 
 def box_facts(runner: Runner | None = None, *, flows: bool = True) -> BoxFacts:
     """Interfaces, sockets, rp_filter, native nftables and (with flows) the conntrack table."""
-    from natbox.engine import interface_stats
+    from natbox.system import interface_stats
 
     runner = runner or Runner()
     stats = interface_stats()

@@ -6,118 +6,46 @@ Every method may block (it runs iptables-save, reads /proc); the TUI calls them 
 from __future__ import annotations
 
 import socket
+import struct
 import time
-from dataclasses import dataclass, field
+from collections.abc import Hashable
+from dataclasses import replace
 from ipaddress import ip_address
+from typing import TYPE_CHECKING
 
 from natbox import conntrack, persist, txn, watchdog
+from natbox.api import Dashboard, Derived, EngineAPI, FlowSnapshot, ShownChain
 from natbox.backends import Backend
 from natbox.backends.detect import choose_backend
 from natbox.checks import ERROR, Finding, diagnose, preflight
-from natbox.diagnose import BoxFacts, box_facts, gather_facts
+from natbox.diagnose import BoxFacts, box_facts, gather_facts, listeners
 from natbox.errors import NatboxError, NotFoundError
-from natbox.model import Chain, Forward, Ruleset
+from natbox.model import Forward, Ruleset
+from natbox.plan import build_plan
 from natbox.ruleset import ForwardState, forward_states
 from natbox.status import display_chains
-from natbox.system import ip_forward_enabled, is_root, route_to
+from natbox.system import (
+    InterfaceStat,
+    default_route_dev,
+    interface_stats,
+    ip_forward_enabled,
+    is_root,
+    route_to,
+)
 
-
-@dataclass(frozen=True)
-class InterfaceStat:
-    """One interface at one moment: addresses, MTU, link state and byte counters."""
-
-    name: str
-    addresses: tuple[str, ...]
-    mtu: int
-    up: bool
-    rx_bytes: int
-    tx_bytes: int
-
-
-@dataclass
-class Dashboard:
-    """Everything the dashboard shows, read in one go."""
-
-    host: str
-    backend: str
-    read_only: bool
-    ip_forward: bool
-    fill: conntrack.Fill
-    forwards: list[ForwardState] = field(default_factory=list)
-    chains: list[tuple[str, Chain]] = field(default_factory=list)
-    """(table, chain) for the watched built-in chains and natbox's own, in display order."""
-    interfaces: list[InterfaceStat] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    error: str | None = None
-    taken_at: float = 0.0
-    saved: set[str] | None = None
-    """Names in the saved set (None: it could not be read)."""
-    recovered: str | None = None
-    """What crash recovery did before this read, if anything."""
-    health: dict[str, list[Finding]] = field(default_factory=dict)
-    """Each forward's findings (the cheap checks: no backend probe, no conntrack read)."""
-
-
-@dataclass(frozen=True)
-class Derived:
-    """What natbox works out from the listen and backend addresses (the wizard shows and prefills it)."""
-
-    snat: str | None
-    """The local address the kernel uses to reach the backend."""
-    backend_dev: str | None
-    listen_dev: str | None
-    mtu_listen: int | None
-    mtu_backend: int | None
-    ip_forward: bool
-    route_error: str = ""
-
-    @property
-    def mss_suggested(self) -> bool:
-        """The two sides' MTUs differ: clamp the MSS."""
-        return bool(self.mtu_listen and self.mtu_backend and self.mtu_listen != self.mtu_backend)
-
-
-@dataclass
-class FlowSnapshot:
-    """One read of the conntrack table, with the index that tags flows with forwards."""
-
-    flows: list[conntrack.Flow]
-    index: conntrack.ForwardIndex
-    fill: conntrack.Fill
-    skipped: int = 0
+__all__ = [
+    "Dashboard",
+    "Derived",
+    "Engine",
+    "FlowSnapshot",
+    "InterfaceStat",
+    "interface_stats",
+    "nft_generation",
+]
 
 
 def _mtu(stats: dict[str, InterfaceStat], dev: str | None) -> int | None:
     return stats[dev].mtu if dev in stats else None
-
-
-def interface_stats() -> list[InterfaceStat]:
-    """Interfaces with their counters (psutil)."""
-    import psutil  # imported on use: the CLI's write paths never need it
-
-    addrs = psutil.net_if_addrs()
-    stats = psutil.net_if_stats()
-    io = psutil.net_io_counters(pernic=True)
-    out: list[InterfaceStat] = []
-    for name in sorted(addrs, key=lambda n: (n == "lo", n)):
-        v4 = tuple(
-            a.address
-            for a in addrs[name]
-            if a.family == socket.AF_INET
-            or (a.family == socket.AF_INET6 and not a.address.lower().startswith("fe80"))
-        )
-        st, counters = stats.get(name), io.get(name)
-        out.append(
-            InterfaceStat(
-                name,
-                v4,
-                st.mtu if st else 0,
-                bool(st and st.isup),
-                counters.bytes_recv if counters else 0,
-                counters.bytes_sent if counters else 0,
-            )
-        )
-    return out
 
 
 class Engine:
@@ -142,51 +70,83 @@ class Engine:
             self._warnings = det.warnings
         return self._backend
 
+    def fingerprint(self) -> Hashable:
+        """The nft ruleset generation and the conntrack count (two cheap reads, no iptables-save).
+
+        Without nft (legacy) there is no generation: a fresh object, so the dashboard always reads.
+        """
+        generation = nft_generation() if self.backend().flavour == "nft" else None
+        if generation is None:
+            return object()
+        return (generation, conntrack.table_fill().count)
+
     def dashboard(self) -> Dashboard:
-        """Read rules, forwards, facts and interfaces."""
-        data = Dashboard(
+        """Read rules (IPv4 and IPv6), forwards, facts and interfaces: one ruleset read per family."""
+        first = default_route_dev()
+        base = Dashboard(
             host=socket.gethostname(),
             backend="?",
             read_only=self.read_only,
             ip_forward=ip_forward_enabled(),
             fill=conntrack.table_fill(),
-            interfaces=interface_stats(),
+            interfaces=tuple(
+                sorted(interface_stats(), key=lambda i: (i.name == "lo", i.name != first))
+            ),
             taken_at=time.time(),
         )
         try:
             backend = self.backend()
-            data.backend = backend.label
             rs = backend.read()
         except NatboxError as exc:
-            data.error = exc.one_line().removeprefix("natbox: ")
-            return data
+            return replace(base, error=exc.one_line().removeprefix("natbox: "))
+        recovered = None
         if not self.read_only and not self._recovered:
             # Once per session, before the first look: finish what a crashed natbox left behind.
             self._recovered = True
             try:
-                data.recovered = txn.recover(backend)
+                recovered = txn.recover(backend)
             except NatboxError as exc:
-                data.recovered = f"recovery failed: {exc.message}"
-            if data.recovered:
+                recovered = f"recovery failed: {exc.message}"
+            if recovered:
                 rs = backend.read()
         try:
-            data.saved = {f.name for f in persist.load()}
+            saved: frozenset[str] | None = frozenset(f.name for f in persist.load())
         except NatboxError:
-            data.saved = None
-        data.forwards = forward_states(rs)
+            saved = None
+        rulesets = [rs]
         v6 = [b for b in txn.families(backend) if b.family == 6]
-        rs6 = v6[0].read(natbox_only=True) if v6 else None
-        v6_states = forward_states(rs6) if rs6 is not None else []
-        data.forwards += v6_states
-        self._forwards = [s.forward for s in data.forwards if s.forward is not None]
-        data.chains = display_chains(rs)
-        data.warnings = list(dict.fromkeys([*self._warnings, *rs.warnings]))
-        data.health = self._health(
-            rs, [s for s in data.forwards if s not in v6_states], probe=False, flows=False
+        if v6:
+            try:
+                rulesets.append(v6[0].read())
+            except NatboxError as exc:
+                base = replace(base, error=f"IPv6: {exc.one_line().removeprefix('natbox: ')}")
+        forwards = tuple(s for r in rulesets for s in forward_states(r))
+        self._forwards = [s.forward for s in forwards if s.forward is not None]
+        return replace(
+            base,
+            backend=backend.label,
+            forwards=forwards,
+            chains=tuple(
+                ShownChain(family, table, chain)
+                for family, r in zip((4, 6), rulesets, strict=False)
+                for table, chain in display_chains(r)
+            ),
+            warnings=tuple(
+                dict.fromkeys([*self._warnings, *(w for r in rulesets for w in r.warnings)])
+            ),
+            saved=saved,
+            recovered=recovered,
+            rulesets=tuple(rulesets),
         )
-        if rs6 is not None:
-            data.health.update(self._health(rs6, v6_states, probe=False, flows=False))
-        return data
+
+    def health(self, data: Dashboard) -> dict[str, list[Finding]]:
+        """The cheap checks of each forward in `data`, on the rulesets it was read from."""
+        out: dict[str, list[Finding]] = {}
+        for rs in data.rulesets:
+            names = set(rs.forward_names())
+            states = [s for s in data.forwards if s.name in names]
+            out.update(self._health(rs, states, probe=False, flows=False))
+        return out
 
     def _health(
         self, rs: Ruleset, states: list[ForwardState], *, probe: bool, flows: bool
@@ -223,8 +183,19 @@ class Engine:
         )
 
     def local_addresses(self) -> list[tuple[str, str]]:
-        """(address, interface) of this host, loopback last: the wizard's choices for the listen side."""
-        return [(a, i.name) for i in interface_stats() for a in i.addresses]
+        """(address, interface) of this host: the default route's interface first (where clients
+        usually are), loopback last. The wizard's choices for the listen side."""
+        first = default_route_dev()
+        stats = sorted(interface_stats(), key=lambda i: (i.name == "lo", i.name != first))
+        return [(a, i.name) for i in stats for a in i.addresses]
+
+    def listening_ports(self) -> frozenset[tuple[str, int]]:
+        """(proto, port) of local listening sockets."""
+        return frozenset((proto, port) for _addr, port, proto in listeners())
+
+    def apply_preview(self, fwd: Forward) -> dict[str, list[str]]:
+        """The exact restore lines apply(fwd) would commit on this box now."""
+        return txn.apply_lines(self.backend().for_family(fwd.family).read(), build_plan(fwd))
 
     def derive(self, listen_ip: str, backend_ip: str) -> Derived:
         """The SNAT source (route lookup), both sides' interfaces and MTUs, ip_forward."""
@@ -300,3 +271,30 @@ class Engine:
     def kill(self, flows: list[conntrack.Flow]) -> int:
         """Delete flows by tuple."""
         return conntrack.kill(flows)
+
+
+def nft_generation() -> int | None:
+    """The nftables ruleset generation (NFT_MSG_GETGEN over netlink): it changes with every rule
+    change, iptables-nft's included, and costs one round trip. None where it cannot be read."""
+    nlmsg_type = (10 << 8) | 16  # NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN
+    request = struct.pack("=IHHII", 20, nlmsg_type, 1, 1, 0) + struct.pack("=BBH", 0, 0, 0)
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12) as sock:  # NETLINK_NETFILTER
+            sock.settimeout(1.0)
+            sock.send(request)
+            reply = sock.recv(4096)
+    except OSError:
+        return None
+    offset = 16 + 4  # nlmsghdr, nfgenmsg; then attributes: NFTA_GEN_ID (1) is a big-endian u32
+    while offset + 4 <= len(reply):
+        length, kind = struct.unpack_from("=HH", reply, offset)
+        if length < 4:
+            break
+        if kind & 0x7FFF == 1 and length >= 8:
+            return int(struct.unpack_from(">I", reply, offset + 4)[0])
+        offset += (length + 3) & ~3
+    return None
+
+
+if TYPE_CHECKING:  # mypy checks that Engine keeps the contract the TUI sees
+    _contract: EngineAPI = Engine()

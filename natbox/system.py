@@ -103,3 +103,57 @@ def interfaces() -> list[Interface]:
 def local_addresses() -> dict[IPAddress, str]:
     """Every local IPv4 address and the interface that holds it."""
     return {a: i.name for i in interfaces() for a in i.addresses}
+
+
+@dataclass(frozen=True)
+class InterfaceStat:
+    """One interface at one moment: addresses, MTU, link state and byte counters."""
+
+    name: str
+    addresses: tuple[str, ...]
+    mtu: int
+    up: bool
+    rx_bytes: int
+    tx_bytes: int
+
+
+def interface_stats() -> list[InterfaceStat]:
+    """Interfaces with their counters (psutil)."""
+    import psutil  # imported on use: the CLI's write paths never need it
+
+    addrs = psutil.net_if_addrs()
+    stats = psutil.net_if_stats()
+    io = psutil.net_io_counters(pernic=True)
+    out: list[InterfaceStat] = []
+    for name in sorted(addrs, key=lambda n: (n == "lo", n)):
+        v4 = tuple(
+            a.address
+            for a in addrs[name]
+            if a.family == socket.AF_INET
+            or (a.family == socket.AF_INET6 and not a.address.lower().startswith("fe80"))
+        )
+        st, counters = stats.get(name), io.get(name)
+        out.append(
+            InterfaceStat(
+                name,
+                v4,
+                st.mtu if st else 0,
+                bool(st and st.isup),
+                counters.bytes_recv if counters else 0,
+                counters.bytes_sent if counters else 0,
+            )
+        )
+    return out
+
+
+def default_route_dev(proc_route: Path = Path("/proc/net/route")) -> str | None:
+    """The interface of the IPv4 default route (where clients usually are), from /proc/net/route."""
+    try:
+        lines = proc_route.read_text().splitlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 7 and fields[1] == "00000000" and fields[7] == "00000000":
+            return fields[0]
+    return None

@@ -11,6 +11,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
 
+from natbox.api import EngineAPI
 from tui.screens.dashboard import DashboardScreen
 
 PALETTE = [
@@ -20,7 +21,10 @@ PALETTE = [
     ("Conntrack viewer", "Live flows with both tuples", "conntrack"),
     ("Flows of the selected forward", "The viewer, filtered to that forward", "flows_of_forward"),
     ("Refresh", "Read rules, flows and interfaces now", "refresh"),
-    ("Filter rules", "Filter the rules table as you type", "filter_rules"),
+    ("Filter", "Filter forwards and rules as you type", "filter"),
+    ("Go to a forward", "Type its name", "goto"),
+    ("Sort forwards", "By name, flows, bytes, health", "sort"),
+    ("Show history", "What happened in this session", "tab('history')"),
     ("Show rules", "The rules tab", "tab('rules')"),
     ("Show interfaces", "The interfaces tab", "tab('interfaces')"),
     ("Show health", "The selected forward's findings and fixes", "tab('health')"),
@@ -39,7 +43,7 @@ class NatboxApp(App[int]):
 
     def __init__(
         self,
-        engine: Any,
+        engine: EngineAPI,
         confirm_seconds: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -51,7 +55,7 @@ class NatboxApp(App[int]):
         """How long a new forward waits for `y` before it is rolled back."""
 
     def on_mount(self) -> None:
-        self.push_screen(DashboardScreen())
+        self.push_screen(DashboardScreen(self.engine, self.confirm_seconds, self.clock))
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
@@ -61,7 +65,9 @@ class NatboxApp(App[int]):
 
 
 def make_app(
-    engine: Any = None, confirm_seconds: float = 30.0, clock: Callable[[], float] = time.monotonic
+    engine: EngineAPI | None = None,
+    confirm_seconds: float = 30.0,
+    clock: Callable[[], float] = time.monotonic,
 ) -> NatboxApp:
     """Build the app around `engine` (the real Engine when None) and `clock` (frozen in snapshots)."""
     if engine is None:

@@ -13,7 +13,8 @@ from textual.widgets import Button, Label, Static
 
 
 class ConfirmScreen(ModalScreen[bool]):
-    """Ask before a change; `y` confirms, `n` or Escape declines."""
+    """Ask before a change; `y` confirms, `n` or Escape declines. The question names the forward
+    with its listen → backend, so the user sees which one."""
 
     DEFAULT_CSS = """
     ConfirmScreen {
@@ -41,11 +42,11 @@ class ConfirmScreen(ModalScreen[bool]):
     }
     ConfirmScreen Horizontal {
         height: auto;
-        align-horizontal: right;
+        align-horizontal: left;
         margin-top: 1;
     }
     ConfirmScreen Button {
-        margin-left: 2;
+        margin-right: 2;
     }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -58,6 +59,10 @@ class ConfirmScreen(ModalScreen[bool]):
         self.question = question
         self.detail = detail
 
+    def on_mount(self) -> None:
+        # Toasts sit bottom right: the buttons are on the left, and older toasts go.
+        self.app.clear_notifications()
+
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label(self.question, id="question")
@@ -65,8 +70,8 @@ class ConfirmScreen(ModalScreen[bool]):
                 with VerticalScroll():
                     yield Static(self.detail, id="detail", markup=False)
             with Horizontal():
-                yield Button("No (n)", id="no", variant="default")
-                yield Button("Yes (y)", id="yes", variant="warning")
+                yield Button("No (n)", id="no", variant="default", compact=True)
+                yield Button("Yes (y)", id="yes", variant="warning", compact=True)
 
     @on(Button.Pressed, "#yes")
     def _yes(self) -> None:
