@@ -47,6 +47,8 @@ class ConfirmScreen(ModalScreen[bool]):
     }
     ConfirmScreen Button {
         margin-right: 2;
+        min-width: 0;
+        width: auto;
     }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
