@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any, ClassVar
 
+from textual import events
 from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
+from textual.message_pump import MessagePump
 from textual.screen import Screen
+from textual.widget import Widget
 
 from natbox.api import EngineAPI
 from tui.screens.dashboard import DashboardScreen
@@ -30,6 +35,12 @@ PALETTE = [
     ("Show health", "The selected forward's findings and fixes", "tab('health')"),
     ("Help", "Every key", "help"),
 ]
+
+
+SETTLE_STEP = 0.002
+QUIET_ROUNDS = 3
+"""Rounds of the event loop in a row with nothing queued on the key's path: the key is handled."""
+READY_MAX = 3.0
 
 
 class NatboxApp(App[int]):
@@ -53,6 +64,59 @@ class NatboxApp(App[int]):
         """Seconds, for countdowns (snapshots freeze it)."""
         self.confirm_seconds = confirm_seconds
         """How long a new forward waits for `y` before it is rolled back."""
+        self._typeahead: deque[events.Key] = deque()
+        self._replay: list[events.Key] = []
+        self._drainer: asyncio.Task[None] | None = None
+        self._holding = False
+
+    async def on_event(self, event: events.Event) -> None:
+        """Type-ahead (a laggy SSH link, a paste): each key from the terminal is handled only after
+        the one before it has been (its focus change, its new screen), so keys land where they would
+        have landed had the user waited. A key typed at human speed waits for nothing."""
+        if not isinstance(event, events.Key) or event.is_forwarded:
+            # Only keys from the terminal are sequenced; a key bubbling back up passes.
+            await super().on_event(event)
+            return
+        replayed = event in self._replay
+        if replayed:
+            self._replay.remove(event)
+        elif self._holding:
+            self._typeahead.append(event)
+            return
+        await super().on_event(event)
+        if not self._holding:
+            self._holding = True
+            self._drainer = asyncio.create_task(self._drain())
+
+    async def _settled(self) -> None:
+        """Until the key's path (the focused widget, its ancestors, the screen, the app) has no
+        message left to handle, and the screen in front takes keys (the wizard's first field)."""
+        deadline = time.monotonic() + READY_MAX
+        quiet = 0
+        while time.monotonic() < deadline and quiet < QUIET_ROUNDS:
+            await asyncio.sleep(0)
+            pumps: list[MessagePump] = [self, self.screen]
+            node = self.focused
+            while node is not None and node is not self.screen:
+                pumps.append(node)
+                node = node.parent if isinstance(node.parent, Widget) else None
+            busy = any(p.message_queue_size for p in pumps)
+            ready = getattr(self.screen, "accepting_keys", True)
+            quiet = 0 if busy or not ready else quiet + 1
+
+    async def _drain(self) -> None:
+        try:
+            await self._settled()
+            while self._typeahead:
+                held = self._typeahead.popleft()
+                key = events.Key(held.key, held.character)  # a fresh event: the held one was seen
+                self._replay.append(key)
+                self.post_message(key)
+                while key in self._replay:
+                    await asyncio.sleep(SETTLE_STEP)
+                await self._settled()
+        finally:
+            self._holding = False
 
     def on_mount(self) -> None:
         self.push_screen(DashboardScreen(self.engine, self.confirm_seconds, self.clock))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual.widgets import DataTable
 from textual.widgets._data_table import RowKey
@@ -12,6 +13,8 @@ from textual.widgets.data_table import CellType
 
 from natbox.model import Forward
 
+REBUILD_AFTER = 200
+"""Rows to remove in one sync beyond which the table is rebuilt instead."""
 Cell = str | Text
 Row = tuple[str, Sequence[Cell]]
 """(row key, cells in column order)."""
@@ -47,7 +50,13 @@ class KeyedTable(DataTable[Cell]):
         keep_index = self.cursor_row
         wanted = {key: cells for key, cells in rows}
         changes = 0
-        for key in [k for k in self.keys() if k not in wanted]:
+        gone = [k for k in self.keys() if k not in wanted]
+        if len(gone) > REBUILD_AFTER:
+            # DataTable.remove_row() costs O(rows): a filter that hides thousands of rows is cheaper
+            # as one rebuild. The cursor still stays on its row by key (below).
+            self.clear()
+            changes += len(gone)
+        for key in gone if len(gone) <= REBUILD_AFTER else ():
             self.remove_row(key)
             changes += 1
         columns = [c.key for c in self.ordered_columns]
@@ -56,7 +65,9 @@ class KeyedTable(DataTable[Cell]):
                 old = self.get_row(key)
                 for column, old_cell, new_cell in zip(columns, old, cells, strict=False):
                     if not _same(old_cell, new_cell):
-                        self.update_cell(key, column, new_cell, update_width=True)
+                        # Only a wider cell re-measures (a narrower one would measure the column).
+                        wider = cell_len(str(new_cell)) > self.columns[column].content_width
+                        self.update_cell(key, column, new_cell, update_width=wider)
                         changes += 1
             else:
                 self.add_row(*cells, key=key)

@@ -139,7 +139,7 @@ async def test_rules_filter() -> None:
         screen = app.screen
         assert isinstance(screen, DashboardScreen)
         await pilot.press("slash", *"masq")
-        await pilot.pause()
+        await pilot.pause(0.3)
         rules = [r for r in col(screen.rules_table, "target") if r not in screen_chain_names]
         assert rules and all("MASQUERADE" in r for r in rules)
         await pilot.press("escape")

@@ -166,7 +166,7 @@ async def test_thousand_forwards_filter_sort_and_go_to() -> None:
         assert isinstance(screen, DashboardScreen)
         assert len(names(screen)) == 1000
         await pilot.press("slash", *"cust-09")
-        await pilot.pause()
+        await pilot.pause(0.3)
         shown = names(screen)
         assert len(shown) == 100 and all(n.startswith("cust-09") for n in shown)
         await pilot.press("enter")  # keeps the filter, keys go back to the forwards

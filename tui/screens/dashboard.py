@@ -51,6 +51,7 @@ FULL_READ_EVERY = 10
 """Polls: even when the fingerprint is unchanged, read everything every 10th time (counters)."""
 OWNER_STYLE = {"docker": "cyan", "kube": "magenta", "other": "", "natbox": "green"}
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
+FILTER_DELAY = 0.15
 SORTS = ("name", "flows", "bytes", "health")
 MARK = "▶"
 
@@ -147,6 +148,9 @@ class DashboardScreen(Screen[None]):
     DashboardScreen #problem.-visible {
         display: block;
     }
+    DashboardScreen #rules-table {
+        height: 1fr;
+    }
     DashboardScreen #rule-detail {
         height: 2;
         color: $text-muted;
@@ -165,10 +169,13 @@ class DashboardScreen(Screen[None]):
             "enter",
             "flows_of_forward",
             "Its flows",
+            priority=True,  # whichever table has the focus, Enter means the marked forward
             id="dashboard.flows",
             tooltip="Flows of the marked (▶) forward",
         ),
-        Binding("c", "conntrack", "Flows", id="dashboard.conntrack", tooltip="All flows (viewer)"),
+        Binding(
+            "c", "conntrack", "All flows", id="dashboard.conntrack", tooltip="All flows (viewer)"
+        ),
         Binding(
             "slash",
             "filter",
@@ -241,6 +248,7 @@ class DashboardScreen(Screen[None]):
         self._flows_fingerprint: Hashable = None
         self._unchanged_polls = 0
         self._columns: list[str] = []
+        self._filter_timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
         yield Header(icon="≡")
@@ -262,7 +270,7 @@ class DashboardScreen(Screen[None]):
             with TabPane("4 History", id="history"):
                 with VerticalScroll():
                     yield Static("nothing changed in this session yet", id="history-log")
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self.title = "natbox"
@@ -428,9 +436,11 @@ class DashboardScreen(Screen[None]):
     def _rule_highlighted(self) -> None:
         self._show_rule_detail()
 
-    @on(KeyedTable.RowSelected, "#forwards")
-    def _forward_selected(self) -> None:
-        self.action_flows_of_forward()
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Enter belongs to the filter box while it has the focus (it keeps the filter)."""
+        if action == "flows_of_forward" and isinstance(self.focused, Input):
+            return False
+        return True
 
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:
@@ -439,6 +449,13 @@ class DashboardScreen(Screen[None]):
             self._goto(text)
             return
         self.needle = text
+        # Typing never waits for the tables: they follow 0.15 s after the last key.
+        if self._filter_timer is not None:
+            self._filter_timer.stop()
+        self._filter_timer = self.set_timer(FILTER_DELAY, self._apply_filter)
+
+    def _apply_filter(self) -> None:
+        self._filter_timer = None
         self._fill_forwards()
         self._fill_rules()
 
@@ -446,6 +463,9 @@ class DashboardScreen(Screen[None]):
     def _filter_submitted(self) -> None:
         # Enter keeps the filter and gives the keys back to the forwards (d, Enter act on ▶).
         box = self.query_one("#filter", Input)
+        if self._filter_timer is not None:
+            self._filter_timer.stop()
+            self._apply_filter()
         if self.goto_mode or not box.value:
             self._close_filter()
         self.forwards_table.focus()
@@ -685,6 +705,12 @@ class DashboardScreen(Screen[None]):
             return
         key = self.rules_table.cursor_key
         text = ""
+        if key is not None and key.count("/") == 2:
+            for shown in self.data.chains:
+                if shown.key == key:
+                    c = shown.chain
+                    what = f"policy {c.policy}" if c.policy else "natbox's own chain"
+                    text = f"{shown.title}: {what}, {len(c.rules)} rules (↑↓: each rule in full)"
         if key is not None and key.count("/") == 3:
             family, table, chain, index = key.split("/")
             for shown in self.data.chains:
@@ -778,7 +804,11 @@ class DashboardScreen(Screen[None]):
             for port in range(f.listen.port, f.listen.port_end + 1)
         }
         wizard = WizardScreen(self.engine, self.local_addresses(), self.confirm_seconds, taken)
-        self._wizard(wizard)
+        self.app.push_screen(wizard, self._wizard_done)
+
+    def _wizard_done(self, result: Any) -> None:
+        if result is not None:
+            self._apply_result(result.forward, result.enable_forwarding)
 
     def local_addresses(self) -> list[tuple[str, str]]:
         """This box's addresses from the last read, the default route's interface first."""
@@ -787,11 +817,9 @@ class DashboardScreen(Screen[None]):
             return []
         return [(a, i.name) for i in data.interfaces for a in i.addresses]
 
-    @work(exclusive=True, group="wizard", exit_on_error=False, description="the wizard")
-    async def _wizard(self, wizard: Any) -> None:
-        result = await self.app.push_screen_wait(wizard)
-        if result is not None:
-            await self._apply_with_window(result.forward, result.enable_forwarding)
+    @work(exclusive=True, group="wizard", exit_on_error=False, description="applying")
+    async def _apply_result(self, fwd: Forward, enable_forwarding: bool) -> None:
+        await self._apply_with_window(fwd, enable_forwarding)
 
     async def _in_thread(self, fn: Callable[[], Any], description: str = "engine call") -> Any:
         worker = self.app.run_worker(fn, thread=True, exit_on_error=False, description=description)

@@ -194,6 +194,8 @@ class WizardScreen(Screen[WizardResult | None]):
         self.touched: set[str] = set()
         """Fields the user typed into (prefills never overwrite them)."""
         self.apply_lines: dict[str, list[str]] | None = None
+        self.accepting_keys = False
+        """Set once the first field has the focus: keys typed ahead wait for it (see NatboxApp)."""
         self.step = 0
         self.derived: Derived | None = None
         self.snat_touched = False
@@ -262,11 +264,15 @@ class WizardScreen(Screen[WizardResult | None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.call_after_refresh(self._accept_keys)
         self.title = "add a forward"
         self.sub_title = "Enter next · Esc back · Tab next field"
         self.query_one("#enable-forwarding", Checkbox).display = False
         self.query_one("#listen-ip", Input).focus()
         self.read_listening(self.engine)
+
+    def _accept_keys(self) -> None:
+        self.accepting_keys = True
 
     @work(thread=True, exclusive=True, group="ports", exit_on_error=False, description="Ports")
     def read_listening(self, engine: EngineAPI) -> None:
