@@ -38,9 +38,11 @@ PALETTE = [
 
 
 SETTLE_STEP = 0.002
+SETTLE_MAX = 0.5
+"""At most this long for one key's path to go quiet (a busy app must not stall typing)."""
 QUIET_ROUNDS = 3
 """Rounds of the event loop in a row with nothing queued on the key's path: the key is handled."""
-READY_MAX = 3.0
+READY_MAX = 10.0
 
 
 class NatboxApp(App[int]):
@@ -91,18 +93,30 @@ class NatboxApp(App[int]):
     async def _settled(self) -> None:
         """Until the key's path (the focused widget, its ancestors, the screen, the app) has no
         message left to handle, and the screen in front takes keys (the wizard's first field)."""
-        deadline = time.monotonic() + READY_MAX
+        start = time.monotonic()
         quiet = 0
-        while time.monotonic() < deadline and quiet < QUIET_ROUNDS:
+        while quiet < QUIET_ROUNDS:
             await asyncio.sleep(0)
-            pumps: list[MessagePump] = [self, self.screen]
-            node = self.focused
-            while node is not None and node is not self.screen:
-                pumps.append(node)
-                node = node.parent if isinstance(node.parent, Widget) else None
-            busy = any(p.message_queue_size for p in pumps)
-            ready = getattr(self.screen, "accepting_keys", True)
-            quiet = 0 if busy or not ready else quiet + 1
+            waited = time.monotonic() - start
+            ready = getattr(self.screen, "accepting_keys", True) or waited > READY_MAX
+            if not ready or (self._path_busy() and waited < SETTLE_MAX):
+                quiet = 0
+                await asyncio.sleep(SETTLE_STEP)
+            else:
+                quiet += 1
+
+    def _path_busy(self) -> bool:
+        """A message waits on the key's path: the focused widget, its ancestors, the screen, or a
+        deferred call (a focus change) on the app. Timers and the like on the app do not count."""
+        pumps: list[MessagePump] = [self.screen]
+        node = self.focused
+        while node is not None and node is not self.screen:
+            pumps.append(node)
+            node = node.parent if isinstance(node.parent, Widget) else None
+        if any(p.message_queue_size for p in pumps):
+            return True
+        queued: Iterable[object] = self._message_queue.values
+        return any(isinstance(m, events.Callback) for m in queued)
 
     async def _drain(self) -> None:
         try:

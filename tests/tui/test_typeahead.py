@@ -20,20 +20,19 @@ def burst(pilot: Pilot[int], *keys: str) -> None:
     """Hand every key to the driver at once, with no wait between them (unlike pilot.press)."""
     driver = pilot.app._driver
     assert driver is not None
-    for key in keys:
-        for one in [key] if len(key) > 1 or key.isalnum() else [key]:
-            name = {".": "full_stop", ":": "colon", "/": "slash"}.get(one, one)
-            try:
-                char: str | None = unicodedata.lookup(name.upper().replace("_", " "))
-            except KeyError:
-                char = one if len(one) == 1 else None
-            if name == "enter":
-                char = "\r"
-            elif name == "tab":
-                char = "\t"
-            event = events.Key(name, char)
-            event.set_sender(pilot.app)
-            driver.send_message(event)
+    for one in keys:
+        name = {".": "full_stop", ":": "colon", "/": "slash"}.get(one, one)
+        try:
+            char: str | None = unicodedata.lookup(name.upper().replace("_", " "))
+        except KeyError:
+            char = one if len(one) == 1 else None
+        if name == "enter":
+            char = "\r"
+        elif name == "tab":
+            char = "\t"
+        event = events.Key(name, char)
+        event.set_sender(pilot.app)
+        driver.send_message(event)
 
 
 def chars(text: str) -> list[str]:

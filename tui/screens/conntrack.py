@@ -82,7 +82,7 @@ class ConntrackScreen(Screen[None]):
         self._timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
-        yield Header(icon="»")
+        yield Header(icon="≡")
         yield Input(placeholder="filter: words that must all appear (Esc closes)", id="filter")
         yield Static("", id="columns")
         yield FlowTable(id="flows")

@@ -13,7 +13,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Label, ProgressBar, Static
+from textual.widgets import ProgressBar, Static
 
 Answer = Literal["keep", "rollback", "expired"]
 """keep (y), rollback (n or Escape), expired: nobody answered in time (the watchdog rolls back)."""
@@ -66,7 +66,7 @@ class CountdownScreen(ModalScreen[Answer]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(
+            yield Static(
                 f"Forward {self.forward_name} ({self.path}) is live. Keep these rules?",
                 id="question",
             )

@@ -23,7 +23,7 @@ from textual.events import Resize, ScreenResume
 from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
-from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane, Tabs
 from textual.worker import Worker, WorkerFailed, WorkerState
 
 from natbox.api import Dashboard, EngineAPI, ShownChain
@@ -249,6 +249,9 @@ class DashboardScreen(Screen[None]):
         self._unchanged_polls = 0
         self._columns: list[str] = []
         self._filter_timer: Timer | None = None
+        self._applying = False
+        self._want: str | None = None
+        """A forward to mark as soon as a read shows it (one just added)."""
 
     def compose(self) -> ComposeResult:
         yield Header(icon="≡")
@@ -284,6 +287,8 @@ class DashboardScreen(Screen[None]):
         ifaces = self.query_one("#ifaces", KeyedTable)
         for col in ("NAME", "UP", "MTU", "ADDRESSES", "RX", "TX", "TRAFFIC"):
             ifaces.add_column(col, key=col)
+        # Tab goes from the forwards straight to the rules (1-4 switch tabs; no stop on the tab bar).
+        self.query_one("#tabs", TabbedContent).query_one(Tabs).can_focus = False
         self.forwards_table.focus()
         self.read_rules(self.engine, None)
         self.count_flows(self.engine, None)
@@ -490,9 +495,10 @@ class DashboardScreen(Screen[None]):
 
     @on(ScreenResume)
     def _resumed(self) -> None:
-        # Back from the viewer, the wizard or a dialog: keys act on the marked forward again.
-        if not isinstance(self.focused, Input):
-            self.forwards_table.focus()
+        # Back from the viewer, the wizard or a dialog: Enter, d, u act on the marked forward
+        # whatever has the focus; give the focus back only if nothing has it.
+        if self.focused is None:
+            self.set_focus(self.forwards_table)  # now, not deferred: the next key is typed ahead
 
     def on_resize(self, event: Resize) -> None:
         if self.data is not None:
@@ -598,6 +604,8 @@ class DashboardScreen(Screen[None]):
             return
         table = self.forwards_table
         states = self._visible_forwards()
+        if self._want is not None and self._want in [s.name for s in states]:
+            self.selected, self._want = self._want, None
         cells = [self._forward_cells(s) for s in states]
         columns = self._fit_columns(cells)
         if columns != self._columns:
@@ -628,6 +636,9 @@ class DashboardScreen(Screen[None]):
         names = [s.name for s in states]
         if self.selected not in names:
             self._select(table.cursor_key if table.row_count else None)
+        elif table.cursor_key != self.selected:
+            # The cursor and the mark are one: the cursor goes where the mark is.
+            table.move_cursor(row=table.get_row_index(self.selected))
 
     def _select(self, name: str | None) -> None:
         """Mark `name` as the forward every action acts on."""
@@ -644,8 +655,12 @@ class DashboardScreen(Screen[None]):
         self._fill_health()
 
     def select_forward(self, name: str) -> None:
-        """Put the mark (and the cursor) on `name`, e.g. a forward just added."""
-        self._select(name)
+        """Put the mark (and the cursor) on `name`, e.g. a forward just added (now, or as soon as
+        a read shows it)."""
+        if name in self.forwards_table.rows:
+            self._select(name)
+        else:
+            self._want = name
 
     def _rule_rows(self) -> list[Row]:
         assert self.data is not None
@@ -808,7 +823,13 @@ class DashboardScreen(Screen[None]):
 
     def _wizard_done(self, result: Any) -> None:
         if result is not None:
+            self._applying = True  # keys typed ahead (the `y`) wait for the confirm window
             self._apply_result(result.forward, result.enable_forwarding)
+
+    @property
+    def accepting_keys(self) -> bool:
+        """False while an apply runs: keys typed ahead wait for the countdown (see NatboxApp)."""
+        return not self._applying
 
     def local_addresses(self) -> list[tuple[str, str]]:
         """This box's addresses from the last read, the default route's interface first."""
@@ -837,6 +858,7 @@ class DashboardScreen(Screen[None]):
 
         engine = self.engine
         window = self.confirm_seconds
+        self._applying = True
         try:
             await self._in_thread(
                 lambda: engine.apply(
@@ -847,6 +869,8 @@ class DashboardScreen(Screen[None]):
         except NatboxError as exc:
             self.say(exc.one_line(), severity="error")
             return False
+        finally:
+            self._applying = False
         self.action_refresh(quiet=True)
         answer = await self.app.push_screen_wait(
             CountdownScreen(fwd.name, path_text(fwd), window, self.clock)
@@ -866,7 +890,7 @@ class DashboardScreen(Screen[None]):
             self._say_rolled_back(fwd, True)
         self.action_refresh(quiet=True)
         if kept:
-            self.call_after_refresh(self.select_forward, fwd.name)
+            self.select_forward(fwd.name)
         return kept
 
     def _named_forward(self, fwd: Forward) -> str:

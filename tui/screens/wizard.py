@@ -30,6 +30,7 @@ from textual.widgets import (
     TabbedContent,
     TabPane,
 )
+from textual.worker import Worker, WorkerState
 
 from natbox.api import Derived, EngineAPI
 from natbox.checks import ERROR, Finding
@@ -194,8 +195,9 @@ class WizardScreen(Screen[WizardResult | None]):
         self.touched: set[str] = set()
         """Fields the user typed into (prefills never overwrite them)."""
         self.apply_lines: dict[str, list[str]] | None = None
-        self.accepting_keys = False
-        """Set once the first field has the focus: keys typed ahead wait for it (see NatboxApp)."""
+        self._mounted = False
+        self._asking = 0
+        """Engine calls in flight (route lookup, preflight): keys typed ahead wait for them."""
         self.step = 0
         self.derived: Derived | None = None
         self.snat_touched = False
@@ -207,7 +209,7 @@ class WizardScreen(Screen[WizardResult | None]):
     def compose(self) -> ComposeResult:
         local = [a for a, dev in self.addresses if dev != "lo"]
         listed = "   ".join(f"{a} {dev}" for a, dev in self.addresses if dev != "lo")
-        yield Header(icon="»")
+        yield Header(icon="≡")
         yield StepBar(STEPS, id="steps")
         with ContentSwitcher(initial="step-0"):
             with VerticalScroll(id="step-0", classes="step"):
@@ -272,7 +274,7 @@ class WizardScreen(Screen[WizardResult | None]):
         self.read_listening(self.engine)
 
     def _accept_keys(self) -> None:
-        self.accepting_keys = True
+        self._mounted = True
 
     @work(thread=True, exclusive=True, group="ports", exit_on_error=False, description="Ports")
     def read_listening(self, engine: EngineAPI) -> None:
@@ -362,7 +364,26 @@ class WizardScreen(Screen[WizardResult | None]):
 
     def _derive(self) -> None:
         backend = Endpoint.parse(self._value("backend"), "backend")
+        self._asking += 1
         self.derive(self.engine, self._value("listen-ip"), str(backend.ip))
+
+    @property
+    def accepting_keys(self) -> bool:
+        """Keys typed ahead (NatboxApp holds them) wait until the first field has the focus and the
+        engine has answered: Enter after the backend then finds the derived SNAT source."""
+        return self._mounted and self._asking == 0
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.group in ("derive", "preflight") and event.state in (
+            WorkerState.SUCCESS,
+            WorkerState.ERROR,
+            WorkerState.CANCELLED,
+        ):
+            self._asking = max(0, self._asking - 1)
+            if event.state == WorkerState.ERROR:
+                self.notify(
+                    f"{event.worker.description} failed: {event.worker.error!r}", severity="error"
+                )
 
     def _derived(self, d: Derived) -> None:
         self.derived = d
@@ -499,6 +520,7 @@ class WizardScreen(Screen[WizardResult | None]):
         self.query_one("#findings", Static).update("checking…")
         state.update("checking the box before apply…")
         self.query_one("#preview-tabs", TabbedContent).focus()
+        self._asking += 1
         self.run_preflight(self.engine, fwd)
 
     @work(
