@@ -263,3 +263,51 @@ def test_window_running_out_and_the_marked_forward(lab: Lab) -> None:
         tmux.type("n")
     finally:
         tmux.kill()
+
+
+def _demo_left() -> list[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in listed.splitlines() if line.startswith("natbox-demo-")]
+
+
+@pytest.mark.parametrize("how", ["hangup", "terminate"])
+def test_demo_ends_with_its_terminal(how: str, tmp_path: object) -> None:
+    """`natbox demo` killed with its terminal (tmux kill-session, a dropped SSH) or by SIGTERM tears
+    down its namespaces and temp directory, as `q` does."""
+    if _demo_left():
+        pytest.skip("another natbox demo is running on this machine")
+    import tempfile
+    from pathlib import Path
+
+    marker = Path(tempfile.gettempdir()) / "natbox-demo.workdir"
+    tmux = Tmux()
+    env = f"XTABLES_LOCKFILE=/tmp/nbt-ui-xtables.lock NATBOX_STATE_DIR={tmp_path}"
+    try:
+        tmux.run(
+            "new-session",
+            "-d",
+            "-s",
+            "nb",
+            "-x",
+            "80",
+            "-y",
+            "24",
+            f"env {env} {sys.executable} -m natbox demo",
+        )
+        tmux.wait_for("192.168.1.30:1234 → 10.0.2.50:80", timeout=60)
+        workdir = Path(marker.read_text().strip())
+        assert workdir.is_dir() and _demo_left()
+        pid = int(tmux.run("display-message", "-p", "-t", "nb", "#{pane_pid}").strip())
+        if how == "hangup":
+            tmux.kill()  # the terminal goes: SIGHUP
+        else:
+            os.kill(pid, 15)  # the demo process this test started
+        deadline = time.monotonic() + 20
+        while (_demo_left() or workdir.exists()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _demo_left(), f"namespaces left after {how}"
+        assert not workdir.exists() and not marker.exists(), "the temp directory went too"
+    finally:
+        tmux.kill()
+        if _demo_left():
+            subprocess.run([sys.executable, "-m", "natbox", "demo", "--down"], check=False)

@@ -177,3 +177,36 @@ async def test_bad_input_shows_the_core_message_and_blocks() -> None:
             await pilot.press("escape")
         await settle(pilot)
         assert isinstance(app.screen, DashboardScreen), "Escape walks back out of the wizard"
+
+
+async def test_prefills_are_real_values_on_the_clients_side() -> None:
+    """The port is a free port as a value (not a grey placeholder), so Enter works at once; the
+    address is the clients' side: once the backend is known, never the backend's interface."""
+    engine = SampleEngine()
+    engine.local_addresses = lambda: [  # type: ignore[method-assign]
+        ("10.0.2.40", "dmz0"),
+        ("192.168.1.30", "lan0"),
+        ("127.0.0.1", "lo"),
+    ]
+    app = make_app(engine)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        # The dashboard lists the box's interfaces with the default route's first: here dmz0.
+        screen.local_addresses = engine.local_addresses  # type: ignore[method-assign]
+        await pilot.press("a")
+        await settle(pilot)
+        wizard = app.screen
+        assert isinstance(wizard, WizardScreen)
+        port = wizard.query_one("#listen-port", Input)
+        assert port.value == "8081", "8080 listens on the sample box; 1234 and 5353 are forwarded"
+        await pilot.press("enter")
+        await settle(pilot)
+        assert wizard.step == 1, "the suggested port is a value: Enter goes on"
+        await pilot.press(*"10.0.2.50:80")
+        await settle(pilot)
+        assert wizard.query_one("#listen-ip", Input).value == "192.168.1.30", (
+            "10.0.2.40 is on dmz0, the backend's side: clients are on lan0"
+        )
+        assert wizard.query_one("#listen-port", Input).placeholder == "e.g. 1234"
