@@ -177,3 +177,19 @@ class EngineAPI(Protocol):
     def kill(self, flows: list[conntrack.Flow]) -> int:
         """Delete flows by tuple; returns how many went."""
         ...
+
+    def kill_forward_flows(self, name: str) -> int:
+        """Delete every flow of forward `name`; returns how many went."""
+        ...
+
+    def save(self, name: str) -> str:
+        """Add forward `name` to the saved set (restored at boot); says what was done."""
+        ...
+
+    def forget(self, name: str) -> str:
+        """Drop forward `name` from the saved set (its rules stay); says what was done."""
+        ...
+
+    def export(self, name: str, fmt: str) -> str:
+        """Forward `name` as `restore`, `commands` or `ansible` text."""
+        ...

@@ -13,7 +13,7 @@ from dataclasses import replace
 from ipaddress import ip_address
 from typing import TYPE_CHECKING
 
-from natbox import conntrack, persist, txn, watchdog
+from natbox import conntrack, export, persist, txn, watchdog
 from natbox.api import Dashboard, Derived, EngineAPI, FlowSnapshot, ShownChain
 from natbox.backends import Backend
 from natbox.backends.detect import choose_backend
@@ -271,6 +271,39 @@ class Engine:
     def kill(self, flows: list[conntrack.Flow]) -> int:
         """Delete flows by tuple."""
         return conntrack.kill(flows)
+
+    def kill_forward_flows(self, name: str) -> int:
+        """Delete every flow of forward `name` (read, select by its listen ip:port, delete)."""
+        snap = self.flows()
+        return conntrack.kill(conntrack.select(snap.flows, index=snap.index, forward=name))
+
+    def _forward(self, name: str) -> Forward:
+        for state in txn.all_forward_states(self.backend()):
+            if state.name == name and state.forward is not None and state.intact:
+                return state.forward
+        raise NotFoundError(f"there is no intact forward named {name}", "natbox doctor shows why")
+
+    def save(self, name: str) -> str:
+        """Add `name` to the saved set and install the boot-time restore (as `natbox save`)."""
+        txn.require_root()
+        fwd = self._forward(name)
+        saved = [f for f in persist.load() if f.name != name]
+        path = persist.write([*saved, fwd])
+        persist.install_boot(txn.forwarding_enabled_by_natbox())
+        return f"saved {name} to {path}: restored at boot"
+
+    def forget(self, name: str) -> str:
+        """Drop `name` from the saved set (as `natbox forget`)."""
+        txn.require_root()
+        saved = persist.load()
+        if name not in [f.name for f in saved]:
+            raise NatboxError(f"{name} is not saved", "w saves the marked forward")
+        persist.write([f for f in saved if f.name != name])
+        return f"forgot {name}: its rules stay until removed, it is not restored at boot"
+
+    def export(self, name: str, fmt: str) -> str:
+        """Forward `name` for other tools (as `natbox export`)."""
+        return export.export([self._forward(name)], fmt)
 
 
 def nft_generation() -> int | None:

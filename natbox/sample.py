@@ -13,6 +13,7 @@ from natbox import conntrack
 from natbox.api import Dashboard, Derived, EngineAPI, FlowSnapshot, InterfaceStat, ShownChain
 from natbox.checks import Facts, Finding, diagnose, preflight
 from natbox.errors import NatboxError, NotFoundError
+from natbox.export import export as export_forwards
 from natbox.model import Forward
 from natbox.plan import OWN_CHAINS, build_plan, jump_rule
 from natbox.ruleset import forward_states, parse_save
@@ -146,6 +147,8 @@ class SampleEngine:
     """Seconds each flows() read takes (tests slow it down to see what shows before it is done)."""
     generation: int = 0
     """Bumped by every change, like the nft ruleset generation."""
+    saved: set[str] = field(default_factory=lambda: {"web"})
+    """Names in the sample's saved set."""
 
     def __post_init__(self) -> None:
         self._text = sample_flows(self.flow_count)
@@ -199,7 +202,7 @@ class SampleEngine:
                 InterfaceStat("lo", ("127.0.0.1",), 65536, True, 1000, 1000),
             ),
             taken_at=1_700_000_000.0 + 3 * self.reads,
-            saved=frozenset({"web"}),
+            saved=frozenset(self.saved),
             rulesets=(rs,),
         )
 
@@ -329,6 +332,34 @@ class SampleEngine:
         self.removed.append(name)
         self.generation += 1
         return Outcome("remove", name, "restore (nft)", lines, seconds=0.05)
+
+    def kill_forward_flows(self, name: str) -> int:
+        """Forget every flow of forward `name`."""
+        index = conntrack.ForwardIndex(self.forwards)
+        return self.kill([f for f in self._flows if index(f) == name])
+
+    def save(self, name: str) -> str:
+        """Add `name` to the sample's saved set."""
+        self._named(name)
+        self.saved.add(name)
+        return f"saved {name}: restored at boot"
+
+    def forget(self, name: str) -> str:
+        """Drop `name` from the sample's saved set."""
+        if name not in self.saved:
+            raise NatboxError(f"{name} is not saved", "w saves the marked forward")
+        self.saved.discard(name)
+        return f"forgot {name}: its rules stay until removed, it is not restored at boot"
+
+    def export(self, name: str, fmt: str) -> str:
+        """The forward as restore, commands or ansible text."""
+        return export_forwards([self._named(name)], fmt)
+
+    def _named(self, name: str) -> Forward:
+        for fwd in self.forwards:
+            if fwd.name == name:
+                return fwd
+        raise NotFoundError(f"there is no forward named {name}", "natbox list shows them")
 
     def kill(self, flows: list[conntrack.Flow]) -> int:
         """Forget these flows."""

@@ -33,6 +33,11 @@ PALETTE = [
     ("Show rules", "The rules tab", "tab('rules')"),
     ("Show interfaces", "The interfaces tab", "tab('interfaces')"),
     ("Show health", "The selected forward's findings and fixes", "tab('health')"),
+    ("Save the marked forward", "Restored at boot (natbox save)", "save"),
+    ("Forget the marked forward", "Not restored at boot; its rules stay", "forget"),
+    ("Export the marked forward", "Restore text, iptables commands, Ansible", "export"),
+    ("Doctor the marked forward", "Full diagnosis: probes the backend", "doctor"),
+    ("Kill the flows of the marked forward", "After a yes", "kill_flows"),
     ("Help", "Every key", "help"),
 ]
 

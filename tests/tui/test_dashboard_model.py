@@ -196,3 +196,45 @@ def test_the_engines_meet_the_contract() -> None:
         fields = getattr(cls, "__dataclass_fields__", {})
         missing = [m for m in members if not hasattr(cls, m) and m not in fields]
         assert not missing, (cls, missing)
+
+
+async def test_save_forget_export_doctor_and_kill_the_marked_forward() -> None:
+    from textual.widgets import Static
+
+    from tui.screens.confirm import TextScreen
+
+    engine = SampleEngine(flow_count=100)
+    app = make_app(engine)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        assert screen.selected == "dns" and "dns" not in engine.saved
+        await pilot.press("w")
+        await settle(pilot)
+        assert "dns" in engine.saved
+        assert screen.forwards_table.get_cell("dns", "saved") == "yes"
+        await pilot.press("f")
+        await settle(pilot)
+        assert "dns" not in engine.saved
+        await pilot.press("down", "e")
+        await settle(pilot)
+        assert isinstance(app.screen, TextScreen)
+        text = str(app.screen.query_one("#text", Static).render())
+        assert "# restore" in text and "# ansible" in text and "natbox:web" in text
+        await pilot.press("escape")
+        await pilot.press("D")
+        await settle(pilot)
+        detail = str(screen.query_one("#health-detail", Static).render())
+        assert detail.startswith("web: healthy")
+        before = len(engine.flows().flows)
+        await pilot.press("K")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        assert "Kill all" in str(app.screen.query_one("#question").render())
+        await pilot.press("y")
+        await settle(pilot)
+        assert engine.killed and all(f.orig.dport == 1234 for f in engine.killed)
+        assert len(engine.flows().flows) < before
+        commands = [c.help for c in app.get_system_commands(screen)]
+        assert any("Restored at boot" in h for h in commands)

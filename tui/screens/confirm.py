@@ -85,3 +85,36 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def action_answer(self, answer: bool) -> None:
         self.dismiss(answer)
+
+
+class TextScreen(ModalScreen[None]):
+    """Shows text to read or copy (an export); Escape or q closes."""
+
+    DEFAULT_CSS = """
+    TextScreen {
+        align: center middle;
+    }
+    TextScreen > VerticalScroll {
+        width: 95%;
+        max-width: 130;
+        height: auto;
+        max-height: 90%;
+        border: thick $primary;
+        background: $surface;
+        padding: 0 1;
+    }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,q", "dismiss", "Close", id="text.close", tooltip="Close"),
+    ]
+
+    def __init__(self, title: str, text: str) -> None:
+        super().__init__()
+        self.heading = title
+        self.text = text
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll() as scroll:
+            scroll.border_title = self.heading
+            scroll.border_subtitle = "Escape closes"
+            yield Static(self.text, id="text", markup=False)

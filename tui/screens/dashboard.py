@@ -201,6 +201,46 @@ class DashboardScreen(Screen[None]):
         ),
         Binding("r", "refresh", "Refresh", show=False, id="dashboard.refresh", tooltip="Read now"),
         Binding(
+            "w",
+            "save",
+            "Save",
+            show=False,
+            id="dashboard.save",
+            tooltip="Save the marked forward: restored at boot",
+        ),
+        Binding(
+            "f",
+            "forget",
+            "Forget",
+            show=False,
+            id="dashboard.forget",
+            tooltip="Forget the marked forward (not restored at boot; its rules stay)",
+        ),
+        Binding(
+            "e",
+            "export",
+            "Export",
+            show=False,
+            id="dashboard.export",
+            tooltip="Export the marked forward (restore text, commands, Ansible)",
+        ),
+        Binding(
+            "D",
+            "doctor",
+            "Doctor",
+            show=False,
+            id="dashboard.doctor",
+            tooltip="Diagnose the marked forward fully (probes the backend, reads conntrack)",
+        ),
+        Binding(
+            "K",
+            "kill_flows",
+            "Kill flows",
+            show=False,
+            id="dashboard.kill",
+            tooltip="Kill every flow of the marked forward (after a yes)",
+        ),
+        Binding(
             "1",
             "tab('rules')",
             "Tabs",
@@ -976,6 +1016,97 @@ class DashboardScreen(Screen[None]):
     def _record_removal(self, before: Forward | None) -> None:
         if before is not None:
             self.history.append(("removed", before))
+
+    def _marked(self, verb: str, writes: bool = True) -> str | None:
+        """The marked forward for an action, or None (said why)."""
+        if self.selected is None:
+            self.say("no forward selected", severity="warning")
+            return None
+        if writes and self.data is not None and self.data.read_only:
+            self.say(f"read-only: run natbox with sudo to {verb}", severity="warning")
+            return None
+        return self.selected
+
+    def action_save(self) -> None:
+        name = self._marked("save forwards")
+        if name is not None:
+            self._engine_call(lambda: self.engine.save(name), "saving", refresh=True)
+
+    def action_forget(self) -> None:
+        name = self._marked("forget forwards")
+        if name is not None:
+            self._engine_call(lambda: self.engine.forget(name), "forgetting", refresh=True)
+
+    @work(thread=True, group="calls", exit_on_error=False, description="engine call")
+    def _engine_call(self, call: Callable[[], str], what: str, refresh: bool = False) -> None:
+        """One engine call that says what it did (its failure: the StateChanged handler)."""
+        try:
+            said = call()
+        except NatboxError as exc:
+            self.app.call_from_thread(self.say, exc.one_line(), severity="error")
+            return
+        self.app.call_from_thread(self.say, said, title="natbox")
+        if refresh:
+            self.app.call_from_thread(self.action_refresh, True)
+
+    def action_export(self) -> None:
+        name = self._marked("export", writes=False)
+        if name is not None:
+            self._export(self.engine, name)
+
+    @work(thread=True, group="calls", exit_on_error=False, description="exporting")
+    def _export(self, engine: EngineAPI, name: str) -> None:
+        try:
+            parts = [
+                f"# {fmt}\n{engine.export(name, fmt)}" for fmt in ("restore", "commands", "ansible")
+            ]
+        except NatboxError as exc:
+            self.app.call_from_thread(self.say, exc.one_line(), severity="error")
+            return
+        from tui.screens.confirm import TextScreen
+
+        self.app.call_from_thread(
+            self.app.push_screen, TextScreen(f"export {name}", "\n".join(parts))
+        )
+
+    def action_doctor(self) -> None:
+        name = self._marked("diagnose", writes=False)
+        if name is not None:
+            self.query_one("#tabs", TabbedContent).active = "health"
+            self.query_one("#health-detail", Static).update(f"{name}: probing…")
+            self._doctor(self.engine, name)
+
+    @work(thread=True, group="calls", exit_on_error=False, description="doctor")
+    def _doctor(self, engine: EngineAPI, name: str) -> None:
+        try:
+            found = engine.doctor(name, probe=True)
+        except NatboxError as exc:
+            self.app.call_from_thread(self.say, exc.one_line(), severity="error")
+            return
+        self.post_message(
+            HealthChecked({**self.health, **found}, self.data.taken_at if self.data else 0.0)
+        )
+
+    def action_kill_flows(self) -> None:
+        name = self._marked("kill flows")
+        if name is not None:
+            self._confirm_kill(name)
+
+    @work(exclusive=True, group="kill", exit_on_error=False, description="kill flows")
+    async def _confirm_kill(self, name: str) -> None:
+        from tui.screens.confirm import ConfirmScreen
+
+        count = self.counts.get(name, FlowCount(0, 0)).flows if self.counts else 0
+        if await self.app.push_screen_wait(
+            ConfirmScreen(
+                f"Kill all {count} flows of {self._named(name)}?",
+                "Their connections break; new ones are made through the rules as they are now.",
+            )
+        ):
+            engine = self.engine
+            self._engine_call(
+                lambda: f"killed {engine.kill_forward_flows(name)} flows of {name}", "killing"
+            )
 
     def action_conntrack(self, forward: str | None = None) -> None:
         from tui.screens.conntrack import ConntrackScreen
