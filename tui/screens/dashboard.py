@@ -47,8 +47,8 @@ from widgets.status_bar import StatusBar
 
 RULES_EVERY = 3.0
 FLOWS_EVERY = 1.0
-FULL_READ_EVERY = 10
-"""Polls: even when the fingerprint is unchanged, read everything every 10th time (counters)."""
+FULL_READ_EVERY = 20
+"""Polls: even when the fingerprint is unchanged, read everything every 20th (a minute: counters)."""
 OWNER_STYLE = {"docker": "cyan", "kube": "magenta", "other": "", "natbox": "green"}
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
 FILTER_DELAY = 0.15
