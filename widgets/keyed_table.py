@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from rich.cells import cell_len
 from rich.text import Text
+from textual import events
 from textual.widgets import DataTable
 from textual.widgets._data_table import RowKey
 from textual.widgets.data_table import CellType
@@ -84,6 +85,15 @@ class KeyedTable(DataTable[Cell]):
             self.move_cursor(row=min(keep_index, self.row_count - 1), scroll=False)
         self.updates = changes
         return changes
+
+    async def _on_idle(self, event: events.Idle) -> None:
+        # DataTable measures new rows' widths when idle but keeps lines it rendered before with
+        # the old widths (a squashed cursor row in the screenshots): new widths, new render keys.
+        pending = self._require_update_dimensions or bool(self._updated_cells)
+        await super()._on_idle(event)
+        if pending:
+            self._update_count += 1
+            self.refresh()
 
     def _reorder(self, order: list[str]) -> None:
         # DataTable.sort() sorts by cell values; the order here is by key (e.g. a rule inserted in the

@@ -248,9 +248,25 @@ class DashboardScreen(Screen[None]):
             id="dashboard.rules",
             tooltip="Tabs: 1 rules, 2 interfaces, 3 health, 4 history",
         ),
-        Binding("2", "tab('interfaces')", "Ifaces", show=False, id="dashboard.ifaces"),
-        Binding("3", "tab('health')", "Health", show=False, id="dashboard.health"),
-        Binding("4", "tab('history')", "History", show=False, id="dashboard.history"),
+        Binding(
+            "2",
+            "tab('interfaces')",
+            "Ifaces",
+            show=False,
+            id="dashboard.ifaces",
+            tooltip="Interfaces",
+        ),
+        Binding(
+            "3", "tab('health')", "Health", show=False, id="dashboard.health", tooltip="Health"
+        ),
+        Binding(
+            "4",
+            "tab('history')",
+            "History",
+            show=False,
+            id="dashboard.history",
+            tooltip="History: what happened in this session",
+        ),
         Binding("question_mark", "help", "Help", id="dashboard.help", tooltip="Every key"),
         Binding("q", "quit", "Quit", id="dashboard.quit", tooltip="Leave natbox"),
     ]
