@@ -6,20 +6,33 @@ Every user error is one line on stderr with a hint, and exit code 2. No argument
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from natbox import __version__, checks, conntrack, export, persist, txn, watchdog
+from natbox import (
+    __version__,
+    checks,
+    conntrack,
+    converge,
+    declare,
+    export,
+    persist,
+    tables,
+    trace,
+    txn,
+    watchdog,
+)
 from natbox.backends import Backend
 from natbox.backends.detect import BACKEND_CHOICES, choose_backend
 from natbox.errors import NatboxError, NotFoundError
 from natbox.model import PROTOS, Forward
 from natbox.plan import build_plan
+from natbox.ruleset import forward_states
 from natbox.runner import Runner
 from natbox.status import snapshot
 from natbox.system import route_to
@@ -27,6 +40,14 @@ from natbox.system import route_to
 
 class UsageError(NatboxError):
     """A command line argparse could not accept."""
+
+
+def _window(text: str) -> float:
+    """argparse type for confirm windows: finite seconds from 5 to 3600."""
+    try:
+        return watchdog.parse_window(text)
+    except NatboxError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,7 +72,19 @@ def forward_from_args(args: argparse.Namespace, runner: Runner | None = None) ->
             sources=args.sources,
             local=args.local,
         )
-        route = route_to(probe.backend.ip, runner)
+        try:
+            route = route_to(probe.backend.ip, runner)
+        except NatboxError as exc:
+            raise NatboxError(
+                f"this box has no route to the backend {probe.backend.ip}: "
+                + exc.message.split(": ", 1)[-1],
+                f"add a route to {probe.backend.ip} (ip route add ...) or fix the backend address"
+                + (
+                    "; to only plan it, pass --snat ADDR"
+                    if getattr(args, "command", "") == "plan"
+                    else "; natbox check shows what else is in the way"
+                ),
+            ) from None
         if route.src is None:
             raise NatboxError(
                 f"the route to {probe.backend.ip} (dev {route.dev}) has no source address",
@@ -163,15 +196,24 @@ def cmd_add(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"forward {fwd.name}: {fwd.proto} {fwd.listen} → {fwd.backend} via {backend.label}")
         print("\n".join(plan.plain()))
-    findings = engine.preflight(fwd)
-    if not args.json:
-        _print_findings(findings)
-    if not args.force:
-        checks.raise_if_blocked(findings)
-    _confirm(args, f"Apply forward {fwd.name}?")
-    # With --confirm the watchdog is armed before the rules go in (Engine.apply).
+
+    def judge(findings: list[checks.Finding]) -> None:
+        if not args.json:
+            _print_findings(findings)
+        if not args.force:
+            checks.raise_if_blocked(findings)
+
+    if not args.yes:
+        judge(engine.preflight(fwd))  # the findings come before the question
+        _confirm(args, f"Apply forward {fwd.name}?")
+    # With --confirm the watchdog is armed before the rules go in (Engine.apply). With --yes the
+    # preflight runs inside the change, on the one ruleset read the change decides on.
     outcome = engine.apply(
-        fwd, confirm_seconds=args.confirm, enable_forwarding=args.enable_forwarding
+        fwd,
+        confirm_seconds=args.confirm,
+        enable_forwarding=args.enable_forwarding,
+        adopt=args.adopt,
+        judge=judge if args.yes else None,
     )
     if args.confirm is not None:
         outcome.notes.append(
@@ -202,7 +244,8 @@ def cmd_remove(args: argparse.Namespace) -> int:
             return 0
         _confirm(args, f"Remove forward {args.name}?")
     _recover(backend)
-    outcome = txn.remove(backend, args.name)
+    with tables.tracked(backend):  # an nft table natbox created goes again once empty
+        outcome = txn.remove(backend, args.name)
     if args.json:
         print(json.dumps(outcome.to_dict(), indent=2))
         return 0
@@ -213,10 +256,11 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def _print_findings(findings: list[checks.Finding], indent: str = "") -> None:
-    marks = {"error": "error", "warning": "warning", "info": "info"}
     for f in findings:
-        print(f"{indent}{marks[f.severity]:<8} {f.message}")
-        if f.severity != "info":
+        print(f"{indent}{f.severity:<8} {f.message}")
+        for line in f.lines():
+            print(f"{indent}{'':<8}   {line}")
+        if f.severity != checks.INFO:
             print(f"{indent}{'':<8} fix: {f.fix}")
 
 
@@ -224,7 +268,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     """Diagnose a forward before adding it: exit 0 clean, 1 findings."""
     from natbox.engine import Engine
 
-    fwd = forward_from_args(args)
+    try:
+        fwd = forward_from_args(args)
+    except NatboxError as exc:
+        if "no route to the backend" not in exc.message:
+            raise
+        # No route is a finding (exit 1), not a usage error: check the rest as if masquerading.
+        args.masquerade = True
+        fwd = forward_from_args(args)
     findings = Engine(args.backend_choice).preflight(fwd)
     if args.json:
         print(
@@ -257,18 +308,76 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return max((checks.exit_code(fs) for fs in report.values()), default=0)
 
 
+def _traced_forward(backend: Backend, which: str) -> Forward:
+    """The forward in the kernel named `which`, or listening on `which` (ip:port)."""
+    for bound in txn.families(backend):
+        for state in forward_states(bound.read(natbox_only=True)):
+            fwd = state.forward
+            if fwd is not None and which in (fwd.name, str(fwd.listen)):
+                return fwd
+    raise NotFoundError(f"there is no forward {which}", "natbox list shows them (NAME or ip:port)")
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    """Ask the kernel which rules the forward's next connection meets (nft hosts)."""
+    txn.require_root()
+    why = trace.unavailable()
+    if why is not None:
+        raise trace.TraceUnavailable(why, "natbox doctor diagnoses without a trace")
+    fwd = _traced_forward(_backend(args), args.forward)
+
+    def show(pkt: trace.TracedPacket) -> None:
+        if not args.json:
+            print("\n".join(pkt.lines(fwd)), flush=True)
+
+    if not args.json:
+        print(
+            f"tracing {fwd.name} ({fwd.proto} {fwd.listen} → {fwd.backend}): waiting up to "
+            f"{args.timeout:g} s for a connection (Ctrl-C stops)",
+            flush=True,
+        )
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM/SIGHUP end the trace like Ctrl-C: the rules go
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+    result = trace.run(fwd, timeout=args.timeout, on_packet=show)
+    dropped = [p for p in result.packets if p.dropped_by is not None]
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "forward": fwd.to_dict(),
+                    "timed_out": result.timed_out,
+                    "packets": [p.to_dict(fwd) for p in result.packets],
+                },
+                indent=2,
+            )
+        )
+    elif not result.packets:
+        print(f"no packet for {fwd.listen} within {args.timeout:g} s (is a client trying?)")
+    return 1 if dropped or not result.packets else 0
+
+
 def _recover(backend: Backend) -> None:
-    """Finish or undo an operation a crashed natbox left behind, and say so."""
-    message = txn.recover(backend)
-    if message:
-        print(f"natbox: recovered: {message}", file=sys.stderr)
+    """Finish or undo what a crashed natbox (or a dead watchdog) left behind, and say so."""
+    for message in (txn.recover(backend), converge.recover_set(backend)):
+        if message:
+            print(f"natbox: recovered: {message}", file=sys.stderr)
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
     """Finish or undo what a crashed natbox left behind."""
     txn.require_root()
-    message = txn.recover(_backend(args))
-    print(message or "nothing to recover")
+    backend = _backend(args)
+    done = (
+        txn.recover(backend),
+        converge.recover_set(backend),
+        watchdog.supervise(),
+        trace.cleanup_stale(),
+    )
+    print("\n".join(m for m in done if m) or "nothing to recover")
     return 0
 
 
@@ -316,16 +425,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
     saved = persist.load()  # validated whole before anything is touched
     backend = _backend(args)
     _recover(backend)
-    states = {s.name: s for s in txn.all_forward_states(backend)}
-    applied: list[str] = []
-    for fwd in saved:
-        state = states.get(fwd.name)
-        if state is not None and state.intact and state.forward == fwd:
-            continue
-        if state is not None:
-            txn.remove(backend, fwd.name)  # a broken or different copy: replace it
-        txn.apply(backend, fwd, enable_ip_forward=True)
-        applied.append(fwd.name)
+    # The whole saved set is one transaction (all of it or nothing), as `natbox apply` does it:
+    # missing forwards are added, broken or different copies replaced, others left as they are.
+    wanted = declare.Wanted(str(persist.saved_path()), [declare.Entry(f, 0) for f in saved])
+    report = declare.plan(backend, wanted, enable_forwarding=True, diagnose=False)
+    declare.carry_out(backend, report, force=True, enable_forwarding=True)
+    change = report.change
+    applied = [f.name for f in change.added] + [new.name for _, new in change.replaced]
     kept = len(saved) - len(applied)
     print(f"restored {', '.join(applied) or 'nothing'}; {kept} already there")
     return 0
@@ -345,6 +451,92 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise NatboxError("no natbox forwards to export", "natbox add one first")
     print(export.export(forwards, args.format), end="")
     return 0
+
+
+def _other_side(det_warnings: list[str]) -> list[str]:
+    return [w for w in det_warnings if "also sit" in w]
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """Make natbox's forwards in the kernel what FILE says: one transaction, or nothing."""
+    try:
+        return _apply(args)
+    except NatboxError as exc:
+        if args.json:  # a playbook reads stdout: say what failed there too
+            print(json.dumps({"changed": False, "failed": True, "error": exc.one_line()}))
+        raise
+
+
+def _apply(args: argparse.Namespace) -> int:
+    wanted = declare.load(args.file)  # the whole file is checked before anything is read or touched
+    if not args.check:
+        txn.require_root()
+    backend, det = choose_backend(args.backend_choice)
+    if not args.check:
+        _recover(backend)
+    report = declare.plan(
+        backend,
+        wanted,
+        prune=args.prune,
+        enable_forwarding=args.enable_forwarding,
+        other_side=_other_side(det.warnings),
+    )
+    if args.check or not report.changed:
+        report.check = args.check
+        blocked = declare.blocking(report) if report.changed and not args.force else None
+        if args.json:
+            print(json.dumps(report.to_dict(args.diff), indent=2))
+        else:
+            print("\n".join(declare.render(report, diff=args.diff)))
+        if blocked is not None:
+            raise blocked
+        return 0
+    if not args.json:
+        print("\n".join(declare.render(report, diff=args.diff)))
+    if not args.force:
+        blocked = declare.blocking(report)
+        if blocked is not None:
+            raise blocked
+    _confirm(args, "Apply these changes?")
+    declare.carry_out(
+        backend,
+        report,
+        force=args.force,
+        enable_forwarding=args.enable_forwarding,
+        confirm_seconds=args.confirm,
+        backend_choice=args.backend_choice,
+    )
+    if args.json:
+        print(json.dumps(report.to_dict(args.diff), indent=2))
+    else:
+        for note in report.notes:
+            print(f"note: {note}")
+        c = report.change
+        print(
+            f"applied: {len(c.added)} added, {len(c.replaced)} replaced, {len(c.removed)} removed "
+            f"({report.seconds * 1000:.0f} ms)"
+        )
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Drift: how the kernel differs from FILE (default: the saved set), with the fix. Exit 1 on drift."""
+    path = args.file or str(persist.saved_path())
+    if args.file is None and not persist.saved_path().exists():
+        raise NatboxError(f"{path} does not exist", "natbox save first, or give a FILE")
+    wanted = declare.load(path)
+    backend, _det = choose_backend(args.backend_choice)
+    report = declare.plan(backend, wanted, diagnose=False)
+    if args.json:
+        print(json.dumps(report.to_dict(diff=True), indent=2))
+    else:
+        print("\n".join(declare.render(report, diff=True, drift=True)))
+        if report.changed:
+            fix = (
+                f"natbox apply {path}" if args.file else f"natbox apply {path} (or natbox restore)"
+            )
+            print(f"fix: {fix}")
+    return 1 if report.changed else 0
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
@@ -369,10 +561,21 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps(snap, indent=2))
         return 0
     forwarding = "on" if snap["ip_forward"] else "OFF"
-    print(f"backend {snap['backend']}   ip_forward {forwarding}")
-    policies = snap["policies"]
-    assert isinstance(policies, dict)
-    print("policies " + "  ".join(f"{k} {v}" for k, v in policies.items()))
+    forwarding6 = "on" if snap["ip6_forward"] else "OFF"
+    print(f"backend {snap['backend']}   ip_forward {forwarding}   ipv6 forwarding {forwarding6}")
+    for key, tool in (("policies", "iptables"), ("policies6", "ip6tables")):
+        policies = snap[key]
+        assert isinstance(policies, dict)
+        if policies:
+            print(f"{tool + ' policies':<19}" + "  ".join(f"{k} {v}" for k, v in policies.items()))
+    chains = snap["chains"]
+    assert isinstance(chains, list)
+    own = [c for c in chains if str(c["chain"]).startswith("NATBOX-")]
+    for fam, tool in ((4, "iptables"), (6, "ip6tables")):
+        mine = [c for c in own if c["family"] == fam]
+        if mine:
+            listed = "  ".join(f"{c['table']}/{c['chain']} ({c['rules']})" for c in mine)
+            print(f"{tool + ' chains':<19}{listed}")
     forwards = snap["forwards"]
     assert isinstance(forwards, list)
     print(f"\nforwards ({len(forwards)})")
@@ -388,7 +591,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     assert isinstance(foreign, list)
     print(f"\nforeign NAT and FORWARD rules ({len(foreign)})")
     for r in foreign:
-        print(f"  {r['table']}/{r['chain']:<12} {r['owner']:<6} {r['rule']}")
+        where = f"{'ip6 ' if r['family'] == 6 else ''}{r['table']}/{r['chain']}"
+        print(f"  {where:<20} {r['owner']:<6} {r['rule']}")
     warnings = snap["warnings"]
     assert isinstance(warnings, list)
     for w in warnings:
@@ -522,7 +726,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--confirm-window",
-        type=float,
+        type=_window,
         default=30.0,
         metavar="SECONDS",
         help="dashboard: how long a new forward waits for y before it is rolled back (default 30)",
@@ -545,11 +749,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
     p.add_argument(
         "--confirm",
-        type=float,
+        type=_window,
         metavar="SECONDS",
-        help="roll back after SECONDS unless `natbox confirm` (survives a dropped SSH session)",
+        help="roll back after SECONDS (5-3600) unless `natbox confirm` (survives a dropped SSH "
+        "session)",
     )
     p.add_argument("--force", action="store_true", help="apply despite preflight errors")
+    p.add_argument(
+        "--adopt",
+        action="store_true",
+        help="use natbox's chains even though they hold rules natbox did not write",
+    )
     p.add_argument("--yes", "-y", action="store_true", help="do not ask")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_add)
@@ -572,14 +782,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_forget)
     p = sub.add_parser("restore", help="re-apply the saved forwards that are missing (boot)")
     p.set_defaults(func=cmd_restore)
+    p = sub.add_parser(
+        "trace", help="show the kernel's path for the forward's next connection (nft hosts)"
+    )
+    p.add_argument("forward", metavar="NAME|LISTEN", help="a forward's name or its ip:port")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_trace)
+
     p = sub.add_parser("recover", help="finish or undo what a crashed natbox left behind")
     p.set_defaults(func=cmd_recover)
     p = sub.add_parser(
-        "export", help="forwards as restore text, iptables commands or Ansible tasks"
+        "export",
+        help="forwards as the file natbox apply reads (json, toml), an Ansible playbook, "
+        "restore text or commands",
     )
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--format", choices=export.FORMATS, default="restore")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "apply", help="make natbox's forwards what FILE says (JSON or TOML; - reads stdin)"
+    )
+    p.add_argument("file", metavar="FILE", help="the wanted forwards (the saved set's format)")
+    p.add_argument("--check", action="store_true", help="show what would change, change nothing")
+    p.add_argument("--diff", action="store_true", help="show iptables-save lines before/after")
+    p.add_argument("--prune", action="store_true", help="remove natbox forwards not in FILE")
+    p.add_argument(
+        "--confirm",
+        type=float,
+        metavar="SECONDS",
+        help="roll the whole change back after SECONDS unless `natbox confirm`",
+    )
+    p.add_argument("--force", action="store_true", help="apply despite preflight errors")
+    p.add_argument(
+        "--enable-forwarding", action="store_true", help="turn on IP forwarding if it is off"
+    )
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("diff", help="drift: the kernel against FILE (default the saved set)")
+    p.add_argument("file", metavar="FILE", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_diff)
 
     p = sub.add_parser("confirm", help="keep the change waiting in its confirm window")
     p.set_defaults(func=cmd_confirm)
@@ -622,10 +868,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_tui(backend_choice: str | None, confirm_seconds: float) -> int:
-    # Imported here so that `import natbox` never pulls in textual.
-    app_module = importlib.import_module("tui.app")
-    run: Callable[[str | None, float], int] = app_module.run
+    # Imported here so that a CLI command never pays for (or needs) textual; the layering contract
+    # in pyproject.toml allows exactly this one import from natbox into the TUI.
+    from tui.app import run
+
     return run(backend_choice, confirm_seconds)
+
+
+_UNSUPERVISED = {"plan", "export", "confirm", "rollback", "recover", "demo"}
+"""Commands that do not look after the confirm window first (they handle it themselves, or never
+touch the state directory)."""
+
+
+def _supervise() -> None:
+    """Every natbox command makes sure a pending change has a live watchdog (and rolls back an
+    expired one whose watchdog died), so the confirm window cannot be defeated by killing it."""
+    if not os.geteuid() == 0:
+        return
+    try:
+        message = watchdog.supervise()
+    except NatboxError as exc:
+        print(f"natbox: warning: {exc.one_line().removeprefix('natbox: ')}", file=sys.stderr)
+        return
+    if message:
+        print(f"natbox: {message}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -636,6 +902,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             return _run_tui(args.backend_choice, args.confirm_window)
         func: Callable[[argparse.Namespace], int] = args.func
+        if args.command not in _UNSUPERVISED:
+            _supervise()
         return func(args)
     except NatboxError as exc:
         print(exc.one_line(), file=sys.stderr)

@@ -8,18 +8,18 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import replace
 from ipaddress import ip_address
 from typing import TYPE_CHECKING
 
-from natbox import conntrack, export, persist, txn, watchdog
+from natbox import conntrack, export, persist, tables, txn, watchdog
 from natbox.api import Dashboard, Derived, EngineAPI, FlowSnapshot, ShownChain
 from natbox.backends import Backend
 from natbox.backends.detect import choose_backend
 from natbox.checks import ERROR, Finding, diagnose, preflight
-from natbox.diagnose import BoxFacts, box_facts, gather_facts, listeners
 from natbox.errors import NatboxError, NotFoundError
+from natbox.facts import BoxFacts, box_facts, gather_facts, listeners
 from natbox.model import Forward, Ruleset
 from natbox.plan import build_plan
 from natbox.ruleset import ForwardState, forward_states
@@ -109,6 +109,15 @@ class Engine:
                 recovered = f"recovery failed: {exc.message}"
             if recovered:
                 rs = backend.read()
+        if not self.read_only:
+            # Every poll: a confirm window whose watchdog died is taken over or rolled back here.
+            try:
+                supervised = watchdog.supervise()
+            except NatboxError as exc:
+                supervised = exc.message
+            if supervised:
+                recovered = supervised
+                rs = backend.read()
         try:
             saved: frozenset[str] | None = frozenset(f.name for f in persist.load())
         except NatboxError:
@@ -166,7 +175,7 @@ class Engine:
             if state.forward is not None:
                 box = box or box_facts(flows=flows)  # once for all forwards
                 facts = gather_facts(
-                    state.forward, other_side=self._other_side(), probe=probe, box=box
+                    state.forward, other_side=self._other_side(), probe=probe, box=box, rs=rs
                 )
                 findings += diagnose(state.forward, rs, facts, existing=True)
             out[state.name] = findings
@@ -224,9 +233,10 @@ class Engine:
 
     def preflight(self, fwd: Forward) -> list[Finding]:
         """Everything that would make `fwd` fail here, before it is applied."""
-        facts = gather_facts(fwd, other_side=self._other_side())
-        # The whole ruleset: foreign DNATs and DROPs are what the checks look for.
-        return preflight(fwd, self.backend().for_family(fwd.family).read(), facts)
+        # The whole ruleset, read once: foreign DNATs and DROPs are what the checks look for.
+        rs = self.backend().for_family(fwd.family).read()
+        facts = gather_facts(fwd, other_side=self._other_side(), rs=rs)
+        return preflight(fwd, rs, facts)
 
     def doctor(self, name: str | None = None, probe: bool = True) -> dict[str, list[Finding]]:
         """Findings for the forwards in the kernel (or one), broken ones included."""
@@ -240,14 +250,38 @@ class Engine:
         return out
 
     def apply(
-        self, fwd: Forward, *, confirm_seconds: float | None = None, enable_forwarding: bool = False
+        self,
+        fwd: Forward,
+        *,
+        confirm_seconds: float | None = None,
+        enable_forwarding: bool = False,
+        adopt: bool = False,
+        judge: Callable[[list[Finding]], None] | None = None,
     ) -> txn.Outcome:
-        """Apply `fwd`; with `confirm_seconds`, a detached watchdog rolls it back unless confirmed."""
+        """Apply `fwd`; with `confirm_seconds`, a detached watchdog rolls it back unless confirmed.
+
+        With `judge`, the preflight diagnosis runs on the same ruleset read the change decides on
+        (one read per command) and `judge(findings)` may raise to stop it before anything changes.
+        """
+        backend = self.backend()
+        gate: Callable[[Ruleset], None] | None = None
+        if judge is not None:
+            facts = gather_facts(fwd, other_side=self._other_side())
+
+            def gate(rs: Ruleset) -> None:
+                judge(preflight(fwd, rs, facts))
+
+        def run() -> txn.Outcome:
+            with tables.tracked(backend):  # an nft table this creates goes again once empty
+                return txn.apply(
+                    backend, fwd, enable_ip_forward=enable_forwarding, adopt=adopt, gate=gate
+                )
+
         if confirm_seconds is None:
-            return txn.apply(self.backend(), fwd, enable_ip_forward=enable_forwarding)
+            return run()
         armed = watchdog.arm(fwd.name, confirm_seconds, self._choice)
         try:
-            return txn.apply(self.backend(), fwd, enable_ip_forward=enable_forwarding)
+            return run()
         except BaseException:
             watchdog.disarm(armed)
             raise
@@ -265,8 +299,9 @@ class Engine:
         return txn.preview_remove(self.backend(), name)
 
     def remove(self, name: str) -> txn.Outcome:
-        """Remove a forward (all its rules, or none)."""
-        return txn.remove(self.backend(), name)
+        """Remove a forward (all its rules, or none); an nft table natbox created goes if empty."""
+        with tables.tracked(self.backend()):
+            return txn.remove(self.backend(), name)
 
     def kill(self, flows: list[conntrack.Flow]) -> int:
         """Delete flows by tuple."""

@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+SHOWN_MAX = 80
+"""At most this many characters of a user's input are quoted in a message."""
+
+
+def shown(value: object, limit: int = SHOWN_MAX) -> str:
+    """`value` as a message quotes it: printable, and cut to `limit` characters with its length."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 1]}… ({len(str(value))} characters)"
+
 
 class NatboxError(Exception):
     """An error the user can cause or fix; the CLI prints it on one line and exits 2."""
@@ -20,7 +31,7 @@ class NatboxError(Exception):
             if self.hint
             else f"natbox: {self.message}"
         )
-        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+        return shown(text, 600)
 
 
 class ValidationError(NatboxError):

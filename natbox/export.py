@@ -1,5 +1,8 @@
-"""Provides export: natbox's forwards as an iptables-restore fragment, as iptables commands, or as an
-Ansible task list, so a fleet can be driven by the tools admins already use."""
+"""Provides export: natbox's forwards as the file `natbox apply` reads (json, toml), as an Ansible
+playbook for the role in contrib/ansible, as an iptables-restore fragment or as iptables commands.
+
+Mixed sets are split by IP version: the restore fragment and the commands have an IPv4 part (for
+iptables) and an IPv6 part (for ip6tables)."""
 
 from __future__ import annotations
 
@@ -9,16 +12,32 @@ import shlex
 from natbox.model import Forward
 from natbox.plan import TABLE_ORDER, Plan, build_plan, setup_rules
 
-FORMATS = ("restore", "commands", "ansible")
+FORMATS = ("json", "toml", "ansible", "restore", "commands")
+
+
+def _by_family(forwards: list[Forward]) -> list[tuple[int, list[Forward]]]:
+    return [
+        (fam, [f for f in forwards if f.family == fam])
+        for fam in (4, 6)
+        if any(f.family == fam for f in forwards)
+    ]
 
 
 def restore_fragment(forwards: list[Forward]) -> str:
-    """One iptables-restore --noflush fragment: natbox's chains (-N) and jumps once, then every rule."""
+    """iptables-restore --noflush fragments (one per IP version): natbox's chains (-N) and jumps
+    once, then every rule."""
+    out: list[str] = []
+    for fam, group in _by_family(forwards):
+        out.append(_fragment(group, "ip6tables" if fam == 6 else "iptables"))
+    return "".join(out)
+
+
+def _fragment(forwards: list[Forward], tool: str) -> str:
     plans = [build_plan(f) for f in forwards]
     lines: list[str] = [
-        f"# natbox export: {', '.join(f.name for f in forwards)}",
-        "# for iptables-restore --noflush on a box without natbox's chains: -N fails (and changes",
-        "# nothing) where they exist, instead of flushing them as a ':CHAIN' line would",
+        f"# natbox export: {', '.join(f.name for f in forwards)} ({tool}-restore --noflush)",
+        "# for a box without natbox's chains: -N fails (and changes nothing) where they exist,",
+        "# instead of flushing them as a ':CHAIN' line would; `natbox apply` has no such limit",
     ]
     for table in TABLE_ORDER:
         lines.append(f"*{table}")
@@ -31,69 +50,72 @@ def restore_fragment(forwards: list[Forward]) -> str:
 
 
 def command_lines(forwards: list[Forward]) -> str:
-    """The same as iptables commands, chains and jumps first."""
-    plans = [build_plan(f) for f in forwards]
-    used = {c for p in plans for c in p.chains}
+    """The same as iptables (ip6tables) commands, chains and jumps first."""
     out = [f"# natbox export: {', '.join(f.name for f in forwards)}"]
-    for table in TABLE_ORDER:
-        jumps = setup_rules([table], used)
-        out.extend(f"iptables -w -t {table} -N {j.args[-1]}" for j in jumps)
-        out.extend(shlex.join(j.command("iptables", "-I")) for j in jumps)
-    for plan in plans:
-        out.extend(plan.command_lines(()))
+    for fam, group in _by_family(forwards):
+        binary = "ip6tables" if fam == 6 else "iptables"
+        plans = [build_plan(f) for f in group]
+        used = {c for p in plans for c in p.chains}
+        for table in TABLE_ORDER:
+            jumps = setup_rules([table], used)
+            out.extend(f"{binary} -w -t {table} -N {j.args[-1]}" for j in jumps)
+            out.extend(shlex.join(j.command(binary, "-I")) for j in jumps)
+        for plan in plans:
+            out.extend(plan.command_lines(()))
     return "\n".join(out) + "\n"
 
 
-def ansible_tasks(forwards: list[Forward]) -> str:
-    """An Ansible task list: ip_forward on, the restore fragment in place, applied once per forward.
-
-    ansible.builtin.iptables cannot express the conntrack scoping (--ctorigdst), so the tasks carry the
-    exact fragment and apply it with iptables-restore --noflush, guarded by natbox's own rule comment so
-    a second run changes nothing.
-    """
-    fragment = restore_fragment(forwards)
-    names = [f.name for f in forwards]
-    guard = " && ".join(f"iptables-save | grep -q -- '--comment \"natbox:{n}\"'" for n in names)
-    tasks = [
+def ansible_playbook(forwards: list[Forward]) -> str:
+    """A playbook for the natbox role (contrib/ansible/roles/natbox): `natbox apply` on every box,
+    idempotent and atomic, check mode included. JSON is YAML, so no YAML library writes it."""
+    play = [
         {
-            "name": "natbox: IPv4 forwarding on (runtime and at boot)",
-            "ansible.builtin.copy": {
-                "dest": "/etc/sysctl.d/90-natbox.conf",
-                "content": "net.ipv4.ip_forward = 1\n",
-                "mode": "0644",
-            },
-        },
-        {
-            "name": "natbox: apply IPv4 forwarding now",
-            "ansible.builtin.command": "sysctl -w net.ipv4.ip_forward=1",
-            "changed_when": False,
-        },
-        {
-            "name": f"natbox: rules of {', '.join(names)}",
-            "ansible.builtin.copy": {
-                "dest": "/etc/natbox/export.rules",
-                "content": fragment,
-                "mode": "0600",
-            },
-        },
-        {
-            "name": f"natbox: apply {', '.join(names)} unless present",
-            "ansible.builtin.shell": f"{guard} || iptables-restore --noflush /etc/natbox/export.rules",
-            "register": "natbox_apply",
-            "changed_when": False,
-        },
+            "name": "natbox forwards",
+            "hosts": "natboxes",
+            "become": True,
+            "roles": [
+                {
+                    "role": "natbox",
+                    "vars": {
+                        "natbox_prune": False,
+                        "natbox_forwards": [f.to_dict() for f in forwards],
+                    },
+                }
+            ],
+        }
     ]
-    # JSON is valid YAML: no YAML library needed to write it, any parser reads it back.
-    return "# natbox export (Ansible task list)\n" + json.dumps(tasks, indent=2) + "\n"
+    return (
+        "# natbox export: an Ansible playbook for the natbox role (contrib/ansible/roles/natbox)\n"
+        "# ansible-playbook -i INVENTORY this.yml [--check]; natbox_prune: true also removes\n"
+        "# natbox forwards that are not listed\n" + json.dumps(play, indent=2) + "\n"
+    )
+
+
+def dump(forwards: list[Forward], fmt: str = "json") -> str:
+    """Forwards as a file `natbox apply` reads (json: exactly the saved set's format)."""
+    if fmt == "json":
+        return (
+            json.dumps({"version": 1, "forwards": [f.to_dict() for f in forwards]}, indent=2) + "\n"
+        )
+    out = ["# natbox forwards: natbox apply FILE", "version = 1"]
+    for f in forwards:
+        out.append("\n[[forwards]]")
+        for key, value in f.to_dict().items():
+            if value is None or value is False or value == []:
+                continue
+            out.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(out) + "\n"
 
 
 def export(forwards: list[Forward], fmt: str) -> str:
     """Render `forwards` in one of FORMATS."""
+    if fmt in ("json", "toml"):
+        return dump(forwards, fmt)
     if fmt == "restore":
         return restore_fragment(forwards)
     if fmt == "commands":
         return command_lines(forwards)
-    return ansible_tasks(forwards)
+    return ansible_playbook(forwards)
 
 
 def plans(forwards: list[Forward]) -> list[Plan]:

@@ -131,7 +131,9 @@ class Lab:
     """The seed topology in three fresh namespaces named <tag>-{c,n,s} (tag nbt-<unique> by default)."""
 
     def __init__(self, tag: str | None = None) -> None:
-        tag = tag or f"nbt-{os.getpid()}-{secrets.token_hex(3)}"
+        # NATBOX_LAB_PREFIX: a private prefix per person running labs on a shared machine.
+        prefix = os.environ.get("NATBOX_LAB_PREFIX", "nbt-")
+        tag = tag or f"{prefix}{os.getpid()}-{secrets.token_hex(3)}"
         self.client, self.nat, self.server = (f"{tag}-c", f"{tag}-n", f"{tag}-s")
         self.procs: list[subprocess.Popen[str]] = []
         self.workdir = Path(tempfile.mkdtemp(prefix="nbt-lab-"))

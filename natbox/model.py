@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Literal
 
-from natbox.errors import ValidationError
+from natbox.errors import ValidationError, shown
 
 Proto = Literal["tcp", "udp", "both"]
 IPAddress = IPv4Address | IPv6Address
@@ -34,28 +34,22 @@ def parse_ip(text: str, what: str = "address") -> IPAddress:
     except ValueError:
         if ":" not in text:
             raise ValidationError(
-                f"{text or '(empty)'} is not an IPv4 address",
+                f"{shown(text) or '(empty)'} is not an IPv4 address",
                 f"give the {what} as four numbers 0-255, like 192.168.1.30",
             ) from None
         raise ValidationError(
-            f"{text} is not an IPv6 address", f"give the {what} like 2001:db8::30"
+            f"{shown(text)} is not an IPv6 address", f"give the {what} like 2001:db8::30"
         ) from None
-
-
-def parse_ipv4(text: str, what: str = "address") -> IPv4Address:
-    """Parse a dotted-quad IPv4 address, or raise with a message naming the bad text."""
-    addr = parse_ip(text, what)
-    if not isinstance(addr, IPv4Address):
-        raise ValidationError(f"{text} is an IPv6 address", f"give the {what} as an IPv4 address")
-    return addr
 
 
 def parse_port(text: str, what: str = "port") -> int:
     """Parse one port number 1-65535."""
     text = text.strip()
-    if not text.isdigit():
+    # isdigit() alone admits '²' and Arabic-Indic digits (int() even reads '٨٠' as 80).
+    if not (text.isascii() and text.isdigit()) or len(text) > 5:
         raise ValidationError(
-            f"{what} {text!r} is not a number", "ports are whole numbers from 1 to 65535"
+            f"{what} {shown(repr(text))} is not a number from 1 to 65535",
+            "ports are whole numbers from 1 to 65535",
         )
     port = int(text)
     if not 1 <= port <= 65535:
@@ -92,7 +86,7 @@ def parse_cidr(text: str) -> IPNetwork:
                 f"{text} has host bits set", f"did you mean {fixed.with_prefixlen}?"
             ) from None
         raise ValidationError(
-            f"{text or '(empty)'} is not an IP network", "write it like 192.168.1.0/24"
+            f"{shown(text) or '(empty)'} is not an IP network", "write it like 192.168.1.0/24"
         ) from None
     return net
 
@@ -102,7 +96,7 @@ def name_problem(name: str) -> str | None:
     if NAME_RE.fullmatch(name):
         return None
     return (
-        f"name {name!r} is not valid: use 1-24 characters, lowercase letters, digits and '-', "
+        f"name {shown(repr(name))} is not valid: use 1-24 characters, lowercase letters, digits and '-', "
         "starting with a letter or digit"
     )
 
@@ -124,7 +118,7 @@ def _unicast_problem(addr: IPAddress, what: str) -> str | None:
 
 @dataclass(frozen=True, order=True)
 class Endpoint:
-    """An IPv4 address with a port or a port range (port == port_end for a single port)."""
+    """An IPv4 or IPv6 address with a port or a port range (port == port_end for a single port)."""
 
     ip: IPAddress
     port: int
@@ -138,6 +132,10 @@ class Endpoint:
     def parse(cls, text: str, what: str = "address") -> Endpoint:
         """Parse `ip:port`, `ip:lo-hi`, `[v6]:port` or `[v6]:lo-hi`."""
         text = text.strip()
+        if len(text) > 64:  # the longest real one, [v6]:lo-hi, has 53 characters
+            raise ValidationError(
+                f"{what} {shown(text)} is too long to be ip:port", f"give the {what} as ip:port"
+            )
         if text.startswith("["):
             host, close, rest = text[1:].partition("]")
             if not close or not rest.startswith(":") or not rest[1:]:
@@ -410,6 +408,8 @@ class Ruleset:
 
     tables: dict[str, Table] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    incompatible: list[str] = field(default_factory=list)
+    """Tables iptables-nft-save could not show (native nftables rules in them): not to be trusted."""
 
     def rules(self, table: str | None = None) -> Iterator[Rule]:
         """All rules, optionally of one table, in dump order."""

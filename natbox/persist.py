@@ -11,29 +11,37 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from natbox.errors import NatboxError, ValidationError
+from natbox.errors import NatboxError, ValidationError, shown
 from natbox.model import Forward
+from natbox.paths import (
+    StateFileError,
+    config_dir,
+    read_trusted,
+    sysctl_dir,
+    unit_dir,
+    write_json,
+    write_text,
+)
 
 UNIT_NAME = "natbox-restore.service"
 SYSCTL_NAME = "90-natbox.conf"
+FILE_VERSION = 1
 
-
-def config_dir() -> Path:
-    """Where forwards.json lives."""
-    return Path(os.environ.get("NATBOX_CONFIG_DIR", "/etc/natbox"))
-
-
-def unit_dir() -> Path:
-    """Where the systemd unit goes."""
-    return Path(os.environ.get("NATBOX_UNIT_DIR", "/etc/systemd/system"))
-
-
-def sysctl_dir() -> Path:
-    """Where the ip_forward drop-in goes."""
-    return Path(os.environ.get("NATBOX_SYSCTL_DIR", "/etc/sysctl.d"))
+_FORWARD_KEYS: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "proto": (str,),
+    "listen": (str,),
+    "backend": (str,),
+    "snat": (str, type(None)),
+    "masquerade": (bool,),
+    "mss_clamp": (bool,),
+    "local": (bool,),
+    "sources": (list,),
+}
+_REQUIRED = ("name", "listen", "backend")
+_TYPE_NAMES = {str: "a string", bool: "true or false", list: "a list", type(None): "null"}
 
 
 def saved_path() -> Path:
@@ -42,10 +50,31 @@ def saved_path() -> Path:
 
 
 def forward_from_dict(data: dict[str, object]) -> Forward:
-    """The inverse of Forward.to_dict(), validated like user input."""
+    """The inverse of Forward.to_dict(), validated like user input and typed exactly:
+    booleans are booleans, names are strings, unknown keys are refused."""
+    unknown = sorted(set(data) - set(_FORWARD_KEYS))
+    if unknown:
+        raise ValidationError(
+            f"unknown key {shown(unknown[0])}", f"known keys: {', '.join(_FORWARD_KEYS)}"
+        )
+    for key in _REQUIRED:
+        if key not in data:
+            raise ValidationError(
+                f'missing "{key}"', 'each forward needs "name", "listen", "backend"'
+            )
+    for key, kinds in _FORWARD_KEYS.items():
+        if key in data and not (
+            isinstance(data[key], kinds) and not (bool not in kinds and isinstance(data[key], bool))
+        ):
+            want = " or ".join(_TYPE_NAMES[k] for k in kinds)
+            raise ValidationError(
+                f'"{key}" must be {want}, not {shown(json.dumps(data[key]))}',
+                f"write it like {json.dumps(_example(key))}",
+            )
     sources = data.get("sources") or []
-    if not isinstance(sources, list):
-        raise ValidationError("sources must be a list", 'like ["192.168.1.0/24"]')
+    assert isinstance(sources, list)
+    if not all(isinstance(s, str) for s in sources):
+        raise ValidationError('"sources" must be a list of strings', 'like ["192.168.1.0/24"]')
     snat = data.get("snat")
     return Forward.from_text(
         str(data["listen"]),
@@ -53,79 +82,115 @@ def forward_from_dict(data: dict[str, object]) -> Forward:
         proto=str(data.get("proto", "tcp")),
         name=str(data["name"]),
         snat=str(snat) if snat else None,
-        masquerade=bool(data.get("masquerade", False)),
-        mss_clamp=bool(data.get("mss_clamp", False)),
-        local=bool(data.get("local", False)),
+        masquerade=data.get("masquerade") is True,
+        mss_clamp=data.get("mss_clamp") is True,
+        local=data.get("local") is True,
         sources=[str(s) for s in sources],
     )
 
 
-def load() -> list[Forward]:
-    """The saved forwards; a corrupt or hand-broken file is one error naming the line."""
-    path = saved_path()
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return []
-    except PermissionError:
-        raise NatboxError(f"cannot read {path}", "run natbox with sudo") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise NatboxError(
-            f"{path} line {exc.lineno}: {exc.msg}", "fix the file, or natbox save again"
-        ) from None
-    items = data.get("forwards") if isinstance(data, dict) else None
-    if not isinstance(items, list):
-        raise NatboxError(f'{path}: no "forwards" list', "fix the file, or natbox save again")
-    out: list[Forward] = []
-    for i, item in enumerate(items, 1):
-        line = _line_of(text, item.get("name") if isinstance(item, dict) else None)
-        where = f"{path} line {line}" if line else f"{path} forward {i}"
-        try:
-            if not isinstance(item, dict):
-                raise ValidationError("is not an object", "")
-            out.append(forward_from_dict(item))
-        except (KeyError, ValidationError) as exc:
-            message = exc.message if isinstance(exc, ValidationError) else f"missing {exc}"
-            raise NatboxError(f"{where}: {message}", "fix the file, or natbox save again") from None
-    names = [f.name for f in out]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise NatboxError(f"{path}: forward {dupes[0]} is there twice", "keep one of them")
+def _example(key: str) -> object:
+    return {
+        "name": "web",
+        "proto": "tcp",
+        "listen": "192.168.1.30:1234",
+        "backend": "10.0.2.50:80",
+        "snat": None,
+        "sources": [],
+    }.get(key, False)
+
+
+def _line_index(text: str) -> dict[str, int]:
+    """The line of each `"name": "..."` in the file, in one pass (loading stays linear)."""
+    out: dict[str, int] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        at = line.find('"name"')
+        if at >= 0:
+            value = line[at + 6 :].lstrip(" :").split('"')
+            if len(value) > 1:
+                out.setdefault(value[1], lineno)
     return out
 
 
-def _line_of(text: str, name: object) -> int | None:
-    if not isinstance(name, str):
-        return None
-    needle = f'"name": "{name}"'
-    at = text.find(needle)
-    return text.count("\n", 0, at) + 1 if at >= 0 else None
+def parse_forwards(text: str, where: str) -> list[Forward]:
+    """A forwards file's text as Forwards: the whole set is checked (schema, duplicate names,
+    overlapping listen ports) before anything is returned; errors name the file, line and field."""
+    hint = "fix the file, or natbox save again"
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise NatboxError(f"{where} line {exc.lineno}: {exc.msg}", hint) from None
+    except RecursionError:
+        raise NatboxError(f"{where}: nested too deeply", hint) from None
+    if not isinstance(data, dict):
+        raise NatboxError(f'{where}: not an object with "version" and "forwards"', hint)
+    unknown = sorted(set(data) - {"version", "forwards"})
+    if unknown:
+        raise NatboxError(f"{where}: unknown key {shown(unknown[0])}", hint)
+    version = data.get("version")
+    if version != FILE_VERSION or isinstance(version, bool):
+        raise NatboxError(
+            f"{where}: version {shown(json.dumps(version))} is not one this natbox reads "
+            f"({FILE_VERSION})",
+            'write "version": 1, or use the natbox that wrote it',
+        )
+    items = data.get("forwards")
+    if not isinstance(items, list):
+        raise NatboxError(f'{where}: no "forwards" list', hint)
+    lines = _line_index(text)
+    out: list[Forward] = []
+    names: dict[str, str] = {}
+    spans: dict[tuple[str, str], list[tuple[int, int, str, str, int]]] = {}
+    for i, item in enumerate(items, 1):
+        name = item.get("name") if isinstance(item, dict) else None
+        line = lines.get(name) if isinstance(name, str) else None
+        at = f"{where} line {line}" if line else f"{where} forward {i}"
+        try:
+            if not isinstance(item, dict):
+                raise ValidationError("is not an object", "")
+            fwd = forward_from_dict(item)
+        except ValidationError as exc:
+            raise NatboxError(f"{at}: {exc.message}", exc.hint or hint) from None
+        if fwd.name in names:
+            raise NatboxError(f"{at}: forward {fwd.name} is there twice", "keep one of them")
+        names[fwd.name] = fwd.name
+        for proto in fwd.protocols:
+            spans.setdefault((str(fwd.listen.ip), proto), []).append(
+                (fwd.listen.port, fwd.listen.port_end, fwd.name, at, i)
+            )
+        out.append(fwd)
+    for (ip, proto), taken in spans.items():  # sorted spans: an overlap shows at once (n log n)
+        taken.sort()
+        reach: tuple[int, int, str, str, int] | None = None
+        for span in taken:
+            if reach is not None and span[0] <= reach[1]:
+                first, second = sorted((reach, span), key=lambda s: s[4])  # in file order
+                raise NatboxError(
+                    f"{second[3]}: {second[2]} listens on {proto} {ip} port "
+                    f"{max(first[0], second[0])}, as {first[2]} does",
+                    "two forwards cannot share a listen port; keep one of them",
+                )
+            if reach is None or span[1] > reach[1]:
+                reach = span
+    return out
+
+
+def load() -> list[Forward]:
+    """The saved forwards; a file natbox cannot trust, or a broken one, is one error naming it."""
+    path = saved_path()
+    try:
+        text = read_trusted(path)
+    except StateFileError as exc:
+        raise NatboxError(exc.message, exc.hint) from None
+    if text is None:
+        return []
+    return parse_forwards(text, str(path))
 
 
 def write(forwards: list[Forward]) -> Path:
     """Write the saved set (root-only, atomically)."""
-    path = saved_path()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    tmp = path.with_suffix(".tmp")
-    body = {"version": 1, "forwards": [f.to_dict() for f in forwards]}
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(body, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-@dataclass
-class Saved:
-    """What `save` wrote, for the CLI to report."""
-
-    path: Path
-    names: list[str]
-    unit: Path | None = None
-    sysctl: Path | None = None
-    notes: list[str] = field(default_factory=list)
+    body = {"version": FILE_VERSION, "forwards": [f.to_dict() for f in forwards]}
+    return write_json(saved_path(), body, dir_mode=0o755)
 
 
 def unit_text() -> str:
@@ -159,8 +224,7 @@ def install_boot(enable_ip_forward: bool) -> tuple[Path | None, Path | None, lis
     unit: Path | None = None
     if Path("/run/systemd/system").is_dir() or "NATBOX_UNIT_DIR" in os.environ:
         unit = unit_dir() / UNIT_NAME
-        unit.parent.mkdir(parents=True, exist_ok=True)
-        unit.write_text(unit_text())
+        write_text(unit, unit_text(), mode=0o644, dir_mode=0o755)
         wants = unit_dir() / "multi-user.target.wants"
         wants.mkdir(parents=True, exist_ok=True)
         link = wants / UNIT_NAME
@@ -173,8 +237,10 @@ def install_boot(enable_ip_forward: bool) -> tuple[Path | None, Path | None, lis
     sysctl: Path | None = None
     if enable_ip_forward:
         sysctl = sysctl_dir() / SYSCTL_NAME
-        sysctl.parent.mkdir(parents=True, exist_ok=True)
-        sysctl.write_text(
-            "# written by natbox save: the saved forwards need routing\nnet.ipv4.ip_forward = 1\n"
+        write_text(
+            sysctl,
+            "# written by natbox save: the saved forwards need routing\nnet.ipv4.ip_forward = 1\n",
+            mode=0o644,
+            dir_mode=0o755,
         )
     return unit, sysctl, notes

@@ -123,7 +123,7 @@ class Plan:
             lines.append(f"*{table}")
             if table in setup:
                 jumps = setup_rules([table], self.chains)
-                lines.extend(f":{j.args[-1]} - [0:0]" for j in jumps)
+                lines.extend(f"-N {j.args[-1]}" for j in jumps)
                 lines.extend(f"-I {j.chain} 1 {j.spec}" for j in jumps)
             lines.extend(r.save_line for r in rules)
             lines.append("COMMIT")

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 
-from natbox.errors import NatboxError, ValidationError
+from natbox.errors import ConflictError, NatboxError, ValidationError
 from natbox.model import (
     COMMENT_PREFIX,
     Chain,
@@ -24,7 +24,7 @@ from natbox.model import (
     Table,
     parse_cidr,
 )
-from natbox.plan import build_plan
+from natbox.plan import OWN_CHAINS, build_plan
 
 _COUNTERS_RE = re.compile(r"\[(\d+):(\d+)\]")
 _COMMENT_RE = re.compile(r'--comment (?:"((?:[^"\\]|\\.)*)"|(\S+))')
@@ -41,19 +41,34 @@ def rule_comment(text: str) -> str | None:
     return m.group(2)
 
 
+_OWN = {own for pairs in OWN_CHAINS.values() for _, own in pairs}
+_JUMPS = {
+    f"-A {builtin} -m comment --comment {COMMENT_PREFIX} -j {own}"
+    for pairs in OWN_CHAINS.values()
+    for builtin, own in pairs
+}
+"""natbox's jumps exactly as iptables-save prints them: any other `natbox` jump is a look-alike."""
+FORGED = "forged"
+"""The owner of a rule that carries natbox's tag where natbox never writes one: a look-alike."""
+
+
 def classify_owner(chain: str, text: str) -> str:
-    """Who wrote a rule: `natbox:<name>`, `natbox` (its jumps), `docker`, `kube` or `other`."""
+    """Who wrote a rule: `natbox:<name>`, `natbox` (its jumps), `docker`, `kube`, `other`, or
+    `forged` — a natbox tag outside natbox's own chains (or on a jump that is not natbox's)."""
     if "--comment natbox" in text or '--comment "natbox:' in text:
         comment = rule_comment(text)
-        if comment is not None and (
-            comment == COMMENT_PREFIX or comment.startswith(COMMENT_PREFIX + ":")
-        ):
-            return comment
+        if comment == COMMENT_PREFIX:
+            return COMMENT_PREFIX if text in _JUMPS else FORGED
+        if comment is not None and comment.startswith(COMMENT_PREFIX + ":"):
+            return comment if chain in _OWN else FORGED
     if chain.startswith("DOCKER") or " -j DOCKER" in text or "docker" in text:
         return "docker"
     if chain.startswith(("KUBE-", "CNI-", "CALI-")) or " -j KUBE-" in text or "kubernetes" in text:
         return "kube"
     return "other"
+
+
+_INCOMPATIBLE_RE = re.compile(r"[Tt]able `([^']+)' is incompatible")
 
 
 def parse_save(text: str, natbox_only: bool = False) -> Ruleset:
@@ -71,6 +86,8 @@ def parse_save(text: str, natbox_only: bool = False) -> Ruleset:
         if line.startswith("#"):
             if "Warning" in line:
                 rs.warnings.append(line.lstrip("# ").strip())
+            elif (m := _INCOMPATIBLE_RE.search(line)) is not None:
+                rs.incompatible.append(m.group(1))
             continue
         if line.startswith("*"):
             table = Table(line[1:])
@@ -111,6 +128,11 @@ def parse_save(text: str, natbox_only: bool = False) -> Ruleset:
             chain = table.chains[chain_name] = Chain(chain_name)
         owner = classify_owner(chain_name, line)
         chain.rules.append(Rule(table.name, chain_name, line, pk, by, owner))
+    if table is not None:
+        raise NatboxError(
+            f"iptables-save output ends inside the {table.name} table (no COMMIT): the read was cut",
+            "natbox trusts no partial read; try again",
+        )
     return rs
 
 
@@ -122,6 +144,8 @@ class ForwardState:
     rules: list[Rule]
     forward: Forward | None = None
     problems: list[str] = field(default_factory=list)
+    tampered: list[Rule] = field(default_factory=list)
+    """Rules tagged with this forward's name that are not in its plan: not natbox's, left alone."""
 
     @property
     def intact(self) -> bool:
@@ -191,7 +215,64 @@ def forward_states(rs: Ruleset) -> list[ForwardState]:
         have = Counter((r.table, r.text) for r in rules)
         for table, line in sorted((want - have).elements()):
             state.problems.append(f"missing in {table}: {line}")
-        for table, line in sorted((have - want).elements()):
-            state.problems.append(f"unexpected in {table}: {line}")
+        # A tagged rule that is not in the forward's exact plan is not the forward's: natbox
+        # reports it and never deletes it (a comment tag can be written by anyone).
+        extra = have - want
+        if extra:
+            state.tampered = [r for r in rules if (r.table, r.text) in extra]
+            state.rules = [r for r in rules if (r.table, r.text) not in extra]
+        if rs.incompatible and state.problems:
+            tables = ", ".join(rs.incompatible)
+            state.problems = [
+                f"cannot be verified: iptables cannot show the {tables} table (native nftables "
+                f"rules in it; see `nft list table ip {rs.incompatible[0]}`)"
+            ]
         states.append(state)
     return states
+
+
+def conflicts(rs: Ruleset, fwd: Forward) -> None:
+    """Raise ConflictError when `fwd` clashes with a natbox forward already in the kernel."""
+    for state in forward_states(rs):
+        if state.name == fwd.name:
+            raise ConflictError(
+                f"a forward named {fwd.name} already exists",
+                f"pick another --name, or `natbox remove {fwd.name}` first",
+            )
+        other = state.forward
+        if other is None or other.listen.ip != fwd.listen.ip:
+            continue
+        same_proto = set(other.protocols) & set(fwd.protocols)
+        overlap = (
+            other.listen.port <= fwd.listen.port_end and fwd.listen.port <= other.listen.port_end
+        )
+        if same_proto and overlap:
+            raise ConflictError(
+                f"{'/'.join(sorted(same_proto))} {fwd.listen} is already forwarded by {other.name} "
+                f"(to {other.backend})",
+                f"`natbox remove {other.name}` first, or listen on another port",
+            )
+
+
+def tampering(rs: Ruleset) -> list[str]:
+    """What in the ruleset imitates or intrudes on natbox: look-alike tags outside natbox's chains,
+    rules in natbox's chains that natbox did not write, tables iptables could not show. natbox
+    reports these and never deletes or adopts them."""
+    out = [
+        f"{t} table: iptables cannot show it (native nftables rules): natbox's forwards there "
+        f"cannot be verified; see `nft list table ip {t}`"
+        for t in rs.incompatible
+    ]
+    for state in forward_states(rs):
+        out.extend(
+            f"a rule tagged natbox:{state.name} is not part of that forward (left alone): {r.text}"
+            for r in state.tampered
+        )
+    for r in rs.rules():
+        if r.owner == FORGED:
+            out.append(f"a rule carries natbox's tag but is not natbox's (left alone): {r.text}")
+        elif r.owner != COMMENT_PREFIX and any(r.text.endswith(f" -j {o}") for o in _OWN):
+            out.append(f"a rule natbox did not write jumps into natbox's chain: {r.text}")
+        elif r.chain in _OWN and not r.owner.startswith(COMMENT_PREFIX):
+            out.append(f"a rule in natbox's chain {r.chain} was not written by natbox: {r.text}")
+    return out

@@ -10,16 +10,17 @@ from ipaddress import ip_address
 from typing import TYPE_CHECKING
 
 from natbox import conntrack
-from natbox.api import Dashboard, Derived, EngineAPI, FlowSnapshot, InterfaceStat, ShownChain
-from natbox.checks import Facts, Finding, diagnose, preflight
+from natbox.api import Dashboard, Derived, EngineAPI, FlowSnapshot, ShownChain
+from natbox.checks import Finding, diagnose, preflight
 from natbox.errors import NatboxError, NotFoundError
 from natbox.export import export as export_forwards
+from natbox.facts import Facts
 from natbox.model import Forward
 from natbox.plan import OWN_CHAINS, build_plan, jump_rule
-from natbox.ruleset import forward_states, parse_save
+from natbox.ruleset import conflicts, forward_states, parse_save
 from natbox.status import display_chains
-from natbox.system import Route
-from natbox.txn import Outcome, apply_lines, conflicts, remove_lines
+from natbox.system import InterfaceStat, Route
+from natbox.txn import Outcome, apply_lines, remove_lines
 
 SEED = Forward.from_text(
     "192.168.1.30:1234", "10.0.2.50:80", proto="both", name="web", snat="10.0.2.40", mss_clamp=True
@@ -141,6 +142,8 @@ class SampleEngine:
     killed: list[conntrack.Flow] = field(default_factory=list)
     reads: int = 0
     health_reads: int = 0
+    polls: int = 0
+    """fingerprint() calls: what a poll that finds nothing changed costs."""
     flow_reads: int = 0
     dashboard_delay: float = 0.0
     flow_delay: float = 0.0
@@ -156,6 +159,7 @@ class SampleEngine:
 
     def fingerprint(self) -> Hashable:
         """Changes with every change of the sample's forwards or flows (as the nft generation does)."""
+        self.polls += 1
         return (self.generation, len(self._flows))
 
     def dashboard(self) -> Dashboard:

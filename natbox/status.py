@@ -5,7 +5,7 @@ from __future__ import annotations
 from natbox.backends import Backend
 from natbox.backends.detect import Detection
 from natbox.model import Chain, Rule, Ruleset
-from natbox.ruleset import ForwardState, forward_states
+from natbox.ruleset import ForwardState, forward_states, tampering
 from natbox.system import ip_forward_enabled
 
 # The built-in chains a NAT box's admin cares about.
@@ -58,10 +58,24 @@ def foreign_rules(rs: Ruleset) -> list[Rule]:
     return out
 
 
-def _v6_states(backend: Backend) -> list[ForwardState]:
+def _v6_ruleset(backend: Backend) -> Ruleset | None:
+    """The whole IPv6 ruleset, where ip6tables is installed."""
     from natbox.txn import families
 
-    return [s for b in families(backend) if b.family == 6 for s in forward_states(b.read(True))]
+    return next((b.read() for b in families(backend) if b.family == 6), None)
+
+
+def _chains(rs: Ruleset, family: int) -> list[dict[str, object]]:
+    return [
+        {
+            "family": family,
+            "table": table,
+            "chain": c.name,
+            "policy": c.policy,
+            "rules": len(c.rules),
+        }
+        for table, c in display_chains(rs)
+    ]
 
 
 def snapshot(backend: Backend, det: Detection, rs: Ruleset | None = None) -> dict[str, object]:
@@ -73,12 +87,33 @@ def snapshot(backend: Backend, det: Detection, rs: Ruleset | None = None) -> dic
         for c in chains
         if (chain := rs.chain(t, c)) is not None
     }
+    rs6 = _v6_ruleset(backend)
+    v6_states = forward_states(rs6) if rs6 is not None else []
     return {
         "backend": backend.label,
         "iptables": det.active,
         "ip_forward": ip_forward_enabled(),
+        "ip6_forward": ip_forward_enabled(family=6),
         "policies": policies,
-        "forwards": [_forward_dict(s) for s in [*forward_states(rs), *_v6_states(backend)]],
-        "foreign": [_rule_dict(r) for r in foreign_rules(rs)],
-        "warnings": list(dict.fromkeys([*det.warnings, *rs.warnings])),
+        "policies6": {
+            f"{t}/{c}": chain.policy
+            for t, chains in WATCHED.items()
+            for c in chains
+            if rs6 is not None and (chain := rs6.chain(t, c)) is not None
+        },
+        "chains": [*_chains(rs, 4), *(_chains(rs6, 6) if rs6 is not None else [])],
+        "forwards": [_forward_dict(s) for s in [*forward_states(rs), *v6_states]],
+        "foreign": [{**_rule_dict(r), "family": 4} for r in foreign_rules(rs)]
+        + [{**_rule_dict(r), "family": 6} for r in (foreign_rules(rs6) if rs6 else [])],
+        "warnings": list(
+            dict.fromkeys(
+                [
+                    *det.warnings,
+                    *rs.warnings,
+                    *tampering(rs),
+                    *(rs6.warnings if rs6 else []),
+                    *(tampering(rs6) if rs6 else []),
+                ]
+            )
+        ),
     }

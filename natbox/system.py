@@ -73,39 +73,6 @@ def route_to(dst: IPAddress, runner: Runner | None = None) -> Route:
 
 
 @dataclass(frozen=True)
-class Interface:
-    """A network interface with its IPv4 addresses."""
-
-    name: str
-    addresses: tuple[IPAddress, ...]
-    mtu: int
-    up: bool
-
-
-def interfaces() -> list[Interface]:
-    """This host's interfaces (psutil), loopback last."""
-    import psutil  # imported on use: the CLI's write paths never need it
-
-    addrs = psutil.net_if_addrs()
-    stats = psutil.net_if_stats()
-    out: list[Interface] = []
-    for name, entries in addrs.items():
-        v4 = tuple(
-            ip_address(a.address.split("%")[0])
-            for a in entries
-            if a.family in (socket.AF_INET, socket.AF_INET6)
-        )
-        st = stats.get(name)
-        out.append(Interface(name, v4, st.mtu if st else 0, bool(st and st.isup)))
-    return sorted(out, key=lambda i: (i.name == "lo", i.name))
-
-
-def local_addresses() -> dict[IPAddress, str]:
-    """Every local IPv4 address and the interface that holds it."""
-    return {a: i.name for i in interfaces() for a in i.addresses}
-
-
-@dataclass(frozen=True)
 class InterfaceStat:
     """One interface at one moment: addresses, MTU, link state and byte counters."""
 

@@ -2,21 +2,27 @@
 
 A backend commits one table at a time (iptables-restore is atomic per table only), so a failure in
 the second table undoes the first, and a forward that does not read back intact is undone whole.
+Every change holds the natbox lock from the read it decides on to the read-back that proves it, and
+creates natbox's chains with `-N` (which fails if the chain appeared meanwhile) rather than the
+`:CHAIN` declaration (which, with --noflush, empties a chain that exists). A ruleset that
+iptables cannot show whole (native nftables rules in a table it shares) stops every write.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from natbox import journal
+from natbox import journal, lock
 from natbox.backends import Backend
 from natbox.errors import BackendError, ConflictError, NatboxError, NotFoundError, NotRootError
 from natbox.model import Forward, Rule, Ruleset
+from natbox.paths import state_dir, write_text
 from natbox.plan import OWN_CHAINS, TABLE_ORDER, Plan, build_plan, jump_rule
-from natbox.ruleset import ForwardState, forward_states
+from natbox.ruleset import ForwardState, conflicts, forward_states
 from natbox.runner import Runner
 from natbox.system import PROC_SYS, ip_forward_enabled, is_root
 
@@ -54,33 +60,71 @@ def require_root() -> None:
         raise NotRootError()
 
 
+def trusted_read(backend: Backend, natbox_only: bool = True) -> Ruleset:
+    """Read the ruleset a change decides on; refuse one iptables could not show whole."""
+    rs = backend.read(natbox_only=natbox_only)
+    if rs.incompatible:
+        table = rs.incompatible[0]
+        family = "ip6" if backend.family == 6 else "ip"
+        raise BackendError(
+            f"{backend.tool('save')} cannot show the {table} table: it holds native nftables "
+            "rules that iptables cannot represent, so natbox cannot see (or protect) its forwards",
+            f"see them with `nft list table {family} {table}`; natbox changes nothing until they "
+            "are gone or moved to a table of their own",
+        )
+    return rs
+
+
+def foreign_in_own_chains(rs: Ruleset, chains: set[str] | None = None) -> list[Rule]:
+    """Rules in natbox's own chains that natbox did not write (no natbox:<name> tag)."""
+    out: list[Rule] = []
+    for table, pairs in OWN_CHAINS.items():
+        for _builtin, own in pairs:
+            chain = rs.chain(table, own)
+            if chain is None or (chains is not None and own not in chains):
+                continue
+            out.extend(r for r in chain.rules if r.forward_name is None)
+    return out
+
+
+def natbox_chains(own: set[str] | frozenset[str] | None = None) -> dict[str, list[str]]:
+    """The chains a read-back needs per table: natbox's own (those in `own`, or all) and the
+    built-in chains that jump to them."""
+    out: dict[str, list[str]] = {}
+    for table in TABLE_ORDER:
+        for builtin, chain in OWN_CHAINS[table]:
+            if own is None or chain in own:
+                out.setdefault(table, []).extend([builtin, chain])
+    return out
+
+
+def _refuse_unowned_chains(rs: Ruleset, chains: set[str]) -> None:
+    """An empty natbox-named chain without natbox's jump, or one someone else jumps into, was
+    not created by natbox: using it would take over someone else's chain."""
+    for table, pairs in OWN_CHAINS.items():
+        for builtin, own in pairs:
+            chain = rs.chain(table, own)
+            if chain is None or own not in chains:
+                continue
+            foreign_jumps = [
+                r for r in rs.rules(table) if r.text.endswith(f" -j {own}") and r.owner != "natbox"
+            ]
+            if foreign_jumps or (not chain.rules and not _has_jump(rs, table, builtin, own)):
+                why = (
+                    f"`{foreign_jumps[0].text[:80]}` jumps into it"
+                    if foreign_jumps
+                    else "it has no natbox jump"
+                )
+                raise ConflictError(
+                    f"a chain {own} exists that natbox did not create ({why})",
+                    "remove it (and any jump into it) first, or pass --adopt to use it",
+                )
+
+
 def _has_jump(rs: Ruleset, table: str, builtin: str, own: str) -> bool:
     chain = rs.chain(table, builtin)
     want = jump_rule(table, builtin, own).save_line
     return chain is not None and any(r.text == want for r in chain.rules)
-
-
-def conflicts(rs: Ruleset, fwd: Forward) -> None:
-    """Raise ConflictError when `fwd` clashes with a natbox forward already in the kernel."""
-    for state in forward_states(rs):
-        if state.name == fwd.name:
-            raise ConflictError(
-                f"a forward named {fwd.name} already exists",
-                f"pick another --name, or `natbox remove {fwd.name}` first",
-            )
-        other = state.forward
-        if other is None or other.listen.ip != fwd.listen.ip:
-            continue
-        same_proto = set(other.protocols) & set(fwd.protocols)
-        overlap = (
-            other.listen.port <= fwd.listen.port_end and fwd.listen.port <= other.listen.port_end
-        )
-        if same_proto and overlap:
-            raise ConflictError(
-                f"{'/'.join(sorted(same_proto))} {fwd.listen} is already forwarded by {other.name} "
-                f"(to {other.backend})",
-                f"`natbox remove {other.name}` first, or listen on another port",
-            )
 
 
 def apply_lines(rs: Ruleset, plan: Plan) -> dict[str, list[str]]:
@@ -92,7 +136,9 @@ def apply_lines(rs: Ruleset, plan: Plan) -> dict[str, list[str]]:
             if own not in plan.chains:
                 continue  # e.g. NATBOX-OUTPUT exists only while a forward has --local
             if rs.chain(table, own) is None:
-                lines.append(f":{own} - [0:0]")
+                # -N, not `:{own} - [0:0]`: with --noflush the declaration empties a chain that
+                # exists; -N fails instead, so a chain created meanwhile can never be flushed.
+                lines.append(f"-N {own}")
             if not _has_jump(rs, table, builtin, own):
                 lines.append(f"-I {builtin} 1 {jump_rule(table, builtin, own).spec}")
         lines.extend(r.save_line for r in plan.table_rules(table))
@@ -102,26 +148,43 @@ def apply_lines(rs: Ruleset, plan: Plan) -> dict[str, list[str]]:
 
 
 def inverse_lines(lines: list[str]) -> list[str]:
-    """Lines that undo `lines`: an add list is undone in reverse, a remove list is replayed in order."""
-    if any(line.startswith(("-D ", "-X ")) for line in lines):
-        chains = [f":{line[3:]} - [0:0]" for line in lines if line.startswith("-X ")]
-        jumps = [line for line in lines if line.startswith("-D ") and _is_jump(line)]
-        rules = [line for line in lines if line.startswith("-D ") and not _is_jump(line)]
-        return [
-            *chains,
-            *(f"-I {line.split(' ', 2)[1]} 1 {line.split(' ', 2)[2]}" for line in jumps),
-            *("-A " + line[3:] for line in rules),
-        ]
-    out: list[str] = []
-    for line in reversed(lines):
+    """Lines that undo `lines` (committed as one table's transaction).
+
+    What was added goes first (its rules, then its jumps, then its chains), then what was removed
+    comes back (chains, jumps at position 1 where natbox puts them, rules in their old order).
+    """
+    drop_rules: list[str] = []
+    drop_jumps: list[str] = []
+    drop_chains: list[str] = []
+    make_chains: list[str] = []
+    make_jumps: list[str] = []
+    readd: list[str] = []
+    for line in lines:
+        op, _, rest = line.partition(" ")
         if line.startswith(":"):
-            out.append(f"-X {line[1:].split()[0]}")
-        elif line.startswith("-I "):
-            _, chain, _pos, spec = line.split(" ", 3)
-            out.append(f"-D {chain} {spec}")
-        elif line.startswith("-A "):
-            out.append("-D " + line[3:])
-    return out
+            drop_chains.append(f"-X {line[1:].split()[0]}")
+        elif op == "-N":
+            drop_chains.append(f"-X {rest}")
+        elif op == "-X":
+            make_chains.append(f"-N {rest}")
+        elif op == "-I":
+            chain, _pos, spec = rest.split(" ", 2)
+            drop_jumps.append(f"-D {chain} {spec}")
+        elif op == "-A":
+            drop_rules.append(f"-D {rest}")
+        elif op == "-D" and _is_jump(line):
+            chain, spec = rest.split(" ", 1)
+            make_jumps.append(f"-I {chain} 1 {spec}")
+        elif op == "-D":
+            readd.append(f"-A {rest}")
+    return [
+        *reversed(drop_rules),
+        *reversed(drop_jumps),
+        *reversed(drop_chains),
+        *make_chains,
+        *make_jumps,
+        *readd,
+    ]
 
 
 def _is_jump(line: str) -> bool:
@@ -130,20 +193,30 @@ def _is_jump(line: str) -> bool:
 
 def remove_lines(rs: Ruleset, name: str) -> dict[str, list[str]]:
     """The restore lines per table (nat first: stop new DNATs before their accepts go)."""
-    rules = rs.forward_rules(name)
+    state = next((s for s in forward_states(rs) if s.name == name), None)
+    rules = state.rules if state is not None else []  # its own rules, never look-alikes
     out: dict[str, list[str]] = {}
     for table in ("nat", "filter"):
         mine = [r for r in rules if r.table == table]
         if not mine:
             continue
         lines = [f"-D {r.chain} {r.spec}" for r in mine]
-        # Chains and jumps go with the last forward of the table, if nobody else put rules there.
+        # natbox's jump goes with the last forward of its chain (so traffic never meets rules
+        # someone else left there); the chain itself only when it is empty and nobody else
+        # jumps into it.
         for builtin, own in OWN_CHAINS[table]:
             chain = rs.chain(table, own)
-            others: list[Rule] = [r for r in chain.rules if r.forward_name != name] if chain else []
-            if chain is not None and not others:
-                if _has_jump(rs, table, builtin, own):
-                    lines.append(f"-D {builtin} {jump_rule(table, builtin, own).spec}")
+            if chain is None:
+                continue
+            others: list[Rule] = [r for r in chain.rules if r not in rules]
+            if any(r.forward_name is not None and r.forward_name != name for r in others):
+                continue  # another forward still uses the chain
+            if _has_jump(rs, table, builtin, own):
+                lines.append(f"-D {builtin} {jump_rule(table, builtin, own).spec}")
+            foreign_jumps = [
+                r for r in rs.rules(table) if r.text.endswith(f" -j {own}") and r.owner != "natbox"
+            ]
+            if not others and not foreign_jumps:
                 lines.append(f"-X {own}")
         out[table] = lines
     return out
@@ -205,25 +278,20 @@ def flush_flows(fwd: Forward, runner: Runner) -> list[str]:
 
 def mark_forwarding_enabled() -> None:
     """Remember that natbox turned ip_forward on (natbox save then persists it)."""
-    from natbox.watchdog import state_dir
-
     try:
-        state_dir().mkdir(parents=True, exist_ok=True, mode=0o700)
-        (state_dir() / "ip_forward-by-natbox").write_text("1\n")
-    except OSError:
+        write_text(state_dir() / "ip_forward-by-natbox", "1\n")
+    except (OSError, NatboxError):
         pass
 
 
 def forwarding_enabled_by_natbox() -> bool:
     """Whether natbox turned ip_forward on at some point."""
-    from natbox.watchdog import state_dir
-
     return (state_dir() / "ip_forward-by-natbox").exists()
 
 
 def cleanup_empty(backend: Backend) -> list[str]:
     """Drop natbox's chains and jumps where no forward has rules left (after a crash mid-setup)."""
-    rs = backend.read(natbox_only=True)
+    rs = trusted_read(backend)
     done: list[str] = []
     for table in ("nat", "filter"):
         lines: list[str] = []
@@ -253,7 +321,7 @@ def families(backend: Backend) -> list[Backend]:
 def locate(backend: Backend, name: str) -> tuple[Backend, Ruleset] | None:
     """The family-bound backend and ruleset that hold forward `name`, if any."""
     for bound in families(backend):
-        rs = bound.read(natbox_only=True)
+        rs = trusted_read(bound)
         if name in rs.forward_names():
             return bound, rs
     return None
@@ -264,43 +332,80 @@ def all_forward_states(backend: Backend, natbox_only: bool = True) -> list[Forwa
     return [s for b in families(backend) for s in forward_states(b.read(natbox_only=natbox_only))]
 
 
+def _present(rs: Ruleset, table: str) -> set[str]:
+    return {r.text for r in rs.rules(table)}
+
+
+def _landed(lines: list[str], present: set[str]) -> bool | None:
+    """Whether one table's committed lines are in the kernel: True, False, or None (neither)."""
+    added = [f"-A {line[3:]}" for line in lines if line.startswith("-A ")]
+    deleted = [f"-A {line[3:]}" for line in lines if line.startswith("-D ") and not _is_jump(line)]
+    if all(a in present for a in added) and not any(d in present for d in deleted):
+        return True
+    if not any(a in present for a in added) and all(d in present for d in deleted):
+        return False
+    return None
+
+
+def _undo_recorded(rs: Ruleset, table: str, lines: list[str]) -> list[str]:
+    """Lines that take one table back to before `lines`, touching only the rules they name:
+    what they added and is there goes, what they deleted (but jumps) and is gone comes back."""
+    present = _present(rs, table)
+    chains = set(rs.tables[table].chains) if table in rs.tables else set()
+    recreate = [
+        f"-N {line[3:]}" for line in lines if line.startswith("-X ") and line[3:] not in chains
+    ]
+    readd = [
+        f"-A {line[3:]}"
+        for line in lines
+        if line.startswith("-D ") and not _is_jump(line) and f"-A {line[3:]}" not in present
+    ]
+    drop = [
+        f"-D {line[3:]}" for line in lines if line.startswith("-A ") and f"-A {line[3:]}" in present
+    ]
+    return [*drop, *recreate, *readd]
+
+
 def recover(backend: Backend) -> str | None:
-    """Finish or undo the operation natbox died in; say which (None when there was none)."""
-    entry = journal.pending()
-    if entry is None:
-        return None
-    if entry.forward is not None and str(entry.forward.get("listen", "")).startswith("["):
-        backend = backend.for_family(6)  # an IPv6 endpoint is written [addr]:port
-    elif entry.forward is None:
-        found = locate(backend, entry.name)
-        backend = found[0] if found else backend.for_family(4)
-    else:
-        backend = backend.for_family(4)
-    rs = backend.read(natbox_only=True)
-    state = next((s for s in forward_states(rs) if s.name == entry.name), None)
-    if entry.op == "apply":
-        kept = state is not None and state.intact and state.forward is not None
-        if (
-            kept
-            and state is not None
-            and state.forward is not None
-            and state.forward.to_dict() == entry.forward
-        ):
+    """Finish or undo the change natbox died in; say which (None when there was none).
+
+    Acts only on the lines the journal recorded: never on a rule natbox was not adding or removing.
+    A journal natbox does not understand is refused (StateFileError), and nothing is changed.
+    """
+    with lock.held("recover"):
+        entry = journal.pending()
+        if entry is None:
+            return None
+        bound = backend.for_family(entry.family)
+        rs = trusted_read(bound)
+        tables = [t for t in TABLE_ORDER if entry.lines.get(t)]
+        landed = {t: _landed(entry.lines[t], _present(rs, t)) for t in tables}
+        if entry.op == "apply" and all(landed.values()):
             message = f"the interrupted apply of {entry.name} had finished: kept it"
-        else:
-            if state is not None:
-                _commit_all(backend, remove_lines(rs, entry.name), ("nat", "filter"))
-            cleanup_empty(backend)
+        elif entry.op == "apply":
+            for table in reversed(tables):
+                undo = _undo_recorded(rs, table, entry.lines[table])
+                if undo:
+                    bound.commit(table, undo)
+            cleanup_empty(bound)
             message = f"undid the interrupted apply of {entry.name}: the rules are as before it"
-    else:
-        if state is not None:
-            _commit_all(backend, remove_lines(rs, entry.name), ("nat", "filter"))
-            message = f"completed the interrupted removal of {entry.name}"
         else:
-            message = f"the interrupted removal of {entry.name} had finished"
-        cleanup_empty(backend)
-    journal.end()
-    return message
+            for table in tables:
+                present = _present(rs, table)
+                rest = [
+                    line
+                    for line in entry.lines[table]
+                    if line.startswith("-D ") and not _is_jump(line) and f"-A {line[3:]}" in present
+                ]
+                if rest:
+                    bound.commit(table, rest)
+            cleanup_empty(bound)
+            if all(landed.values()):
+                message = f"the interrupted removal of {entry.name} had finished"
+            else:
+                message = f"completed the interrupted removal of {entry.name}"
+        journal.end()
+        return message
 
 
 def enable_forwarding(root: Path = PROC_SYS, family: int = 4) -> None:
@@ -315,8 +420,14 @@ def apply(
     *,
     enable_ip_forward: bool = False,
     runner: Runner | None = None,
+    adopt: bool = False,
+    gate: Callable[[Ruleset], None] | None = None,
 ) -> Outcome:
-    """Add `fwd` to the kernel: all of its rules or none, checked by reading them back."""
+    """Add `fwd` to the kernel: all of its rules or none, checked by reading them back.
+
+    `gate(ruleset)` (the preflight diagnosis) runs on the one full read the change decides on,
+    under the lock, and may raise to stop the change before anything is touched.
+    """
     require_root()
     start = time.perf_counter()
     runner = runner or backend.runner
@@ -328,35 +439,59 @@ def apply(
             f"{version} forwarding is off on this box, so nothing would be forwarded",
             "pass --enable-forwarding (turns it on until reboot)",
         )
-    for other in families(backend):
-        if other.family != fwd.family and fwd.name in other.read(natbox_only=True).forward_names():
-            raise ConflictError(
-                f"a forward named {fwd.name} already exists (IPv{other.family})",
-                f"pick another --name, or `natbox remove {fwd.name}` first",
+    with lock.held(f"adding {fwd.name}"):
+        for other in families(backend):
+            # Forwards live only in natbox's chains: those few chains answer the name question.
+            names = (
+                other.read_chains(natbox_chains()).forward_names()
+                if other.family != fwd.family
+                else []
             )
-    rs = backend.read(natbox_only=True)
-    conflicts(rs, fwd)
-    plan = build_plan(fwd)
-    per_table = apply_lines(rs, plan)
-    journal.begin("apply", fwd.name, fwd)
-    journal.fault("journal-written")
-    try:
-        _commit_all(backend, per_table, TABLE_ORDER)
-    except BaseException:
-        journal.end()  # undone (or nothing done): the state before
-        raise
-    after = backend.read(natbox_only=True)
-    state = next((s for s in forward_states(after) if s.name == fwd.name), None)
-    if state is None or not state.intact or state.forward != fwd:
-        undone = _undo(backend, per_table, [t for t in TABLE_ORDER if t in per_table])
-        detail = state.problems[0] if state and state.problems else "its rules did not read back"
+            if fwd.name in names:
+                raise ConflictError(
+                    f"a forward named {fwd.name} already exists (IPv{other.family})",
+                    f"pick another --name, or `natbox remove {fwd.name}` first",
+                )
+        rs = trusted_read(backend, natbox_only=gate is None)
+        if gate is not None:
+            gate(rs)
+        conflicts(rs, fwd)
+        plan = build_plan(fwd)
+        foreign = foreign_in_own_chains(rs, set(plan.chains))
+        if not adopt:
+            _refuse_unowned_chains(rs, set(plan.chains))
+        if foreign and not adopt:
+            raise ConflictError(
+                f"natbox's chain {foreign[0].chain} already holds {len(foreign)} rule(s) natbox "
+                f"did not write, e.g. `{foreign[0].text[:80]}`",
+                "remove them (or the chain) first, or pass --adopt to use the chain as it is",
+            )
+        per_table = apply_lines(rs, plan)
+        journal.begin("apply", [fwd.name], fwd.family, per_table, [fwd.to_dict()])
+        journal.fault("journal-written")
+        try:
+            _commit_all(backend, per_table, TABLE_ORDER)
+        except BaseException:
+            journal.end()  # undone (or nothing done): the state before
+            raise
+        after = backend.read_chains(natbox_chains(plan.chains))
+        state = next((s for s in forward_states(after) if s.name == fwd.name), None)
+        if state is None or not state.intact or state.forward != fwd:
+            undone = _undo(backend, per_table, [t for t in TABLE_ORDER if t in per_table])
+            detail = (
+                state.problems[0] if state and state.problems else "its rules did not read back"
+            )
+            journal.end()
+            raise BackendError(
+                f"the kernel did not keep forward {fwd.name} as planned: {detail}", undone
+            )
+        journal.fault("before-journal-end")
         journal.end()
-        raise BackendError(
-            f"the kernel did not keep forward {fwd.name} as planned: {detail}", undone
-        )
-    journal.fault("before-journal-end")
-    journal.end()
     out = Outcome("apply", fwd.name, backend.label, per_table)
+    if foreign:
+        out.notes.append(
+            f"adopted natbox's chain {foreign[0].chain} with {len(foreign)} rule(s) natbox did not write"
+        )
     if not forwarding:
         enable_forwarding(family=fwd.family)
         mark_forwarding_enabled()
@@ -368,26 +503,52 @@ def apply(
 
 def remove(backend: Backend, name: str) -> Outcome:
     """Delete exactly the rules tagged natbox:<name>, as the kernel has them now."""
+    out = remove_claimed(backend, name)
+    assert out is not None  # without a claim there is nobody to lose it to
+    return out
+
+
+def remove_claimed(
+    backend: Backend,
+    name: str,
+    *,
+    claim: Callable[[], bool] | None = None,
+    missing_ok: bool = False,
+) -> Outcome | None:
+    """`remove`, for the confirm window's rollback: `claim()` runs after the removal is journaled
+    and before the kernel is touched; if it returns False (the change was confirmed meanwhile),
+    nothing is removed and the result is None. With `missing_ok`, a forward that is not there is
+    an Outcome with action "missing" rather than an error."""
     require_root()
     start = time.perf_counter()
-    found = locate(backend, name)
-    if found is None:
-        known = ", ".join(s.name for s in all_forward_states(backend)) or "none"
-        raise NotFoundError(
-            f"there is no forward named {name}", f"natbox list shows them (now: {known})"
-        )
-    backend, rs = found
-    per_table = remove_lines(rs, name)
-    journal.begin("remove", name, None)
-    journal.fault("journal-written")
-    try:
-        _commit_all(backend, per_table, ("nat", "filter"))
-    except BaseException:
+    with lock.held(f"removing {name}"):
+        found = locate(backend, name)
+        if found is None:
+            if missing_ok:
+                if claim is not None and not claim():
+                    return None
+                return Outcome("missing", name, backend.label)
+            known = ", ".join(s.name for s in all_forward_states(backend)) or "none"
+            raise NotFoundError(
+                f"there is no forward named {name}", f"natbox list shows them (now: {known})"
+            )
+        backend, rs = found
+        per_table = remove_lines(rs, name)
+        journal.begin("remove", [name], backend.family, per_table)
+        journal.fault("journal-written")
+        if claim is not None and not claim():
+            journal.end()
+            return None
+        try:
+            _commit_all(backend, per_table, ("nat", "filter"))
+        except BaseException:
+            journal.end()
+            raise
+        journal.fault("before-journal-end")
         journal.end()
-        raise
-    journal.fault("before-journal-end")
-    journal.end()
-    left = backend.read(natbox_only=True).forward_rules(name)
+        gone = {f"-A {x[3:]}" for lines in per_table.values() for x in lines if x.startswith("-D ")}
+        after = backend.read_chains(natbox_chains())
+        left = [r for r in after.rules() if r.text in gone and r.forward_name == name]
     if left:
         raise BackendError(
             f"{len(left)} rules of {name} are still there", "run natbox remove again"

@@ -11,27 +11,49 @@ rules are applied, so there is no moment when an unconfirmed forward has nobody 
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from natbox.errors import NatboxError
+from natbox import converge, lock, tables, txn
+from natbox.backends.detect import choose_backend
+from natbox.errors import NatboxError, shown
+from natbox.paths import StateFileError, read_json, state_dir, write_json
 
-DEFAULT_STATE_DIR = "/var/lib/natbox"
-
-
-def state_dir() -> Path:
-    """Where natbox keeps its state (NATBOX_STATE_DIR overrides, so tests never touch /var/lib)."""
-    return Path(os.environ.get("NATBOX_STATE_DIR", DEFAULT_STATE_DIR))
+MIN_WINDOW, MAX_WINDOW = 5.0, 3600.0
+"""What `--confirm` accepts (the engine takes down to 1 s, for tests of the TUI's countdown)."""
+HEARTBEAT = 1.0
+"""How often a watchdog proves it is alive; one silent for STALE seconds is taken for dead."""
+STALE = 5.0
 
 
 def _pending_path() -> Path:
     return state_dir() / "pending.json"
+
+
+def _beat_path(token: str) -> Path:
+    return state_dir() / f"watchdog-{token}.beat"
+
+
+def parse_window(text: str, low: float = MIN_WINDOW) -> float:
+    """A confirm window from the command line: finite seconds in [low, 3600]."""
+    try:
+        value = float(text) if text.isascii() and len(text) <= 20 else math.nan
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not low <= value <= MAX_WINDOW:
+        raise NatboxError(
+            f"a confirm window of {shown(text)} s is not a number of seconds from {low:g} to "
+            f"{MAX_WINDOW:g}",
+            "like --confirm 30",
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -43,6 +65,10 @@ class Pending:
     deadline: float
     backend: str | None
     watchdog_pid: int
+    watchdog_start: int = 0
+    """The watchdog's start time (clock ticks since boot, /proc/PID/stat): a reused pid is not it."""
+    window: float = 0.0
+    """The confirm window in seconds, for messages."""
 
     @property
     def seconds_left(self) -> float:
@@ -50,28 +76,67 @@ class Pending:
         return max(0.0, self.deadline - time.time())
 
 
+_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "token": str,
+    "name": str,
+    "deadline": float,
+    "backend": (str, type(None)),
+    "watchdog_pid": int,
+    "watchdog_start": int,
+    "window": float,
+}
+
+
 def pending() -> Pending | None:
-    """The change waiting for confirmation, if any."""
-    try:
-        data = json.loads(_pending_path().read_text())
-        return Pending(
-            data["token"],
-            data["name"],
-            float(data["deadline"]),
-            data.get("backend"),
-            int(data.get("watchdog_pid", 0)),
-        )
-    except (OSError, ValueError, KeyError, TypeError):
+    """The change waiting for confirmation, if any (StateFileError for a file natbox cannot trust)."""
+    data = read_json(_pending_path(), limit=64 * 1024)
+    if data is None:
         return None
+    if not isinstance(data, dict) or set(data) != set(_FIELDS):
+        raise StateFileError(
+            f"{_pending_path()} is not a pending change natbox wrote",
+            "look at it, then delete it (natbox list shows the forwards)",
+        )
+    for key, kind in _FIELDS.items():
+        value = data[key]
+        ok = isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+        if isinstance(value, bool) or not ok:
+            raise StateFileError(
+                f"{_pending_path()}: {key} has the wrong type", "look at it, then delete it"
+            )
+    if not math.isfinite(data["deadline"]) or not str(data["token"]).isalnum():
+        raise StateFileError(f"{_pending_path()}: bad deadline or token", "delete it")
+    return Pending(**data)
 
 
 def _write(p: Pending) -> None:
-    path = _pending_path()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(p.__dict__))
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)  # atomic: the watchdog never reads half a file
+    write_json(_pending_path(), asdict(p))  # atomic: the watchdog never reads half a file
+
+
+def process_start(pid: int) -> int | None:
+    """A process's start time in clock ticks since boot (None when there is no such process)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    if not fields or fields[0] in ("Z", "X"):
+        return None  # a zombie (nobody reaped it yet) is dead all the same
+    try:
+        return int(fields[19])  # field 22 of stat; fields[0] is field 3 (state)
+    except (IndexError, ValueError):
+        return None
+
+
+def alive(p: Pending) -> bool:
+    """Whether the watchdog for `p` is running and beating."""
+    if p.watchdog_pid <= 0 or process_start(p.watchdog_pid) != p.watchdog_start:
+        return False
+    try:
+        beat = _beat_path(p.token).stat().st_mtime
+    except OSError:
+        return time.time() - (p.deadline - p.window) < STALE  # just started
+    return time.time() - beat < STALE
 
 
 def _clear(token: str) -> bool:
@@ -88,7 +153,7 @@ def _clear(token: str) -> bool:
         return False
     try:
         mine = json.loads(claimed.read_text()).get("token") == token
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         mine = False
     if not mine:
         os.rename(claimed, path)  # someone else's change: put it back
@@ -110,21 +175,7 @@ def _stop_watchdog(p: Pending) -> None:
             pass
 
 
-def arm(name: str, seconds: float, backend: str | None) -> Pending:
-    """Start the watchdog for forward `name` (before it is applied); returns the pending change."""
-    if seconds < 1:
-        raise NatboxError(
-            f"a confirm window of {seconds:g} s is too short", "give at least 1 second"
-        )
-    current = pending()
-    if current is not None:
-        raise NatboxError(
-            f"forward {current.name} still waits for confirmation ({current.seconds_left:.0f} s left)",
-            "natbox confirm (keep it) or natbox rollback (remove it) first",
-        )
-    token = secrets.token_hex(8)
-    p = Pending(token, name, time.time() + seconds, backend, 0)
-    _write(p)
+def _spawn(token: str) -> tuple[int, int]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "natbox.watchdog", token],
         stdin=subprocess.DEVNULL,
@@ -133,7 +184,28 @@ def arm(name: str, seconds: float, backend: str | None) -> Pending:
         start_new_session=True,
         close_fds=True,
     )
-    p = Pending(token, name, p.deadline, backend, proc.pid)
+    return proc.pid, process_start(proc.pid) or 0
+
+
+def arm(name: str, seconds: float, backend: str | None) -> Pending:
+    """Start the watchdog for forward `name` (before it is applied); returns the pending change."""
+    if not math.isfinite(seconds) or not 1 <= seconds <= MAX_WINDOW:
+        raise NatboxError(
+            f"a confirm window of {seconds:g} s is not possible",
+            f"give {MIN_WINDOW:g} to {MAX_WINDOW:g} seconds",
+        )
+    supervise()
+    current = pending()
+    if current is not None:
+        raise NatboxError(
+            f"forward {current.name} still waits for confirmation ({current.seconds_left:.0f} s left)",
+            "natbox confirm (keep it) or natbox rollback (remove it) first",
+        )
+    token = secrets.token_hex(8)
+    p = Pending(token, name, time.time() + seconds, backend, 0, 0, seconds)
+    _write(p)
+    pid, started = _spawn(token)
+    p = Pending(token, name, p.deadline, backend, pid, started, seconds)
     _write(p)
     return p
 
@@ -142,18 +214,60 @@ def disarm(p: Pending) -> None:
     """Forget a pending change without touching the rules (the apply itself failed)."""
     if _clear(p.token):
         _stop_watchdog(p)
+        _forget_beat(p.token)
+        if p.name.startswith("apply:"):
+            converge.forget_rollback()
+
+
+def _forget_beat(token: str) -> None:
+    try:
+        _beat_path(token).unlink()
+    except OSError:
+        pass
+
+
+def _outcome_path() -> Path:
+    return state_dir() / "last-outcome.json"
+
+
+def _record(p: Pending, kept: bool, text: str) -> None:
+    try:
+        write_json(_outcome_path(), {"token": p.token, "name": p.name, "kept": kept, "text": text})
+    except (OSError, NatboxError):
+        pass
+
+
+def outcome(token: str) -> str | None:
+    """What became of the pending change `token` ("web kept", "web rolled back: …"), if known."""
+    try:
+        data = read_json(_outcome_path(), limit=64 * 1024)
+    except NatboxError:
+        return None
+    if isinstance(data, dict) and data.get("token") == token and isinstance(data.get("text"), str):
+        return str(data["text"])
+    return None
 
 
 def confirm() -> str:
     """Keep the pending change; returns the forward's name."""
+    supervise()
     p = pending()
     if p is None:
         raise NatboxError(
             "no change waits for confirmation", "it was confirmed or rolled back already"
         )
+    if p.seconds_left <= 0:
+        raise NatboxError(
+            f"too late: the confirm window of {p.name} ended",
+            "it is being rolled back; add it again",
+        )
     if not _clear(p.token):
         raise NatboxError("the change was rolled back meanwhile", "natbox list shows what is there")
     _stop_watchdog(p)
+    _forget_beat(p.token)
+    if p.name.startswith("apply:"):
+        converge.forget_rollback()  # kept: nothing to put back
+    _record(p, True, f"{p.name} kept")
     return p.name
 
 
@@ -164,23 +278,68 @@ def rollback() -> str:
         raise NatboxError(
             "no change waits for confirmation", "natbox remove NAME removes a forward"
         )
-    if _clear(p.token):
-        _stop_watchdog(p)
-        _remove(p)
+    _stop_watchdog(p)
+    _roll_back(p, f"{p.name} rolled back on request")
     return p.name
 
 
-def _remove(p: Pending) -> str:
-    from natbox import txn
-    from natbox.backends.detect import choose_backend
-    from natbox.errors import NotFoundError
-
+def _roll_back(p: Pending, text: str) -> str | None:
+    """Remove `p`'s forward if this process wins the claim; the removal is journaled before the
+    claim, so a natbox that dies anywhere in here leaves a journal the next natbox completes."""
     backend, _ = choose_backend(p.backend)
-    try:
-        txn.remove(backend, p.name)
-    except NotFoundError:
-        return f"{p.name} was not there (the apply had failed or it was removed)"
-    return f"rolled back {p.name}"
+    if p.name.startswith("apply:"):  # a whole `natbox apply`: put its forwards back as they were
+        # Lock first, claim second: a busy lock leaves the change pending (and its watchdog
+        # retrying), never claimed and forgotten. A death after the claim leaves the rollback
+        # record without a pending change, which supervise() finishes.
+        with lock.held(f"rolling back {p.name}"):
+            if not _clear(p.token):
+                return None  # confirmed (or rolled back) by someone else first
+            _forget_beat(p.token)
+            text = f"{text}: {converge.rollback_saved(backend)}"
+        _record(p, False, text)
+        return text
+    with tables.tracked(backend):  # an nft table natbox created goes again once empty
+        result = txn.remove_claimed(backend, p.name, claim=lambda: _clear(p.token), missing_ok=True)
+    _forget_beat(p.token)
+    if result is None:
+        return None  # confirmed (or rolled back) by someone else first
+    if result.action == "missing":
+        text = f"{text} ({p.name} was not there: the apply had failed or it was removed)"
+    _record(p, False, text)
+    return text
+
+
+def supervise() -> str | None:
+    """Make sure a pending change has a live watchdog; roll back an expired one whose watchdog died.
+
+    Every natbox command and the dashboard call this, so a watchdog killed by SIGKILL, the OOM
+    killer or a reboot of its session cannot leave an unconfirmed forward in place for good.
+    Returns what it did, for the user (None when all was well).
+    """
+    p = pending()
+    if p is None and converge.rollback_pending() and os.geteuid() == 0:
+        # A rollback claimed its change and died before it finished: finish it.
+        backend, _ = choose_backend(None)
+        with lock.held("finishing a rollback"):
+            return f"finished an interrupted rollback: {converge.rollback_saved(backend)}"
+    if p is None or alive(p):
+        return None
+    if os.geteuid() != 0:
+        return f"the confirm watchdog of {p.name} is not running; run natbox as root to fix it"
+    if p.seconds_left > 0:
+        pid, started = _spawn(p.token)
+        current = pending()
+        if current is None or current.token != p.token:
+            return None
+        _write(Pending(p.token, p.name, p.deadline, p.backend, pid, started, p.window))
+        return (
+            f"the confirm watchdog of {p.name} had died; a new one rolls it back in "
+            f"{p.seconds_left:.0f} s unless confirmed"
+        )
+    done = _roll_back(
+        p, f"{p.name} rolled back: not confirmed within {p.window:g} s (its watchdog had died)"
+    )
+    return done
 
 
 def _log(text: str) -> None:
@@ -192,21 +351,42 @@ def _log(text: str) -> None:
 
 
 def watch(token: str) -> int:
-    """The watchdog's life: wait for the deadline, roll back unless confirmed."""
+    """The watchdog's life: beat, wait for the deadline, roll back unless confirmed."""
+    beat = _beat_path(token)
     while True:
-        p = pending()
+        try:
+            p = pending()
+        except NatboxError as exc:
+            _log(f"watchdog {token} stops: {exc.one_line()}")
+            return 1
         if p is None or p.token != token:
+            _forget_beat(token)
             return 0  # confirmed or rolled back by someone else
+        try:
+            beat.touch()
+        except OSError:
+            pass
         if p.seconds_left <= 0:
             break
         time.sleep(min(0.2, p.seconds_left))
-    if not _clear(token):
-        return 0
-    try:
-        _log(_remove(p))
-    except NatboxError as exc:
-        _log(f"rollback of {p.name} failed: {exc.one_line()}")
-        return 1
+    while True:
+        try:
+            done = _roll_back(p, f"{p.name} rolled back: not confirmed within {p.window:g} s")
+            break
+        except lock.BusyError as exc:  # another natbox is busy: the change stays pending; retry
+            _log(f"rollback of {p.name} waits: {exc.one_line()}")
+            try:
+                beat.touch()
+            except OSError:
+                pass
+            current = pending()
+            if current is None or current.token != token:
+                return 0
+        except NatboxError as exc:
+            _log(f"rollback of {p.name} failed: {exc.one_line()}")
+            return 1
+    if done:
+        _log(done)
     return 0
 
 

@@ -9,17 +9,15 @@ it open (so create) every table to look for that chain, so it is told only the t
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import shlex
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from natbox.backends import Backend
+from natbox.backends import Backend, lock_wait
 from natbox.errors import BackendError, ToolMissingError
+from natbox.paths import flock_until
 
 _ADDRESS_FLAGS = {
     "-s": "src",
@@ -35,35 +33,17 @@ def lockfile_path() -> str:
     return os.environ.get("XTABLES_LOCKFILE", "/run/xtables.lock")
 
 
-def lock_wait() -> float:
-    """Seconds to wait for the xtables lock (NATBOX_LOCK_WAIT, default 10)."""
-    try:
-        return float(os.environ.get("NATBOX_LOCK_WAIT", "10"))
-    except ValueError:
-        return 10.0
-
-
 @contextmanager
 def xtables_lock(timeout: float | None = None) -> Iterator[None]:
     """Hold the xtables lock (flock), retrying while another writer has it."""
     wait = lock_wait() if timeout is None else timeout
     fd = os.open(lockfile_path(), os.O_CREAT | os.O_RDWR, 0o600)
     try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if (
-                    exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK)
-                    or time.monotonic() > deadline
-                ):
-                    raise BackendError(
-                        f"the xtables lock {lockfile_path()} is held by another process",
-                        "wait for the other iptables command to finish and try again",
-                    ) from None
-                time.sleep(0.02)
+        if not flock_until(fd, wait):
+            raise BackendError(
+                f"the xtables lock {lockfile_path()} is held by another process",
+                "wait for the other iptables command to finish and try again",
+            )
         yield
     finally:
         os.close(fd)
@@ -150,6 +130,14 @@ class IptcBackend(Backend):
     def _apply_line(iptc: Any, tbl: Any, line: str, family: int) -> None:
         if line.startswith(":"):
             tbl.create_chain(line[1:].split()[0])
+            return
+        if line.startswith("-N "):
+            name = line[3:].strip()
+            if tbl.is_chain(name):  # as iptables-restore's -N: never adopt or flush a chain
+                raise BackendError(
+                    f"chain {name} already exists", f"the {tbl.name} table was left as it was"
+                )
+            tbl.create_chain(name)
             return
         tokens = shlex.split(line)
         op, chain = tokens[0], tokens[1]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from natbox.backends import Backend, lock_busy
+from natbox.backends import Backend, lock_busy, lock_wait
 from natbox.errors import BackendError
 
 
@@ -14,8 +14,6 @@ class RestoreBackend(Backend):
     def commit(self, table: str, lines: list[str]) -> None:
         """Feed one table's lines to iptables-restore; all of them or none land."""
         text = f"*{table}\n" + "".join(line + "\n" for line in lines) + "COMMIT\n"
-        from natbox.backends.iptc import lock_wait
-
         argv = [
             self.tool("restore"),
             "--noflush",

@@ -118,8 +118,23 @@ def test_garbage_is_one_clear_error(bad: str) -> None:
         ("FORWARD", "-A FORWARD -j DOCKER-USER", "docker"),
         ("DOCKER", "-A DOCKER -j RETURN", "docker"),
         ("KUBE-SERVICES", "-A KUBE-SERVICES -j ACCEPT", "kube"),
-        ("INPUT", "-A INPUT -m comment --comment natbox -j NATBOX-FORWARD", "natbox"),
-        ("INPUT", '-A INPUT -m comment --comment "natbox:x" -j ACCEPT', "natbox:x"),
+        ("FORWARD", "-A FORWARD -m comment --comment natbox -j NATBOX-FORWARD", "natbox"),
+        # natbox's jumps are exactly these: one from INPUT or with a match is a look-alike.
+        ("INPUT", "-A INPUT -m comment --comment natbox -j NATBOX-FORWARD", "forged"),
+        ("FORWARD", "-A FORWARD -i lo -m comment --comment natbox -j NATBOX-FORWARD", "forged"),
+        (
+            "NATBOX-FORWARD",
+            '-A NATBOX-FORWARD -m comment --comment "natbox:x" -j ACCEPT',
+            "natbox:x",
+        ),
+        # A natbox tag where natbox never writes one is a look-alike, never a forward's rule.
+        ("INPUT", '-A INPUT -m comment --comment "natbox:x" -j ACCEPT', "forged"),
+        (
+            "FORWARD",
+            "-A FORWARD -s 172.16.9.9/32 -m comment --comment natbox:web -j DROP",
+            "forged",
+        ),
+        ("FORWARD", "-A FORWARD -m comment --comment natbox -j DROP", "forged"),
         ("INPUT", '-A INPUT -m comment --comment "natboxer" -j ACCEPT', "other"),
         ("INPUT", "-A INPUT -p tcp -j ACCEPT", "other"),
     ],

@@ -27,13 +27,13 @@ def test_apply_lines_on_empty_box_create_chains_and_jumps() -> None:
     lines = apply_lines(parse_save(""), build_plan(WEB))
     assert list(lines) == ["filter", "nat"]
     assert lines["filter"][:2] == [
-        ":NATBOX-FORWARD - [0:0]",
+        "-N NATBOX-FORWARD",
         "-I FORWARD 1 -m comment --comment natbox -j NATBOX-FORWARD",
     ]
     assert lines["nat"][:4] == [
-        ":NATBOX-PREROUTING - [0:0]",
+        "-N NATBOX-PREROUTING",
         "-I PREROUTING 1 -m comment --comment natbox -j NATBOX-PREROUTING",
-        ":NATBOX-POSTROUTING - [0:0]",
+        "-N NATBOX-POSTROUTING",
         "-I POSTROUTING 1 -m comment --comment natbox -j NATBOX-POSTROUTING",
     ]
 
@@ -72,7 +72,7 @@ def test_remove_last_forward_drops_chains_and_replays_in_order() -> None:
         "-X NATBOX-FORWARD",
     ]
     replay = inverse_lines(per_table["filter"])
-    assert replay[0] == ":NATBOX-FORWARD - [0:0]"
+    assert replay[0] == "-N NATBOX-FORWARD"
     assert replay[1] == "-I FORWARD 1 -m comment --comment natbox -j NATBOX-FORWARD"
     assert [line[3:] for line in replay[2:]] == [line[3:] for line in per_table["filter"][:-2]]
 

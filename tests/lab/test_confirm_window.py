@@ -21,22 +21,22 @@ def wait_until(predicate: object, timeout: float) -> bool:
 def test_unconfirmed_change_is_rolled_back(lab: Lab) -> None:
     lab.nat_exec("iptables-nft-restore", stdin=DEMO_FOREIGN)
     before = lab.save()
-    out = lab.natbox("add", *SEED, "--confirm", "2")
+    out = lab.natbox("add", *SEED, "--confirm", "5")
     assert out.returncode == 0, out.stderr
     assert "natbox confirm" in out.stdout
     assert lab.fetch() is not None, "the forward works during the window"
-    assert wait_until(lambda: lab.save() == before, 6), "rolled back after the window"
+    assert wait_until(lambda: lab.save() == before, 12), "rolled back after the window"
     assert lab.fetch(timeout=1) is None
     out = lab.natbox("confirm")
     assert out.returncode == 2 and "no change waits for confirmation" in out.stderr
 
 
 def test_confirmed_change_stays(lab: Lab) -> None:
-    out = lab.natbox("add", *SEED, "--confirm", "2")
+    out = lab.natbox("add", *SEED, "--confirm", "5")
     assert out.returncode == 0, out.stderr
     out = lab.natbox("confirm")
     assert out.returncode == 0 and out.stdout.strip() == "kept web"
-    time.sleep(3)
+    time.sleep(6)
     assert lab.fetch() is not None
     assert "natbox:web" in lab.save()
 
@@ -54,9 +54,9 @@ def test_rollback_now_and_one_change_at_a_time(lab: Lab) -> None:
 
 def test_failed_apply_leaves_no_watchdog(lab: Lab) -> None:
     assert lab.natbox("add", *SEED).returncode == 0
-    out = lab.natbox("add", *SEED, "--confirm", "2")
+    out = lab.natbox("add", *SEED, "--confirm", "5")
     assert out.returncode == 2 and "already exists" in out.stderr
-    time.sleep(3)
+    time.sleep(6)
     assert "natbox:web" in lab.save(), (
         "the watchdog of a failed apply must not remove the old forward"
     )

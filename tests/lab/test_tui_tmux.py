@@ -96,7 +96,7 @@ def wizard_to_countdown(lab: Lab, tmux: Tmux) -> None:
 def test_wizard_adds_the_seed_forward_in_tmux(lab: Lab) -> None:
     tmux = Tmux()
     try:
-        start(lab, tmux, window=4)
+        start(lab, tmux, window=5)
         wizard_to_countdown(lab, tmux)
         assert lab.fetch() is not None, "the forward works during the confirm window"
         tmux.run("send-keys", "-t", "nb", "y")
@@ -114,7 +114,7 @@ def test_terminal_death_rolls_back(lab: Lab) -> None:
     for how in ("hangup", "kill"):
         tmux = Tmux()
         try:
-            start(lab, tmux, window=3)
+            start(lab, tmux, window=5)
             wizard_to_countdown(lab, tmux)
             assert "natbox:tcp-1234" in lab.save()
             pid = int(tmux.run("display-message", "-p", "-t", "nb", "#{pane_pid}").strip())

@@ -179,13 +179,13 @@ async def test_help_lists_every_dashboard_key_and_polling_pauses(
             "ctrl+p",
         ):
             assert key in keys, keys
-        reads = engine.reads
+        polls = engine.polls
         await asyncio.sleep(0.4)
-        assert engine.reads == reads, "no polling while a modal is open"
+        assert engine.polls == polls, "no polling while a modal is open"
         await pilot.press("escape")
         await asyncio.sleep(0.4)
         await settle(pilot)
-        assert engine.reads > reads
+        assert engine.polls > polls
 
 
 async def test_viewer_title_filter_sort_pause_and_back() -> None:

@@ -8,7 +8,6 @@ its polling, so a failure is seen and the dashboard keeps going.
 
 from __future__ import annotations
 
-import re
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -42,6 +41,7 @@ from tui.messages import (
 )
 from widgets.flow_table import human_bytes
 from widgets.keyed_table import Cell, KeyedTable, Row, path_text
+from widgets.rule_text import shown_rule, split_target
 from widgets.sparkline import rate, spark
 from widgets.status_bar import StatusBar
 
@@ -54,26 +54,6 @@ SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
 FILTER_DELAY = 0.15
 SORTS = ("name", "flows", "bytes", "health")
 MARK = "▶"
-
-_COMMENT = re.compile(r' ?-m comment --comment (?:"(?:[^"\\]|\\.)*"|\S+)')
-_TARGET = re.compile(r"(?:^| )(-j|-g) (\S+)(.*)$")
-
-
-def shown_rule(spec: str) -> str:
-    """A rule as iptables prints it, less its comment (the owner column already says it)."""
-    return _COMMENT.sub("", spec).strip()
-
-
-def split_target(spec: str) -> tuple[str, str]:
-    """(target with its options, matches): `-j DNAT --to-destination 10.0.2.50:80` first, where
-    80 columns still show it; the matches after it."""
-    text = shown_rule(spec)
-    found = _TARGET.search(text)
-    if found is None:
-        return "", text
-    target = f"{found.group(2)}{found.group(3)}".strip()
-    target = target.replace("--to-destination ", "→ ").replace("--to-source ", "→ ")
-    return target, text[: found.start()].strip()
 
 
 def health_cell(findings: Sequence[Finding] | None, intact: bool) -> Text:

@@ -37,6 +37,7 @@ from natbox.checks import ERROR, Finding
 from natbox.errors import NatboxError, ValidationError
 from natbox.model import Endpoint, Forward, name_problem, parse_cidr, parse_ip, parse_port_range
 from natbox.plan import build_plan
+from widgets.rule_text import split_target
 from widgets.step_bar import StepBar
 from widgets.toggles import StateCheckbox as Checkbox
 from widgets.toggles import StateRadioButton as RadioButton
@@ -84,8 +85,6 @@ def restore_of(lines: dict[str, list[str]]) -> str:
 
 def plain_of(fwd: Forward) -> list[str]:
     """One line per rule: its real target (ACCEPT, not the plan's kind) and what it does."""
-    from tui.screens.dashboard import split_target
-
     plan = build_plan(fwd)
     lines = []
     for rule in plan.rules:

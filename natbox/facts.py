@@ -1,7 +1,10 @@
-"""Provides gather_facts(): the reads behind the diagnosis (sysctls, routes, sockets, conntrack, nft).
+"""Provides Facts and gather_facts(): the reads behind the diagnosis (sysctls, routes, sockets,
+conntrack, nft, the backend probe).
 
 Every read is namespaced by the kernel, so in the lab it sees the nat box's own view. Nothing here
 changes anything; a read that fails leaves its fact empty rather than failing the diagnosis.
+Evidence comes before probes: the forward's own conntrack flows say whether the backend answers; the
+TCP probe from this box is the fallback, and is not made when the box's OUTPUT chain would stop it.
 """
 
 from __future__ import annotations
@@ -9,22 +12,60 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import ip_address
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from natbox import conntrack
-from natbox.checks import Facts
+from natbox import conntrack, pathmatch
 from natbox.errors import NatboxError
-from natbox.model import Forward
+from natbox.model import Forward, IPAddress, Ruleset
 from natbox.runner import Runner
-from natbox.system import PROC_SYS, ip_forward_enabled, route_to
-
-if TYPE_CHECKING:
-    from natbox.system import InterfaceStat
+from natbox.system import (
+    PROC_SYS,
+    InterfaceStat,
+    Route,
+    interface_stats,
+    ip_forward_enabled,
+    route_to,
+)
 
 IPTABLES_TABLES = {"filter", "nat", "mangle", "raw", "security"}
+EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the checks look at, gathered here (so the checks stay pure)."""
+
+    ip_forward: bool
+    local: dict[IPAddress, str]
+    """Local address -> interface."""
+    route: Route | None
+    """The route to the backend, None when there is none."""
+    route_error: str = ""
+    mtus: dict[str, int] = field(default_factory=dict)
+    listeners: frozenset[tuple[str, int, str]] = frozenset()
+    """Local listening sockets: (address or 0.0.0.0, port, tcp|udp)."""
+    rp_filter: dict[str, int] = field(default_factory=dict)
+    """Effective rp_filter per interface (max of all and the interface: 1 = strict)."""
+    client_routes: dict[str, str] = field(default_factory=dict)
+    """Allowed client network -> interface the route back to it leaves through."""
+    backend_answers: bool | None = None
+    """A TCP connect to the backend succeeded (None: not tried, e.g. UDP, or blocked by OUTPUT)."""
+    backend_error: str = ""
+    probe_blocked: str = ""
+    """Why the probe could not be made or trusted: this box's OUTPUT chain stops (or may stop) it."""
+    replied: int = 0
+    """The forward's conntrack flows that got replies (ASSURED for TCP): the backend answers."""
+    unreplied: int = 0
+    """The forward's DNATed flows that never got a reply."""
+    unreplied_examples: tuple[str, ...] = ()
+    stale_flows: int = 0
+    """Flows to the listen address that bypass a DNAT (created before it)."""
+    other_side: list[str] = field(default_factory=list)
+    """Warnings about rules in the iptables flavour natbox does not write."""
+    nft_drops: list[str] = field(default_factory=list)
+    """Native nftables forward-hook chains that can drop, as `table/chain: why`."""
 
 
 def listeners() -> frozenset[tuple[str, int, str]]:
@@ -110,6 +151,36 @@ def backend_probe(fwd: Forward, timeout: float = 1.0) -> tuple[bool | None, str]
         return False, exc.strerror or type(exc).__name__
 
 
+def evidence(fwd: Forward, flows: list[conntrack.Flow]) -> tuple[int, int, tuple[str, ...]]:
+    """(replied, unreplied, examples of unreplied) among the flows DNATed to the forward's backend."""
+    listen, backend = str(fwd.listen.ip), str(fwd.backend.ip)
+    replied = unreplied = 0
+    examples: list[str] = []
+    for f in flows:
+        o = f.orig
+        if (
+            o.dst != listen
+            or o.dport is None
+            or not fwd.listen.port <= o.dport <= fwd.listen.port_end
+            or f.proto not in fwd.protocols
+            or f.reply.src != backend
+        ):
+            continue
+        flags = f.flags
+        if "UNREPLIED" in flags:
+            unreplied += 1
+            if len(examples) < EXAMPLES:
+                examples.append(f"{f.proto} {f.path()} ({f.state or 'no reply'})")
+        elif f.proto != "tcp" or "ASSURED" in flags:
+            replied += 1
+    return replied, unreplied, tuple(examples)
+
+
+def probe_verdict(rs: Ruleset, fwd: Forward, route: Route) -> pathmatch.Verdict:
+    """What this box's filter OUTPUT does with its own TCP connect to the backend."""
+    return pathmatch.verdict(rs, "filter", "OUTPUT", pathmatch.probe(fwd, route.src, route.dev))
+
+
 def stale_flows(fwd: Forward, flows: list[conntrack.Flow]) -> int:
     """Flows to the listen ip:port/proto that were not DNATed (they bypass the forward)."""
     listen = str(fwd.listen.ip)
@@ -141,8 +212,6 @@ class BoxFacts:
 
 def box_facts(runner: Runner | None = None, *, flows: bool = True) -> BoxFacts:
     """Interfaces, sockets, rp_filter, native nftables and (with flows) the conntrack table."""
-    from natbox.system import interface_stats
-
     runner = runner or Runner()
     stats = interface_stats()
     table: list[conntrack.Flow] = []
@@ -164,12 +233,14 @@ def gather_facts(
     probe: bool = True,
     flows: bool = True,
     box: BoxFacts | None = None,
+    rs: Ruleset | None = None,
 ) -> Facts:
     """Everything the checks need for `fwd`, read from this box.
 
     probe=False skips the TCP connect to the backend, flows=False the conntrack read: the dashboard's
     periodic health check stays cheap; `natbox doctor` and the wizard do both. Pass `box` to share
-    the box-wide reads between forwards.
+    the box-wide reads between forwards, and `rs` (the ruleset already read) so that the probe is not
+    made when this box's own OUTPUT chain would stop it.
     """
     runner = runner or Runner()
     box = box or box_facts(runner, flows=flows)
@@ -187,7 +258,24 @@ def gather_facts(
             client_routes[net.with_prefixlen] = route_to(host, runner).dev
         except NatboxError:
             continue
-    answers, why = backend_probe(fwd) if probe and route is not None else (None, "")
+    replied, unreplied, examples = evidence(fwd, box.flows)
+    answers: bool | None = None
+    why = blocked = ""
+    if probe and route is not None and "tcp" in fwd.protocols and not replied:
+        # Replied flows already prove the backend answers; otherwise ask it, unless OUTPUT says no.
+        seen = probe_verdict(rs, fwd, route) if rs is not None else None
+        if seen is not None and seen.verdict in pathmatch.DROPS:
+            rule = seen.decided_by
+            blocked = (
+                f"OUTPUT rule {rule.rule.text} drops it"
+                if rule
+                else f"OUTPUT policy is {seen.verdict}"
+            )
+        else:
+            answers, why = backend_probe(fwd)
+            maybe = [h for h in (seen.earlier if seen else ()) if h.target in pathmatch.DROPS]
+            if answers is False and maybe:
+                blocked = f"OUTPUT rule {maybe[0].rule.text} may drop it"
     return Facts(
         ip_forward=ip_forward_enabled(family=fwd.family),
         local=local,
@@ -199,6 +287,10 @@ def gather_facts(
         client_routes=client_routes,
         backend_answers=answers,
         backend_error=why,
+        probe_blocked=blocked,
+        replied=replied,
+        unreplied=unreplied,
+        unreplied_examples=examples,
         stale_flows=stale_flows(fwd, box.flows),
         other_side=list(other_side or []),
         nft_drops=box.nft_drops,
