@@ -93,7 +93,7 @@ class KeyedTable(DataTable[Cell]):
         await super()._on_idle(event)
         if pending:
             self._update_count += 1
-            self.refresh()
+            self.refresh(layout=True)  # an auto-height table grows with its new rows
 
     def _reorder(self, order: list[str]) -> None:
         # DataTable.sort() sorts by cell values; the order here is by key (e.g. a rule inserted in the

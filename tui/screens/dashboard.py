@@ -247,6 +247,14 @@ class DashboardScreen(Screen[None]):
             id="dashboard.history",
             tooltip="History: what happened in this session",
         ),
+        Binding(
+            "tab,shift+tab",
+            "switch_focus",
+            "Next table",
+            show=False,
+            id="dashboard.tab",
+            tooltip="Between the forwards and the rules (and out of the filter box)",
+        ),
         Binding("question_mark", "help", "Help", id="dashboard.help", tooltip="Every key"),
         Binding("q", "quit", "Quit", id="dashboard.quit", tooltip="Leave natbox"),
     ]
@@ -1149,6 +1157,15 @@ class DashboardScreen(Screen[None]):
         self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
         self._fill_forwards()
         self.notify(f"forwards sorted by {self.sort}", timeout=1.5)
+
+    def action_switch_focus(self) -> None:
+        # Two places to be, so Tab is a switch, set now (not deferred): a key typed right after it
+        # lands in the table it names, whatever the state of the screen's focus chain.
+        if self.focused is self.forwards_table:
+            self.query_one("#tabs", TabbedContent).active = "rules"
+            self.set_focus(self.rules_table)
+        else:
+            self.set_focus(self.forwards_table)
 
     def action_tab(self, tab: str) -> None:
         self.query_one("#tabs", TabbedContent).active = tab
