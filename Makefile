@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := iptables conntrack iproute2 procps iputils-ping gcc tmux fonts-firacode libcairo2 nftables
+APT_PACKAGES := iptables conntrack iproute2 procps iputils-ping gcc tmux fonts-firacode libcairo2 nftables iptstate
 export XTABLES_LOCKFILE ?= /tmp/natbox-test-xtables.lock
 
 .PHONY: test lint typecheck pytest deps venv screenshots bench demo clean
@@ -51,6 +51,8 @@ bench: venv
 	$(BIN)/python -m benchmarks.conntrack_100k
 	$(BIN)/python -m benchmarks.viewer_100k
 	$(BIN)/python -m benchmarks.apply_10k
+	$(BIN)/python -m benchmarks.forwards_scale
+	$(BIN)/python -m benchmarks.lived_in
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

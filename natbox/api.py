@@ -124,8 +124,9 @@ class EngineAPI(Protocol):
         """The cheap checks of each forward in `data` (no backend probe, no conntrack read)."""
         ...
 
-    def flows(self) -> FlowSnapshot:
-        """One read of the conntrack table, tagged with the forwards of the last dashboard()."""
+    def flows(self, head: bool = False) -> FlowSnapshot:
+        """One read of the conntrack table, tagged with the forwards of the last dashboard();
+        `head`: only the first screenful or so (the viewer's first look)."""
         ...
 
     def local_addresses(self) -> list[tuple[str, str]]:

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -32,7 +33,7 @@ from natbox.backends.detect import BACKEND_CHOICES, choose_backend
 from natbox.errors import NatboxError, NotFoundError
 from natbox.model import PROTOS, Forward
 from natbox.plan import build_plan
-from natbox.ruleset import forward_states
+from natbox.ruleset import ForwardState, forward_states
 from natbox.runner import Runner
 from natbox.status import snapshot
 from natbox.system import route_to
@@ -602,11 +603,26 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _flows_with_forwards(
     args: argparse.Namespace,
-) -> tuple[list[conntrack.Flow], conntrack.ForwardIndex, list[str]]:
+) -> tuple[conntrack.FlowRead, conntrack.ForwardIndex, list[str]]:
     """Read the table and the forwards (from the kernel's rules) that flows are matched to."""
-    table = conntrack.read_flows()
     backend, _det = choose_backend(args.backend_choice)
-    states = txn.all_forward_states(backend)
+    # The rules are read by iptables-save (a process: it waits, we do not), the flows by us.
+    found: list[list[ForwardState]] = []
+    failed: list[BaseException] = []
+
+    def read_rules() -> None:
+        try:
+            found.append(txn.all_forward_states(backend))
+        except BaseException as exc:  # handed to the main thread, raised there
+            failed.append(exc)
+
+    reader = threading.Thread(target=read_rules, daemon=True)
+    reader.start()
+    table = conntrack.read_flows()
+    reader.join()
+    if failed:
+        raise failed[0]
+    states = found[0]
     index = conntrack.ForwardIndex(s.forward for s in states if s.forward is not None)
     names = [s.name for s in states]
     if args.forward is not None and args.forward not in names:
@@ -615,7 +631,11 @@ def _flows_with_forwards(
             f"natbox list shows them (now: {', '.join(names) or 'none'})",
         )
     notes = [f"skipped {table.skipped} malformed lines"] if table.skipped else []
-    return table.flows, index, notes
+    return table, index, notes
+
+
+_CHUNK = 10_000
+"""Flows formatted per write: output streams, and memory stays one chunk of text."""
 
 
 def cmd_conntrack(args: argparse.Namespace) -> int:
@@ -628,7 +648,8 @@ def cmd_conntrack(args: argparse.Namespace) -> int:
         )
     if args.enable_accounting:
         conntrack.enable_accounting()
-    flows, index, notes = _flows_with_forwards(args)
+    table, index, notes = _flows_with_forwards(args)
+    flows, plain = table.flows, table.plain
     if args.enable_accounting:
         notes.append("accounting is on: new flows count packets and bytes")
     shown = conntrack.select(
@@ -641,26 +662,41 @@ def cmd_conntrack(args: argparse.Namespace) -> int:
         limit=args.limit,
     )
     fill = conntrack.table_fill()
+    out = sys.stdout
+    if args.json_lines:
+        # One flow per line, written as it is made: pipelines start reading at once.
+        for start in range(0, len(shown), _CHUNK):
+            out.write(
+                "".join(
+                    f.to_json(index(f), plain=plain) + "\n" for f in shown[start : start + _CHUNK]
+                )
+            )
+        return 0
     if args.json:
-        doc = {
+        head = {
             "count": fill.count,
             "max": fill.max,
             "accounting": fill.accounting,
             "total": len(flows),
             "shown": len(shown),
             "notes": notes,
-            "flows": [f.to_dict(index(f)) for f in shown],
         }
-        print(json.dumps(doc, indent=1))
+        # The document json.dumps would make, one flow a line, each flow written directly.
+        out.write(json.dumps(head, indent=1)[:-2] + ',\n "flows": [')
+        sep = "\n  "
+        for start in range(0, len(shown), _CHUNK):
+            out.write(
+                sep
+                + ",\n  ".join(
+                    f.to_json(index(f), plain=plain) for f in shown[start : start + _CHUNK]
+                )
+            )
+            sep = ",\n  "
+        out.write("\n ]\n}\n")
         return 0
-    print(
-        f"{'PROTO':<7}{'STATE':<12}{'TTL':>6}  {'FLOW  client → listen => snat → backend':<62}{'PKTS':>7}{'BYTES':>10}  FORWARD"
-    )
-    for f in shown:
-        counters = f"{f.packets:>7}{f.bytes:>10}" if fill.accounting else f"{'-':>7}{'-':>10}"
-        print(
-            f"{f.proto:<7}{(f.state or '-'):<12}{f.timeout:>6}  {f.path():<62}{counters}  {index(f) or ''}"
-        )
+    out.write(conntrack.TEXT_HEADER)
+    for start in range(0, len(shown), _CHUNK):
+        out.write(conntrack.text_lines(shown[start : start + _CHUNK], index, fill.accounting))
     print(f"{len(shown)} of {len(flows)} flows; table {fill.count}/{fill.max}")
     if not fill.accounting:
         print(
@@ -682,7 +718,8 @@ def _conntrack_kill(args: argparse.Namespace) -> int:
         raise NatboxError(
             "refusing to kill flows without --yes (stdin is not a terminal)", "add --yes"
         )
-    flows, index, _notes = _flows_with_forwards(args)
+    table, index, _notes = _flows_with_forwards(args)
+    flows = table.flows
     if wanted is not None:
         victims = [conntrack.find(flows, wanted)]
     else:
@@ -850,7 +887,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="turn on per-flow packet/byte counters (sysctl net.netfilter.nf_conntrack_acct=1)",
     )
-    p.add_argument("--json", action="store_true")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="one JSON document, one flow a line")
+    fmt.add_argument(
+        "--json-lines", action="store_true", help="one JSON object per flow and line, streamed"
+    )
     p.set_defaults(func=cmd_conntrack)
 
     p = sub.add_parser("demo", help="the article's lab in namespaces, with the dashboard inside")

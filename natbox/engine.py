@@ -19,7 +19,7 @@ from natbox.backends import Backend
 from natbox.backends.detect import choose_backend
 from natbox.checks import ERROR, Finding, diagnose, preflight
 from natbox.errors import NatboxError, NotFoundError
-from natbox.facts import BoxFacts, box_facts, gather_facts, listeners
+from natbox.facts import BoxFacts, box_facts, gather_facts, listeners, prefetch
 from natbox.model import Forward, Ruleset
 from natbox.plan import build_plan
 from natbox.ruleset import ForwardState, forward_states
@@ -162,6 +162,10 @@ class Engine:
     ) -> dict[str, list[Finding]]:
         out: dict[str, list[Finding]] = {}
         box: BoxFacts | None = None
+        forwards = [s.forward for s in states if s.forward is not None]
+        if forwards:
+            box = box_facts(flows=flows)  # once for all forwards
+            prefetch(box, forwards, probe=probe)  # each backend once, in parallel
         for state in states:
             findings = [
                 Finding(
@@ -181,9 +185,11 @@ class Engine:
             out[state.name] = findings
         return out
 
-    def flows(self) -> FlowSnapshot:
-        """Read the conntrack table and tag flows with the forwards seen at the last dashboard()."""
-        table = conntrack.read_flows()
+    def flows(self, head: bool = False) -> FlowSnapshot:
+        """Read the conntrack table and tag flows with the forwards seen at the last dashboard().
+
+        `head`: only the first screenful or so (a viewer's first look, before the whole table)."""
+        table = conntrack.read_flows(head=conntrack.HEAD if head else None)
         return FlowSnapshot(
             table.flows,
             conntrack.ForwardIndex(self._forwards),

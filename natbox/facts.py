@@ -200,7 +200,10 @@ def stale_flows(fwd: Forward, flows: list[conntrack.Flow]) -> int:
 
 @dataclass(frozen=True)
 class BoxFacts:
-    """The facts that are the same for every forward: read once per diagnosis, not per forward."""
+    """The facts that are the same for every forward: read once per diagnosis, not per forward.
+
+    Route lookups and backend probes are memoised here, per backend: a thousand forwards to a
+    hundred backends cost a hundred of each, and `prefetch` runs them in parallel (bounded)."""
 
     interfaces: list[InterfaceStat]
     listeners: frozenset[tuple[str, int, str]]
@@ -208,6 +211,55 @@ class BoxFacts:
     nft_drops: list[str]
     flows: list[conntrack.Flow]
     """The conntrack table (empty when not read)."""
+    routes: dict[str, tuple[Route | None, str]] = field(default_factory=dict)
+    probes: dict[tuple[str, int], tuple[bool | None, str]] = field(default_factory=dict)
+    by_dst: dict[str, list[conntrack.Flow]] = field(default_factory=dict)
+    """The flows grouped by their original destination address (filled by box_facts)."""
+
+    def flows_to(self, ip: str) -> list[conntrack.Flow]:
+        """The flows whose original destination is `ip`."""
+        return self.by_dst.get(ip, [])
+
+    def route(self, ip: IPAddress, runner: Runner | None = None) -> tuple[Route | None, str]:
+        """The route to `ip` (or why there is none), looked up once per address."""
+        key = str(ip)
+        if key not in self.routes:
+            try:
+                self.routes[key] = (route_to(ip, runner), "")
+            except NatboxError as exc:
+                self.routes[key] = (None, exc.message.split(": ", 1)[-1])
+        return self.routes[key]
+
+    def probe(self, fwd: Forward) -> tuple[bool | None, str]:
+        """The TCP connect to the forward's backend, made once per backend ip:port."""
+        key = (str(fwd.backend.ip), fwd.backend.port)
+        if key not in self.probes:
+            self.probes[key] = backend_probe(fwd)
+        return self.probes[key]
+
+
+PROBE_WORKERS = 32
+"""At most this many route lookups or backend probes run at once."""
+
+
+def prefetch(box: BoxFacts, forwards: list[Forward], *, probe: bool) -> None:
+    """Look up every distinct backend's route, and probe (with `probe`) every distinct TCP backend
+    without conntrack evidence, in parallel: `natbox doctor` then costs about one probe timeout,
+    not one per forward."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    distinct = {str(f.backend.ip): f for f in forwards}
+    with ThreadPoolExecutor(max_workers=PROBE_WORKERS) as pool:
+        list(pool.map(lambda f: box.route(f.backend.ip), distinct.values()))
+        if probe:
+            todo = {
+                (str(f.backend.ip), f.backend.port): f
+                for f in forwards
+                if "tcp" in f.protocols
+                and box.routes.get(str(f.backend.ip), (None, ""))[0] is not None
+                and not evidence(f, box.flows_to(str(f.listen.ip)))[0]
+            }
+            list(pool.map(box.probe, todo.values()))
 
 
 def box_facts(runner: Runner | None = None, *, flows: bool = True) -> BoxFacts:
@@ -220,8 +272,16 @@ def box_facts(runner: Runner | None = None, *, flows: bool = True) -> BoxFacts:
             table = conntrack.read_flows().flows
         except NatboxError:
             table = []
+    by_dst: dict[str, list[conntrack.Flow]] = {}
+    for f in table:
+        by_dst.setdefault(f.orig.dst, []).append(f)
     return BoxFacts(
-        stats, listeners(), rp_filter({i.name for i in stats}), nft_forward_drops(runner), table
+        stats,
+        listeners(),
+        rp_filter({i.name for i in stats}),
+        nft_forward_drops(runner),
+        table,
+        by_dst=by_dst,
     )
 
 
@@ -246,11 +306,7 @@ def gather_facts(
     box = box or box_facts(runner, flows=flows)
     stats = box.interfaces
     local = {ip_address(a): i.name for i in stats for a in i.addresses}
-    route, error = None, ""
-    try:
-        route = route_to(fwd.backend.ip, runner)
-    except NatboxError as exc:
-        error = exc.message.split(": ", 1)[-1]
+    route, error = box.route(fwd.backend.ip, runner)
     client_routes: dict[str, str] = {}
     for net in fwd.sources:
         host = next(net.hosts(), net.network_address)
@@ -258,7 +314,8 @@ def gather_facts(
             client_routes[net.with_prefixlen] = route_to(host, runner).dev
         except NatboxError:
             continue
-    replied, unreplied, examples = evidence(fwd, box.flows)
+    near = box.flows_to(str(fwd.listen.ip))
+    replied, unreplied, examples = evidence(fwd, near)
     answers: bool | None = None
     why = blocked = ""
     if probe and route is not None and "tcp" in fwd.protocols and not replied:
@@ -272,7 +329,7 @@ def gather_facts(
                 else f"OUTPUT policy is {seen.verdict}"
             )
         else:
-            answers, why = backend_probe(fwd)
+            answers, why = box.probe(fwd)
             maybe = [h for h in (seen.earlier if seen else ()) if h.target in pathmatch.DROPS]
             if answers is False and maybe:
                 blocked = f"OUTPUT rule {maybe[0].rule.text} may drop it"
@@ -291,7 +348,7 @@ def gather_facts(
         replied=replied,
         unreplied=unreplied,
         unreplied_examples=examples,
-        stale_flows=stale_flows(fwd, box.flows),
+        stale_flows=stale_flows(fwd, near),
         other_side=list(other_side or []),
         nft_drops=box.nft_drops,
     )

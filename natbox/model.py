@@ -5,6 +5,7 @@ Validation lives here as plain functions that return precise messages; the UI on
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Iterator
@@ -25,12 +26,20 @@ COMMENT_PREFIX = "natbox"
 
 # ---------------------------------------------------------------- validators (strings -> values)
 
+_BROADCAST = IPv4Address("255.255.255.255")
+
+
+@functools.lru_cache(maxsize=8192)
+def _ip_address(text: str) -> IPAddress:
+    # Addresses repeat (every forward of a box listens on its few addresses): parse each once.
+    return ipaddress.ip_address(text)
+
 
 def parse_ip(text: str, what: str = "address") -> IPAddress:
     """Parse an IPv4 or IPv6 address, or raise with a message naming the bad text."""
     text = text.strip()
     try:
-        return ipaddress.ip_address(text)
+        return _ip_address(text)
     except ValueError:
         if ":" not in text:
             raise ValidationError(
@@ -106,7 +115,7 @@ def _unicast_problem(addr: IPAddress, what: str) -> str | None:
         return f"{what} {addr} is the unspecified address; give a real address"
     if addr.is_loopback:
         return f"{what} {addr} is a loopback address; forwarded traffic never reaches it"
-    if addr.is_multicast or addr == IPv4Address("255.255.255.255"):
+    if addr.is_multicast or addr == _BROADCAST:
         return f"{what} {addr} is not a unicast address"
     if addr.version == 6 and addr.is_link_local:
         return f"{what} {addr} is link-local; it needs an interface, so give a global address"
@@ -424,14 +433,29 @@ class Ruleset:
         t = self.tables.get(table)
         return t.chains.get(name) if t else None
 
+    def by_forward(self) -> dict[str, list[Rule]]:
+        """natbox's tagged rules grouped by forward name (first appearance order), in one pass.
+
+        Not cached: rulesets are copied and edited (a simulated change, a forward left out), so
+        whoever needs every forward's rules asks once and keeps the answer."""
+        groups: dict[str, list[Rule]] = {}
+        tagged = COMMENT_PREFIX + ":"
+        for r in self.rules():
+            if r.owner.startswith(tagged):
+                name = r.owner[len(tagged) :]
+                group = groups.get(name)
+                if group is None:
+                    groups[name] = [r]
+                else:
+                    group.append(r)
+        return groups
+
     def forward_rules(self, name: str) -> list[Rule]:
-        """The rules tagged `natbox:<name>`, in dump order."""
-        return [r for r in self.rules() if r.forward_name == name]
+        """The rules tagged `natbox:<name>`, in dump order (one pass; for every forward at once,
+        use by_forward())."""
+        tag = f"{COMMENT_PREFIX}:{name}"
+        return [r for r in self.rules() if r.owner == tag]
 
     def forward_names(self) -> list[str]:
         """Names of the natbox forwards present, in order of first appearance."""
-        seen: dict[str, None] = {}
-        for r in self.rules():
-            if r.forward_name:
-                seen.setdefault(r.forward_name)
-        return list(seen)
+        return list(self.by_forward())

@@ -215,15 +215,19 @@ class SampleEngine:
         self.health_reads += 1
         return self.doctor()
 
-    def flows(self) -> FlowSnapshot:
+    def flows(self, head: bool = False) -> FlowSnapshot:
         """The sample conntrack table, parsed anew on every read as the real engine does."""
         self.flow_reads += 1
         if self.flow_delay:
             time.sleep(self.flow_delay)
         killed = {f.key for f in self.killed}
-        self._flows = [f for f in conntrack.parse_text(self._text).flows if f.key not in killed]
+        end = self._text.find("\n", conntrack.HEAD) + 1 if head else 0
+        text = self._text[:end] if end > 0 else self._text
+        flows = [f for f in conntrack.parse_text(text).flows if f.key not in killed]
+        if text is self._text:
+            self._flows = flows
         return FlowSnapshot(
-            list(self._flows),
+            list(flows),
             conntrack.ForwardIndex(self.forwards),
             conntrack.Fill(len(self._flows), 262144, True, False),
         )

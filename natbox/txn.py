@@ -193,7 +193,7 @@ def _is_jump(line: str) -> bool:
 
 def remove_lines(rs: Ruleset, name: str) -> dict[str, list[str]]:
     """The restore lines per table (nat first: stop new DNATs before their accepts go)."""
-    state = next((s for s in forward_states(rs) if s.name == name), None)
+    state = next(iter(forward_states(rs, only=name)), None)
     rules = state.rules if state is not None else []  # its own rules, never look-alikes
     out: dict[str, list[str]] = {}
     for table in ("nat", "filter"):
@@ -475,7 +475,7 @@ def apply(
             journal.end()  # undone (or nothing done): the state before
             raise
         after = backend.read_chains(natbox_chains(plan.chains))
-        state = next((s for s in forward_states(after) if s.name == fwd.name), None)
+        state = next(iter(forward_states(after, only=fwd.name)), None)
         if state is None or not state.intact or state.forward != fwd:
             undone = _undo(backend, per_table, [t for t in TABLE_ORDER if t in per_table])
             detail = (

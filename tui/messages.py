@@ -71,11 +71,26 @@ class FlowsRefreshed(Message):
     """The viewer's rows after reading, filtering and sorting (done off the UI thread)."""
 
     def __init__(
-        self, rows: list[Flow], total: int, cursor: int, snapshot: FlowSnapshot, generation: int
+        self,
+        rows: list[Flow],
+        total: int,
+        cursor: int,
+        snapshot: FlowSnapshot,
+        generation: int,
+        *,
+        found: object = None,
+        took: float = 0.0,
+        partial: bool = False,
     ) -> None:
         self.rows = rows
         self.generation = generation
         self.total = total
         self.cursor = cursor
         self.snapshot = snapshot
+        self.found = found
+        """The viewer's filter state to start the next keystroke from."""
+        self.took = took
+        """Seconds the read took (0: no read, the rows of the last one re-filtered)."""
+        self.partial = partial
+        """Only the table's first flows (a first look); the whole table follows."""
         super().__init__()

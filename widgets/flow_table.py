@@ -20,7 +20,20 @@ from textual.strip import Strip
 from natbox.conntrack import Flow, ForwardIndex
 
 WIDE = 128
-"""From this width on, rows show the full path (listen and SNAT addresses) and the forward column."""
+"""From this width on, rows show packets, bytes and the forward too."""
+
+STATES = {
+    "ESTABLISHED": "ESTAB",
+    "TIME_WAIT": "TIMEW",
+    "SYN_SENT": "SYNSN",
+    "SYN_RECV": "SYNRC",
+    "FIN_WAIT": "FINWT",
+    "CLOSE_WAIT": "CLSWT",
+    "LAST_ACK": "LSACK",
+}
+"""TCP states in five columns (narrow rows)."""
+
+SORT_TITLES = {"timeout": "TTL", "bytes": "BYTES", "packets": "PKTS", "age": "AGE"}
 
 
 def human_bytes(n: int) -> str:
@@ -33,15 +46,45 @@ def human_bytes(n: int) -> str:
     return str(n)
 
 
-def compact_path(flow: Flow) -> str:
-    """client → :listen-port => backend: the translation in as few columns as it takes."""
+def _hp(ip: str, port: int | None) -> str:
+    if port is None:
+        return ip
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def _near(ip: str, prev: str) -> str:
+    """`ip` shortened to what differs from `prev` in the same /24 (10.0.2.50 after 10.0.2.40: .50)."""
+    if ":" in ip or ":" in prev:
+        return ip
+    head, _, last = ip.rpartition(".")
+    return "." + last if head and prev.rpartition(".")[0] == head else ip
+
+
+def compact_path(flow: Flow, width: int = 10_000) -> str:
+    """client → listen => snat source → backend in at most `width` columns.
+
+    Both tuples always: first in full; then without the SNAT source's port where NAT kept the
+    client's; then addresses in the /24 of the one before them as `.50`; only then cut (with `…`).
+    """
     o = flow.orig
-    client = f"{o.src}:{o.sport}" if o.sport is not None else o.src
+    client, listen = _hp(o.src, o.sport), _hp(o.dst, o.dport)
     if not (flow.dnat or flow.snat):
-        return f"{client} → {o.dst}:{o.dport}" if o.dport is not None else f"{client} → {o.dst}"
-    r = flow.reply
-    backend = f"{r.src}:{r.sport}" if r.sport is not None else r.src
-    return f"{client} →:{o.dport} => {backend}"
+        text = f"{client} → {listen}"
+        return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+    r = flow.reply  # the server sees the reply reversed: from reply.dst to reply.src
+    snat, backend = _hp(r.dst, r.dport), _hp(r.src, r.sport)
+    text = f"{client} → {listen} => {snat} → {backend}"
+    if len(text) <= width:
+        return text
+    if r.dport == o.sport:
+        snat = f"[{r.dst}]" if ":" in r.dst else r.dst
+        text = f"{client} → {listen} => {snat} → {backend}"
+        if len(text) <= width:
+            return text
+    listen = _hp(_near(o.dst, o.src), o.dport)
+    backend = _hp(_near(r.src, r.dst), r.sport)
+    text = f"{client} → {listen} => {snat} → {backend}"
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
 
 
 class FlowTable(ScrollView, can_focus=True):
@@ -94,6 +137,8 @@ class FlowTable(ScrollView, can_focus=True):
         super().__init__(name=name, id=id, classes=classes)
         self._rows: list[Flow] = []
         self._owner = ForwardIndex()
+        self._sort: str | None = None
+        self._descending = False
 
     @property
     def rows(self) -> list[Flow]:
@@ -115,12 +160,46 @@ class FlowTable(ScrollView, can_focus=True):
         self.refresh()
         self.post_message(self.Highlighted(self.current))
 
+    def set_sort(self, sort: str | None, descending: bool) -> None:
+        """Which column the rows are sorted by (it is shown, with ▼ or ▲), and which way."""
+        self._sort, self._descending = sort, descending
+        self.refresh()
+
+    def _title(self, key: str, title: str) -> str:
+        if key != self._sort:
+            return title
+        return title + ("▼" if self._descending else "▲")
+
+    def _extra(self) -> str:
+        """The one counter column of a narrow row: what the rows are sorted by, else bytes."""
+        return self._sort if self._sort in ("packets", "age") else "bytes"
+
     def header(self, width: int) -> str:
         """The column titles for this width (the screen shows them above the rows)."""
+        ttl = self._title("timeout", "TTL")
         if width >= WIDE:
             path = "FLOW  client → listen => snat source → backend"
-            return f"{'PROTO':<6}{'STATE':<12}{'TTL':>6}  {path:<{width - 56}}{'PKTS':>8}{'BYTES':>8}  {'FORWARD':<12}"
-        return f"{'PROTO':<6}{'STATE':<12}{'TTL':>6}  {'client →:port => backend':<{width - 34}}{'BYTES':>8}"
+            age = f"{self._title('age', 'AGE'):>8}" if self._sort == "age" else ""
+            pwidth = width - 56 - len(age)
+            return (
+                f"{'PROTO':<6}{'STATE':<12}{ttl:>6}  {path:<{pwidth}}"
+                f"{self._title('packets', 'PKTS'):>8}{self._title('bytes', 'BYTES'):>8}{age}"
+                f"  {'FORWARD':<12}"
+            )
+        extra = self._extra()
+        path = "client → listen => snat → backend"
+        return (
+            f"{'PROTO':<6}{'STATE':<6}{ttl:>6} {path:<{width - 27}}"
+            f"{self._title(extra, SORT_TITLES[extra]):>8}"
+        )
+
+    def _counter(self, flow: Flow, key: str) -> str:
+        if key == "packets":
+            return str(flow.packets)
+        if key == "age":
+            age = flow.age
+            return "-" if age is None else f"{age}s"
+        return human_bytes(flow.bytes)
 
     def render_line(self, y: int) -> Strip:
         """One row, formatted only now that it is on screen."""
@@ -134,18 +213,19 @@ class FlowTable(ScrollView, can_focus=True):
             base = base + self.get_component_rich_style("flow-table--cursor")
         nat = base + self.get_component_rich_style("flow-table--nat", partial=True)
         dim = base + self.get_component_rich_style("flow-table--dim", partial=True)
-        state = (flow.state or "-")[:11]
         if width >= WIDE:
-            path, pwidth = flow.path(), width - 56
-            head = f"{flow.proto[:5]:<6}{state:<12}{flow.timeout:>6}  "
-            counters = f"{flow.packets:>8}{human_bytes(flow.bytes):>8}  "
+            age = f"{self._counter(flow, 'age'):>8}" if self._sort == "age" else ""
+            pwidth = width - 56 - len(age)
+            head = f"{flow.proto[:5]:<6}{(flow.state or '-')[:11]:<12}{flow.timeout:>6}  "
+            counters = f"{flow.packets:>8}{human_bytes(flow.bytes):>8}{age}  "
             tail = f"{(self._owner(flow) or '')[:12]:<12}"
         else:
-            path, pwidth = compact_path(flow), width - 34
-            head = f"{flow.proto[:5]:<6}{state:<12}{flow.timeout:>6}  "
-            counters = f"{human_bytes(flow.bytes):>8}"
+            pwidth = width - 27
+            state = flow.state or "-"
+            head = f"{flow.proto[:5]:<6}{STATES.get(state, state[:5]):<6}{flow.timeout:>6} "
+            counters = f"{self._counter(flow, self._extra()):>8}"
             tail = ""
-        path = path[:pwidth].ljust(pwidth)
+        path = compact_path(flow, pwidth).ljust(pwidth)
         plain, _, translated = path.partition("=>")
         segments = [Segment(head, base), Segment(plain, base)]
         if translated:

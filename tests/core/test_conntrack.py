@@ -203,3 +203,91 @@ def test_reader_falls_back_to_conntrack_L(tmp_path: Path) -> None:
     table = read_flows(runner, proc=tmp_path / "no-such-file")
     assert table.source == "conntrack -L" and len(table.flows) == 8
     assert runner.calls[0][0] == ["conntrack", "-L", "-o", "extended"]
+
+
+@pytest.mark.parametrize(
+    "name", ["nf_conntrack.txt", "conntrack-L-extended.txt", "conntrack-L.txt"]
+)
+def test_json_text_is_to_dict(name: str) -> None:
+    import json
+
+    for f in load(name):
+        for fwd in (None, "web"):
+            assert json.loads(f.to_json(fwd)) == f.to_dict(fwd)
+            assert json.loads(f.to_json(fwd, plain=True)) == f.to_dict(fwd)
+
+
+def test_json_text_escapes_what_it_must() -> None:
+    import json
+
+    odd = parse_lines(
+        [
+            'ipv4 2 udp 17 29 src=1.2.3.4 dst=5.6.7.8 sport=1 dport=2 src=5.6.7.8 dst=1.2.3.4 sport=2 dport=1 secctx="x" zone=0'
+        ]
+    )
+    assert not odd.plain
+    (flow,) = odd.flows
+    assert json.loads(flow.to_json())["orig"]["sport"] == 1
+
+
+def test_select_sorts_each_way() -> None:
+    flows = load("nf_conntrack.txt")
+    soon = select(flows, sort="timeout")
+    assert [f.timeout for f in soon] == sorted(f.timeout for f in flows)
+    late = select(flows, sort="timeout", reverse=True)
+    assert [f.timeout for f in late] == sorted((f.timeout for f in flows), reverse=True)
+    big = select(flows, sort="bytes")
+    assert [f.bytes for f in big] == sorted((f.bytes for f in flows), reverse=True)
+    assert select(flows, reverse=True) == flows[::-1]
+
+
+def test_filter_fields_and_words() -> None:
+    from natbox.conntrack.select import FlowFilter, row_text
+
+    flt = FlowFilter.parse("Web proto:UDP state:established fwd:web port:1234 x:y")
+    assert flt.terms == ("web", "x:y")
+    assert (flt.proto, flt.state, flt.forward, flt.port) == ("udp", "ESTABLISHED", "web", "1234")
+    assert not FlowFilter.parse("  ") and FlowFilter.parse("port:1")
+    # typing on narrows (filter the rows found), a changed field does not
+    assert FlowFilter.parse("192.168.1.2").narrows(FlowFilter.parse("192.168.1"))
+    assert FlowFilter.parse("192 udp").narrows(FlowFilter.parse("192"))
+    assert not FlowFilter.parse("port:12").narrows(FlowFilter.parse("port:1"))
+    assert not FlowFilter.parse("19").narrows(FlowFilter.parse("192"))
+    flows = load("nf_conntrack.txt")
+    index = ForwardIndex([Forward.from_text("192.168.1.30:1234", "10.0.2.50:80", snat="10.0.2.40")])
+    udp = [f for f in flows if f.proto == "udp"]
+    assert FlowFilter.parse("proto:udp").apply(flows, index) == udp
+    # the row's text: what the viewer shows, both tuples with ports, nothing hidden
+    shown = {row_text(f, index(f)) for f in flows}
+    assert not any("mark" in t or "zone" in t or "use=" in t for t in shown)
+    hits = FlowFilter.parse(":1234").apply(flows, index)
+    assert hits and all(f.orig.dport == 1234 for f in hits)
+    pairs = FlowFilter.parse("10.0.2.40").apply_pairs(
+        [(f, row_text(f, index(f))) for f in flows], index
+    )
+    assert pairs and [f for f, _ in pairs] == [f for f in flows if "10.0.2.40" in f.path()]
+
+
+def test_compact_path_keeps_both_tuples() -> None:
+    from widgets.flow_table import compact_path
+
+    (flow,) = [f for f in load("nf_conntrack.txt") if f.orig.dport == 1234 and f.proto == "udp"]
+    full = compact_path(flow)
+    assert (
+        full
+        == flow.path()
+        == "192.168.1.20:40200 → 192.168.1.30:1234 => 10.0.2.40:40200 → 10.0.2.50:80"
+    )
+    assert (
+        compact_path(flow, 66)
+        == "192.168.1.20:40200 → 192.168.1.30:1234 => 10.0.2.40 → 10.0.2.50:80"
+    )
+    assert compact_path(flow, 51) == "192.168.1.20:40200 → .30:1234 => 10.0.2.40 → .50:80"
+    assert len(compact_path(flow, 30)) == 30 and compact_path(flow, 30).endswith("…")
+
+
+def test_rows_carry_the_reply_tuple() -> None:
+    for f in load("nf_conntrack.txt"):
+        assert f.reply == Tuple(*f.reply)  # read from the row's own fields
+        if f.proto in ("tcp", "udp"):
+            assert f.reply.sport is not None and f.reply.dport is not None

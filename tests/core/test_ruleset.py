@@ -154,3 +154,54 @@ def test_local_forward_reads_back() -> None:
     )
     (state,) = forward_states(parse_save(text))
     assert state.intact and state.forward == fwd and state.forward.local
+
+
+def test_forwards_are_grouped_in_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """#18: reading 1,000 forwards visits each rule once, not once per forward (was quadratic)."""
+    from benchmarks.boxes import forwards, save_text
+    from natbox.model import Ruleset
+
+    rs = parse_save(save_text(forwards(1000)))
+    total = sum(1 for _ in rs.rules())
+    visits = 0
+    real_rules = Ruleset.rules
+
+    def counting_rules(self: Ruleset, table: str | None = None):  # type: ignore[no-untyped-def]
+        nonlocal visits
+        for rule in real_rules(self, table):
+            visits += 1
+            yield rule
+
+    monkeypatch.setattr(Ruleset, "rules", counting_rules)
+    states = forward_states(rs)
+    assert len(states) == 1000 and all(s.intact for s in states)
+    assert total == 4000 + 3  # four rules a forward, three jumps
+    assert visits <= total
+    visits = 0
+    rs.forward_names()
+    rs.forward_rules("fwd-7")  # what remove and the read-back proof ask: one pass each
+    assert visits <= 2 * total
+
+
+def test_conflicts_do_not_rebuild_every_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """#18: `add` checks its listen address against 1,000 forwards without planning each of them."""
+    import natbox.ruleset as ruleset_module
+    from benchmarks.boxes import forwards, save_text
+    from natbox.errors import ConflictError
+    from natbox.ruleset import conflicts
+
+    rs = parse_save(save_text(forwards(1000)))
+    planned = 0
+
+    def counting_plan(fwd: Forward):  # type: ignore[no-untyped-def]
+        nonlocal planned
+        planned += 1
+        return build_plan(fwd)
+
+    monkeypatch.setattr(ruleset_module, "build_plan", counting_plan)
+    new = Forward.from_text("192.168.1.30:1234", "10.0.2.50:80", snat="10.0.2.40", name="new")
+    conflicts(rs, new)  # free: no error
+    taken = Forward.from_text("192.168.1.30:20999", "10.0.2.50:80", snat="10.0.2.40", name="x")
+    with pytest.raises(ConflictError, match="already forwarded by fwd-999"):
+        conflicts(rs, taken)
+    assert planned == 0

@@ -9,6 +9,7 @@ import os
 import re
 import secrets
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,6 +96,18 @@ def both_saves(lab: Lab, flavour: str, counters: bool = True) -> tuple[str, str]
     return own.sub(r"\1 [-]", pair[0]), own.sub(r"\1 [-]", pair[1])
 
 
+def _settled(box: Lab, flavour: str) -> list[str]:
+    """The saves with counters once two reads 0.5 s apart agree (no packet still in flight)."""
+    last = both_saves(box, flavour)
+    for _ in range(20):
+        time.sleep(0.5)
+        now = both_saves(box, flavour)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 def test_add_replace_prune_and_idempotent(box: Lab, backend: str) -> None:
     flavour = FLAVOUR[backend]
     box.nat_exec(f"iptables-{flavour}-restore", stdin=DEMO_FOREIGN)
@@ -112,7 +125,7 @@ def test_add_replace_prune_and_idempotent(box: Lab, backend: str) -> None:
     assert body6 is not None and PAGE_TOKEN in body6
 
     # Second run: nothing touched, not even a counter (traffic has moved them: they must stay).
-    settled = both_saves(box, flavour)
+    settled = _settled(box, flavour)  # the fetches' last packets (FIN, ACK) have arrived
     doc = apply(box, backend, path)
     assert doc["changed"] is False and names(doc, "unchanged") == ["web", "dns", "web6"]
     assert doc["lines"] == {}

@@ -120,3 +120,18 @@ def test_enable_accounting(lab: Lab) -> None:
     make_flows(lab)
     web = natbox_flows(lab, "--forward", "web", "--proto", "tcp")
     assert web[0]["orig_packets"] and web[0]["reply_bytes"]
+
+
+def test_json_lines_stream_the_same_flows(lab: Lab) -> None:
+    make_flows(lab)
+    doc = natbox_flows(lab)
+    out = lab.natbox("conntrack", "--json-lines")
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert as_set(lines) == as_set(doc) == oracle(lab)
+    assert {f["forward"] for f in lines} >= {"web", None}
+    both = lab.natbox("conntrack", "--json", "--json-lines")
+    assert both.returncode == 2 and "not allowed with" in both.stderr
+    sorted_out = lab.natbox("conntrack", "--sort", "timeout", "--json-lines")
+    timeouts = [json.loads(line)["timeout"] for line in sorted_out.stdout.splitlines()]
+    assert timeouts == sorted(timeouts)

@@ -156,8 +156,9 @@ def test_dashboard_and_viewer_in_tmux_80x24(lab: Lab) -> None:
         )
         tmux.run("send-keys", "-t", "nb", "c")
         screen = tmux.wait_for("of ")
-        screen = tmux.wait_for("=> 10.0.2.50:80")
-        assert "TIME_WAIT" in screen
+        # both tuples at 80 columns: listen (.30 after the client's /24), SNAT source, backend
+        screen = tmux.wait_for("=> 10.0.2.40 → .50:80")
+        assert "→ .30:1234 =>" in screen and "TIMEW" in screen
         tmux.run("send-keys", "-t", "nb", "Escape")
         tmux.wait_for("LISTEN → BACKEND")
         tmux.type("Tab", "Down")  # into the rules: the detail line has the full rule

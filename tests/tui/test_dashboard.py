@@ -202,7 +202,7 @@ async def test_viewer_title_filter_sort_pause_and_back() -> None:
         table = screen.query_one(FlowTable)
         assert table.rows and all(f.proto == "icmp" for f in table.rows)
         assert screen.sub_title == f"{len(table.rows)} of 200 flows"
-        await pilot.press("escape")  # leaves the filter box, keeps the filter
+        await pilot.press("escape")  # clears the filter and closes its box
         await pilot.press("s")  # sort by timeout
         await settle(pilot)
         timeouts = [f.timeout for f in table.rows]

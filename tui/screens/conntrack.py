@@ -7,6 +7,8 @@ stays on the same flow across refreshes without any scan on the UI thread.
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import ClassVar
 
 from textual import events, on, work
@@ -16,20 +18,66 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Header, Input, Static
 
-from natbox.conntrack import Flow, select
+from natbox.conntrack import Flow, ForwardIndex, locate, select
+from natbox.conntrack.select import DESCENDING, FlowFilter, row_text
 from natbox.engine import FlowSnapshot
 from natbox.errors import NatboxError
 from tui.messages import FlowsRefreshed
 from widgets.flow_table import FlowTable, compact_path
 
 REFRESH_EVERY = 1.0
+"""Seconds between reads; a read that takes longer than half of it stretches the interval."""
 SORTS: tuple[str | None, ...] = (None, "timeout", "bytes", "packets", "age")
+FILTER_HELP = (
+    "filter: words from the rows, proto:udp state:ESTABLISHED fwd:NAME port:1234 (Esc clears)"
+)
 
 
-def matches(flow: Flow, terms: list[str], owner: str | None) -> bool:
-    """Every term appears in the flow's fields (addresses, ports, proto, state, forward)."""
-    hay = " ".join(flow).lower() + " " + (owner or "")
-    return all(t in hay for t in terms)
+@dataclass(frozen=True)
+class Found:
+    """What the last refresh found, kept so that the next keystroke can start from it."""
+
+    snapshot: FlowSnapshot
+    filter: FlowFilter
+    pairs: list[tuple[Flow, str]] | None
+    """The filtered flows with their row text (None without a text filter), in table order."""
+    hays: list[str] | None
+    """Every flow's row text for this snapshot, once a text filter asked for it."""
+
+
+def find_rows(
+    snap: FlowSnapshot,
+    forward: str | None,
+    flt: FlowFilter,
+    sort: str | None,
+    reverse: bool,
+    before: Found | None,
+) -> tuple[list[Flow], Found]:
+    """Filter and sort one snapshot (a worker calls this; it touches no widget)."""
+    index: ForwardIndex = snap.index
+    same = before is not None and before.snapshot is snap
+    pairs: list[tuple[Flow, str]] | None = None
+    hays = before.hays if same and before is not None else None
+    if flt.terms:
+        if same and before is not None and before.pairs is not None and flt.narrows(before.filter):
+            source: list[tuple[Flow, str]] | zip[tuple[Flow, str]] = before.pairs
+        else:
+            if hays is None:
+                hays = [row_text(f, index(f)) for f in snap.flows]
+            source = zip(snap.flows, hays, strict=True)
+        pairs = flt.apply_pairs(source, index)
+        rows = [f for f, _ in pairs]
+    elif flt:
+        rows = flt.apply(snap.flows, index)
+    else:
+        rows = snap.flows
+    fill = snap.fill
+    if (sort in ("bytes", "packets") and not fill.accounting) or (
+        sort == "age" and not fill.timestamps
+    ):
+        sort = None  # every key would be the same: keep the table's order
+    rows = select(rows, index=index, forward=forward, sort=sort, reverse=reverse)
+    return rows, Found(snap, flt, pairs, hays)
 
 
 class ConntrackScreen(Screen[None]):
@@ -45,6 +93,8 @@ class ConntrackScreen(Screen[None]):
     }
     ConntrackScreen #columns {
         height: 1;
+        text-wrap: nowrap;
+        text-overflow: clip;
         background: $panel;
         text-style: bold;
     }
@@ -63,6 +113,9 @@ class ConntrackScreen(Screen[None]):
         Binding(
             "s", "sort", "Sort", id="flows.sort", tooltip="Sort by timeout, bytes, packets, age"
         ),
+        Binding(
+            "S", "reverse", "Reverse", id="flows.reverse", tooltip="Reverse the sort", show=False
+        ),
         Binding("space", "pause", "Pause", id="flows.pause", tooltip="Pause or resume refreshing"),
         Binding("x", "kill", "Kill", id="flows.kill", tooltip="Kill the selected flow"),
         Binding("r", "refresh", "Refresh", id="flows.refresh", tooltip="Read the table now"),
@@ -75,15 +128,18 @@ class ConntrackScreen(Screen[None]):
         self.forward = forward
         self.paused = False
         self.sort_index = 0
-        self.terms: list[str] = []
+        self.reverse = False
+        self.filter = FlowFilter()
         self.snapshot: FlowSnapshot | None = None
+        self._found: Found | None = None
         self._total = 0
         self._generation = 0
+        self._interval = REFRESH_EVERY
         self._timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
-        yield Header(icon="≡")
-        yield Input(placeholder="filter: words that must all appear (Esc closes)", id="filter")
+        yield Header(icon="»")
+        yield Input(placeholder=FILTER_HELP, id="filter")
         yield Static("", id="columns")
         yield FlowTable(id="flows")
         yield Static("reading conntrack…", id="state")
@@ -107,7 +163,17 @@ class ConntrackScreen(Screen[None]):
     def refresh_flows(self, read: bool = True) -> None:
         """Start a refresh; only the newest one's result is shown."""
         self._generation += 1
-        self._refresh_worker(read, self._generation)
+        self._refresh_worker(
+            read,
+            self._generation,
+            self.snapshot,
+            self.filter,
+            SORTS[self.sort_index],
+            self.reverse,
+            self._found,
+            self.table.current,
+            self.table.cursor,
+        )
 
     @work(
         thread=True,
@@ -116,29 +182,45 @@ class ConntrackScreen(Screen[None]):
         exit_on_error=False,
         description="Reading conntrack",
     )
-    def _refresh_worker(self, read: bool, generation: int) -> None:
+    def _refresh_worker(
+        self,
+        read: bool,
+        generation: int,
+        snap: FlowSnapshot | None,
+        flt: FlowFilter,
+        sort: str | None,
+        reverse: bool,
+        before: Found | None,
+        current: Flow | None,
+        cursor: int,
+    ) -> None:
         """Read (or reuse), filter, sort, and locate the highlighted flow, off the UI thread."""
-        snap = self.snapshot
-        if read or snap is None:
+        took = 0.0
+        engine = self.app.engine  # type: ignore[attr-defined]
+        if snap is None:
+            # The first look: the table's first flows now, the whole table when it is read.
             try:
-                snap = self.app.engine.flows()  # type: ignore[attr-defined]
+                head = engine.flows(head=True)
+            except NatboxError:
+                head = None  # the whole read below says why
+            if head is not None:
+                rows, _found = find_rows(head, self.forward, flt, sort, reverse, None)
+                total = head.fill.count or len(head.flows)
+                self.post_message(FlowsRefreshed(rows, total, 0, head, generation, partial=True))
+        if read or snap is None:
+            start = time.perf_counter()
+            try:
+                snap = engine.flows()
             except NatboxError as exc:
                 self.app.call_from_thread(self._failed, exc.one_line())
                 return
+            took = time.perf_counter() - start
         assert snap is not None
-        owner = snap.index
-        rows = select(snap.flows, index=owner, forward=self.forward, sort=SORTS[self.sort_index])
-        if self.terms:
-            rows = [f for f in rows if matches(f, self.terms, owner(f))]
-        current = self.table.current
-        cursor = 0
-        if current is not None:
-            key = current.key
-            cursor = next(
-                (i for i, f in enumerate(rows) if f.key == key),
-                min(self.table.cursor, len(rows) - 1),
-            )
-        self.post_message(FlowsRefreshed(rows, len(snap.flows), max(cursor, 0), snap, generation))
+        rows, found = find_rows(snap, self.forward, flt, sort, reverse, before)
+        at = locate(rows, current, cursor)
+        self.post_message(
+            FlowsRefreshed(rows, len(snap.flows), at, snap, generation, found=found, took=took)
+        )
 
     def _failed(self, text: str) -> None:
         self.query_one("#state", Static).update(text)
@@ -147,7 +229,7 @@ class ConntrackScreen(Screen[None]):
     def _schedule(self) -> None:
         if self._timer is not None:
             self._timer.stop()
-        self._timer = self.set_timer(REFRESH_EVERY, self._tick)
+        self._timer = self.set_timer(self._interval, self._tick)
 
     def _tick(self) -> None:
         if self.paused or self.app.screen is not self:
@@ -159,9 +241,21 @@ class ConntrackScreen(Screen[None]):
 
     @on(FlowsRefreshed)
     def _refreshed(self, message: FlowsRefreshed) -> None:
+        if message.took:
+            # A big table: read at most every other interval's worth of time, not back to back.
+            self._interval = max(REFRESH_EVERY, 2 * message.took)
         if message.generation != self._generation:
             return  # a newer refresh (a keystroke in the filter) is on its way
+        if message.partial:
+            with self.app.batch_update():
+                self.table.set_rows(message.rows, message.snapshot.index, 0)
+                self._total = message.total
+                self._status()
+                self.sub_title = f"first {len(message.rows)} of {message.total} flows, reading…"
+            self.call_after_refresh(self._columns)
+            return
         self.snapshot = message.snapshot
+        self._found = message.found if isinstance(message.found, Found) else None
         self._total = message.total
         with self.app.batch_update():
             self.table.set_rows(message.rows, message.snapshot.index, message.cursor)
@@ -173,11 +267,15 @@ class ConntrackScreen(Screen[None]):
     def _status(self) -> None:
         shown = len(self.table.rows)
         self.sub_title = f"{shown} of {self._total} flows"
-        sort = SORTS[self.sort_index] or "table order"
+        sort = SORTS[self.sort_index]
         fill = self.snapshot.fill if self.snapshot else None
-        parts = [f"sort: {sort}"]
-        if self.terms:
-            parts.append(f"filter: {' '.join(self.terms)}")
+        if sort is None:
+            parts = ["sort: table order" + (" reversed" if self.reverse else "")]
+        else:
+            arrow = "▼" if (sort in DESCENDING) != self.reverse else "▲"
+            parts = [f"sort: {sort} {arrow} (S reverses)"]
+        if self.filter:
+            parts.append(f"filter: {self.filter.text.strip()}")
         if fill is not None and not fill.accounting:
             parts.append("bytes: off (natbox conntrack --enable-accounting)")
         if self.paused:
@@ -187,7 +285,8 @@ class ConntrackScreen(Screen[None]):
 
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:
-        self.terms = event.value.lower().split()
+        self.filter = FlowFilter.parse(event.value)
+        self._status()
         self.refresh_flows(read=False)
 
     @on(Input.Submitted, "#filter")
@@ -198,8 +297,18 @@ class ConntrackScreen(Screen[None]):
         box = self.query_one("#filter", Input)
         if event.key == "escape" and box.has_focus:
             event.stop()
-            box.remove_class("-visible")
-            self.table.focus()
+            self._clear_filter()
+
+    def _clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.remove_class("-visible")
+        self.table.focus()
+        if box.value:
+            box.value = ""  # Input.Changed refreshes the rows
+        elif self.filter:
+            self.filter = FlowFilter()
+            self._status()
+            self.refresh_flows(read=False)
 
     # ---------------------------------------------------------------- actions
 
@@ -210,6 +319,17 @@ class ConntrackScreen(Screen[None]):
 
     def action_sort(self) -> None:
         self.sort_index = (self.sort_index + 1) % len(SORTS)
+        self.reverse = False
+        self._sorted()
+
+    def action_reverse(self) -> None:
+        self.reverse = not self.reverse
+        self._sorted()
+
+    def _sorted(self) -> None:
+        sort = SORTS[self.sort_index]
+        self.table.set_sort(sort, (sort in DESCENDING) != self.reverse)
+        self._columns()
         self._status()
         self.refresh_flows(read=False)
 
@@ -249,6 +369,9 @@ class ConntrackScreen(Screen[None]):
         self.app.call_from_thread(self.refresh_flows, True)
 
     def action_back(self) -> None:
+        if self.filter or self.query_one("#filter", Input).has_class("-visible"):
+            self._clear_filter()  # Escape clears the filter first; the next one goes back
+            return
         self.dismiss()
 
     def action_help(self) -> None:
