@@ -6,74 +6,42 @@ Every method may block (it runs iptables-save, reads /proc); the TUI calls them 
 from __future__ import annotations
 
 import socket
+import struct
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable
+from dataclasses import replace
 from ipaddress import ip_address
+from typing import TYPE_CHECKING
 
-from natbox import conntrack, persist, tables, txn, watchdog
+from natbox import conntrack, export, persist, tables, txn, watchdog
+from natbox.api import Dashboard, Derived, EngineAPI, FlowSnapshot, ShownChain
 from natbox.backends import Backend
 from natbox.backends.detect import choose_backend
 from natbox.checks import ERROR, Finding, diagnose, preflight
 from natbox.errors import NatboxError, NotFoundError
-from natbox.facts import BoxFacts, box_facts, gather_facts, prefetch
-from natbox.model import Chain, Forward, Ruleset
+from natbox.facts import BoxFacts, box_facts, gather_facts, listeners, prefetch
+from natbox.model import Forward, Ruleset
+from natbox.plan import build_plan
 from natbox.ruleset import ForwardState, forward_states
 from natbox.status import display_chains
-from natbox.system import InterfaceStat, interface_stats, ip_forward_enabled, is_root, route_to
+from natbox.system import (
+    InterfaceStat,
+    default_route_dev,
+    interface_stats,
+    ip_forward_enabled,
+    is_root,
+    route_to,
+)
 
-
-@dataclass
-class Dashboard:
-    """Everything the dashboard shows, read in one go."""
-
-    host: str
-    backend: str
-    read_only: bool
-    ip_forward: bool
-    fill: conntrack.Fill
-    forwards: list[ForwardState] = field(default_factory=list)
-    chains: list[tuple[str, Chain]] = field(default_factory=list)
-    """(table, chain) for the watched built-in chains and natbox's own, in display order."""
-    interfaces: list[InterfaceStat] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    error: str | None = None
-    taken_at: float = 0.0
-    saved: set[str] | None = None
-    """Names in the saved set (None: it could not be read)."""
-    recovered: str | None = None
-    """What crash recovery did before this read, if anything."""
-    health: dict[str, list[Finding]] = field(default_factory=dict)
-    """Each forward's findings (the cheap checks: no backend probe, no conntrack read)."""
-
-
-@dataclass(frozen=True)
-class Derived:
-    """What natbox works out from the listen and backend addresses (the wizard shows and prefills it)."""
-
-    snat: str | None
-    """The local address the kernel uses to reach the backend."""
-    backend_dev: str | None
-    listen_dev: str | None
-    mtu_listen: int | None
-    mtu_backend: int | None
-    ip_forward: bool
-    route_error: str = ""
-
-    @property
-    def mss_suggested(self) -> bool:
-        """The two sides' MTUs differ: clamp the MSS."""
-        return bool(self.mtu_listen and self.mtu_backend and self.mtu_listen != self.mtu_backend)
-
-
-@dataclass
-class FlowSnapshot:
-    """One read of the conntrack table, with the index that tags flows with forwards."""
-
-    flows: list[conntrack.Flow]
-    index: conntrack.ForwardIndex
-    fill: conntrack.Fill
-    skipped: int = 0
+__all__ = [
+    "Dashboard",
+    "Derived",
+    "Engine",
+    "FlowSnapshot",
+    "InterfaceStat",
+    "interface_stats",
+    "nft_generation",
+]
 
 
 def _mtu(stats: dict[str, InterfaceStat], dev: str | None) -> int | None:
@@ -102,32 +70,44 @@ class Engine:
             self._warnings = det.warnings
         return self._backend
 
+    def fingerprint(self) -> Hashable:
+        """The nft ruleset generation and the conntrack count (two cheap reads, no iptables-save).
+
+        Without nft (legacy) there is no generation: a fresh object, so the dashboard always reads.
+        """
+        generation = nft_generation() if self.backend().flavour == "nft" else None
+        if generation is None:
+            return object()
+        return (generation, conntrack.table_fill().count)
+
     def dashboard(self) -> Dashboard:
-        """Read rules, forwards, facts and interfaces."""
-        data = Dashboard(
+        """Read rules (IPv4 and IPv6), forwards, facts and interfaces: one ruleset read per family."""
+        first = default_route_dev()
+        base = Dashboard(
             host=socket.gethostname(),
             backend="?",
             read_only=self.read_only,
             ip_forward=ip_forward_enabled(),
             fill=conntrack.table_fill(),
-            interfaces=interface_stats(),
+            interfaces=tuple(
+                sorted(interface_stats(), key=lambda i: (i.name == "lo", i.name != first))
+            ),
             taken_at=time.time(),
         )
         try:
             backend = self.backend()
-            data.backend = backend.label
             rs = backend.read()
         except NatboxError as exc:
-            data.error = exc.one_line().removeprefix("natbox: ")
-            return data
+            return replace(base, error=exc.one_line().removeprefix("natbox: "))
+        recovered = None
         if not self.read_only and not self._recovered:
             # Once per session, before the first look: finish what a crashed natbox left behind.
             self._recovered = True
             try:
-                data.recovered = txn.recover(backend)
+                recovered = txn.recover(backend)
             except NatboxError as exc:
-                data.recovered = f"recovery failed: {exc.message}"
-            if data.recovered:
+                recovered = f"recovery failed: {exc.message}"
+            if recovered:
                 rs = backend.read()
         if not self.read_only:
             # Every poll: a confirm window whose watchdog died is taken over or rolled back here.
@@ -136,26 +116,46 @@ class Engine:
             except NatboxError as exc:
                 supervised = exc.message
             if supervised:
-                data.recovered = supervised
+                recovered = supervised
                 rs = backend.read()
         try:
-            data.saved = {f.name for f in persist.load()}
+            saved: frozenset[str] | None = frozenset(f.name for f in persist.load())
         except NatboxError:
-            data.saved = None
-        data.forwards = forward_states(rs)
+            saved = None
+        rulesets = [rs]
         v6 = [b for b in txn.families(backend) if b.family == 6]
-        rs6 = v6[0].read(natbox_only=True) if v6 else None
-        v6_states = forward_states(rs6) if rs6 is not None else []
-        data.forwards += v6_states
-        self._forwards = [s.forward for s in data.forwards if s.forward is not None]
-        data.chains = display_chains(rs)
-        data.warnings = list(dict.fromkeys([*self._warnings, *rs.warnings]))
-        data.health = self._health(
-            rs, [s for s in data.forwards if s not in v6_states], probe=False, flows=False
+        if v6:
+            try:
+                rulesets.append(v6[0].read())
+            except NatboxError as exc:
+                base = replace(base, error=f"IPv6: {exc.one_line().removeprefix('natbox: ')}")
+        forwards = tuple(s for r in rulesets for s in forward_states(r))
+        self._forwards = [s.forward for s in forwards if s.forward is not None]
+        return replace(
+            base,
+            backend=backend.label,
+            forwards=forwards,
+            chains=tuple(
+                ShownChain(family, table, chain)
+                for family, r in zip((4, 6), rulesets, strict=False)
+                for table, chain in display_chains(r)
+            ),
+            warnings=tuple(
+                dict.fromkeys([*self._warnings, *(w for r in rulesets for w in r.warnings)])
+            ),
+            saved=saved,
+            recovered=recovered,
+            rulesets=tuple(rulesets),
         )
-        if rs6 is not None:
-            data.health.update(self._health(rs6, v6_states, probe=False, flows=False))
-        return data
+
+    def health(self, data: Dashboard) -> dict[str, list[Finding]]:
+        """The cheap checks of each forward in `data`, on the rulesets it was read from."""
+        out: dict[str, list[Finding]] = {}
+        for rs in data.rulesets:
+            names = set(rs.forward_names())
+            states = [s for s in data.forwards if s.name in names]
+            out.update(self._health(rs, states, probe=False, flows=False))
+        return out
 
     def _health(
         self, rs: Ruleset, states: list[ForwardState], *, probe: bool, flows: bool
@@ -198,8 +198,19 @@ class Engine:
         )
 
     def local_addresses(self) -> list[tuple[str, str]]:
-        """(address, interface) of this host, loopback last: the wizard's choices for the listen side."""
-        return [(a, i.name) for i in interface_stats() for a in i.addresses]
+        """(address, interface) of this host: the default route's interface first (where clients
+        usually are), loopback last. The wizard's choices for the listen side."""
+        first = default_route_dev()
+        stats = sorted(interface_stats(), key=lambda i: (i.name == "lo", i.name != first))
+        return [(a, i.name) for i in stats for a in i.addresses]
+
+    def listening_ports(self) -> frozenset[tuple[str, int]]:
+        """(proto, port) of local listening sockets."""
+        return frozenset((proto, port) for _addr, port, proto in listeners())
+
+    def apply_preview(self, fwd: Forward) -> dict[str, list[str]]:
+        """The exact restore lines apply(fwd) would commit on this box now."""
+        return txn.apply_lines(self.backend().for_family(fwd.family).read(), build_plan(fwd))
 
     def derive(self, listen_ip: str, backend_ip: str) -> Derived:
         """The SNAT source (route lookup), both sides' interfaces and MTUs, ip_forward."""
@@ -301,3 +312,63 @@ class Engine:
     def kill(self, flows: list[conntrack.Flow]) -> int:
         """Delete flows by tuple."""
         return conntrack.kill(flows)
+
+    def kill_forward_flows(self, name: str) -> int:
+        """Delete every flow of forward `name` (read, select by its listen ip:port, delete)."""
+        snap = self.flows()
+        return conntrack.kill(conntrack.select(snap.flows, index=snap.index, forward=name))
+
+    def _forward(self, name: str) -> Forward:
+        for state in txn.all_forward_states(self.backend()):
+            if state.name == name and state.forward is not None and state.intact:
+                return state.forward
+        raise NotFoundError(f"there is no intact forward named {name}", "natbox doctor shows why")
+
+    def save(self, name: str) -> str:
+        """Add `name` to the saved set and install the boot-time restore (as `natbox save`)."""
+        txn.require_root()
+        fwd = self._forward(name)
+        saved = [f for f in persist.load() if f.name != name]
+        path = persist.write([*saved, fwd])
+        persist.install_boot(txn.forwarding_enabled_by_natbox())
+        return f"saved {name} to {path}: restored at boot"
+
+    def forget(self, name: str) -> str:
+        """Drop `name` from the saved set (as `natbox forget`)."""
+        txn.require_root()
+        saved = persist.load()
+        if name not in [f.name for f in saved]:
+            raise NatboxError(f"{name} is not saved", "w saves the marked forward")
+        persist.write([f for f in saved if f.name != name])
+        return f"forgot {name}: its rules stay until removed, it is not restored at boot"
+
+    def export(self, name: str, fmt: str) -> str:
+        """Forward `name` for other tools (as `natbox export`)."""
+        return export.export([self._forward(name)], fmt)
+
+
+def nft_generation() -> int | None:
+    """The nftables ruleset generation (NFT_MSG_GETGEN over netlink): it changes with every rule
+    change, iptables-nft's included, and costs one round trip. None where it cannot be read."""
+    nlmsg_type = (10 << 8) | 16  # NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN
+    request = struct.pack("=IHHII", 20, nlmsg_type, 1, 1, 0) + struct.pack("=BBH", 0, 0, 0)
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12) as sock:  # NETLINK_NETFILTER
+            sock.settimeout(1.0)
+            sock.send(request)
+            reply = sock.recv(4096)
+    except OSError:
+        return None
+    offset = 16 + 4  # nlmsghdr, nfgenmsg; then attributes: NFTA_GEN_ID (1) is a big-endian u32
+    while offset + 4 <= len(reply):
+        length, kind = struct.unpack_from("=HH", reply, offset)
+        if length < 4:
+            break
+        if kind & 0x7FFF == 1 and length >= 8:
+            return int(struct.unpack_from(">I", reply, offset + 4)[0])
+        offset += (length + 3) & ~3
+    return None
+
+
+if TYPE_CHECKING:  # mypy checks that Engine keeps the contract the TUI sees
+    _contract: EngineAPI = Engine()

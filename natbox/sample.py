@@ -3,13 +3,17 @@ viewer benchmark. Same interface as Engine; deterministic; changes only its own 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from ipaddress import ip_address
+from typing import TYPE_CHECKING
 
 from natbox import conntrack
+from natbox.api import Dashboard, Derived, EngineAPI, FlowSnapshot, ShownChain
 from natbox.checks import Finding, diagnose, preflight
-from natbox.engine import Dashboard, Derived, FlowSnapshot
 from natbox.errors import NatboxError, NotFoundError
+from natbox.export import export as export_forwards
 from natbox.facts import Facts
 from natbox.model import Forward
 from natbox.plan import OWN_CHAINS, build_plan, jump_rule
@@ -46,6 +50,21 @@ FOREIGN = {
     ],
 }
 FOREIGN_CHAINS = {"filter": ["DOCKER-USER"], "nat": ["DOCKER", "KUBE-SERVICES"]}
+FOREIGN6 = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [40:3200]
+:OUTPUT ACCEPT [0:0]
+[7:560] -A FORWARD -s 2001:db8:1::/64 -p tcp -m tcp --dport 22 -m comment --comment "hand made: v6 ssh" -j ACCEPT
+COMMIT
+*nat
+:PREROUTING ACCEPT [9:720]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [9:720]
+[2:160] -A PREROUTING -d 2001:db8:1::30/128 -p tcp -m tcp --dport 8443 -j DNAT --to-destination [2001:db8:2::60]:443
+COMMIT
+"""
+"""The sample box's ip6tables: one foreign IPv6 rule per table, no natbox forward."""
 POLICIES = {
     "filter": ("INPUT ACCEPT", "FORWARD DROP", "OUTPUT ACCEPT"),
     "nat": ("PREROUTING ACCEPT", "INPUT ACCEPT", "OUTPUT ACCEPT", "POSTROUTING ACCEPT"),
@@ -122,55 +141,85 @@ class SampleEngine:
     """The forward in its confirm window (the sample has no watchdog process: rollback() is called)."""
     killed: list[conntrack.Flow] = field(default_factory=list)
     reads: int = 0
+    health_reads: int = 0
+    polls: int = 0
+    """fingerprint() calls: what a poll that finds nothing changed costs."""
+    flow_reads: int = 0
+    dashboard_delay: float = 0.0
+    flow_delay: float = 0.0
+    """Seconds each flows() read takes (tests slow it down to see what shows before it is done)."""
+    generation: int = 0
+    """Bumped by every change, like the nft ruleset generation."""
+    saved: set[str] = field(default_factory=lambda: {"web"})
+    """Names in the sample's saved set."""
 
     def __post_init__(self) -> None:
         self._text = sample_flows(self.flow_count)
         self._flows = conntrack.parse_text(self._text).flows
 
+    def fingerprint(self) -> Hashable:
+        """Changes with every change of the sample's forwards or flows (as the nft generation does)."""
+        self.polls += 1
+        return (self.generation, len(self._flows))
+
     def dashboard(self) -> Dashboard:
         """The sample box's rules and facts; interface counters grow with each read."""
         self.reads += 1
+        if self.dashboard_delay:
+            time.sleep(self.dashboard_delay)
         rs = parse_save(sample_save(self.forwards))
+        rs6 = parse_save(FOREIGN6)
 
         def wave(step: int) -> int:
             # Traffic that rises and falls from read to read, so sparklines have a shape.
             return sum(step * (1 + (i * 7) % 5) // 3 for i in range(self.reads))
 
-        data = Dashboard(
+        return Dashboard(
             host="natbox-lab",
             backend="restore (nft)",
             read_only=self.read_only,
             ip_forward=self.ip_forward,
             fill=conntrack.Fill(len(self._flows), 262144, True, False),
-            forwards=forward_states(rs),
-            interfaces=[
+            forwards=tuple(forward_states(rs)),
+            chains=tuple(
+                ShownChain(family, table, chain)
+                for family, r in ((4, rs), (6, rs6))
+                for table, chain in display_chains(r)
+            ),
+            interfaces=(
                 InterfaceStat(
                     "lan0",
                     ("192.168.1.30",),
                     1500,
                     True,
-                    9_000_000 + 48_000 * self.reads,
-                    4_000_000 + 31_000 * self.reads,
+                    9_000_000 + wave(48_000),
+                    4_000_000 + wave(31_000),
                 ),
                 InterfaceStat(
                     "dmz0",
                     ("10.0.2.40",),
                     1400,
                     True,
-                    5_100_000 + 30_000 * self.reads,
-                    8_800_000 + 47_000 * self.reads,
+                    5_100_000 + wave(30_000),
+                    8_800_000 + wave(47_000),
                 ),
                 InterfaceStat("lo", ("127.0.0.1",), 65536, True, 1000, 1000),
-            ],
+            ),
             taken_at=1_700_000_000.0 + 3 * self.reads,
+            saved=frozenset(self.saved),
+            rulesets=(rs,),
         )
-        data.health = self.doctor()
-        data.saved = {"web"}
-        data.chains = display_chains(rs)
-        return data
+
+    def health(self, data: Dashboard) -> dict[str, list[Finding]]:
+        """The core's diagnosis of the forwards in `data`."""
+        self.health_reads += 1
+        return self.doctor()
 
     def flows(self, head: bool = False) -> FlowSnapshot:
         """The sample conntrack table, parsed anew on every read as the real engine does."""
+        self.flow_reads += 1
+        if self.flow_delay:
+            time.sleep(self.flow_delay)
         killed = {f.key for f in self.killed}
         end = self._text.find("\n", conntrack.HEAD) + 1 if head else 0
         text = self._text[:end] if end > 0 else self._text
@@ -184,8 +233,16 @@ class SampleEngine:
         )
 
     def local_addresses(self) -> list[tuple[str, str]]:
-        """The sample box's addresses."""
+        """The sample box's addresses, the default route's interface (lan0) first."""
         return [("192.168.1.30", "lan0"), ("10.0.2.40", "dmz0"), ("127.0.0.1", "lo")]
+
+    def listening_ports(self) -> frozenset[tuple[str, int]]:
+        """The sample box listens on ssh and a local web UI."""
+        return frozenset({("tcp", 22), ("tcp", 8080)})
+
+    def apply_preview(self, fwd: Forward) -> dict[str, list[str]]:
+        """What apply(fwd) would commit on the sample box."""
+        return apply_lines(parse_save(sample_save(self.forwards)), build_plan(fwd))
 
     def derive(self, listen_ip: str, backend_ip: str) -> Derived:
         """Routes of the sample box: 192.168.1.0/24 on lan0 (MTU 1500), 10.0.2.0/24 on dmz0 (1400)."""
@@ -247,6 +304,7 @@ class SampleEngine:
         self.ip_forward = True
         self.forwards.append(fwd)
         self.applied.append(fwd)
+        self.generation += 1
         if confirm_seconds is not None:
             self.waiting = fwd.name
         lines = apply_lines(parse_save(sample_save(self.forwards[:-1])), build_plan(fwd))
@@ -265,6 +323,7 @@ class SampleEngine:
             raise NatboxError("no change waits for confirmation", "")
         name, self.waiting = self.waiting, None
         self.forwards = [f for f in self.forwards if f.name != name]
+        self.generation += 1
         return name
 
     def preview_remove(self, name: str) -> dict[str, list[str]]:
@@ -279,7 +338,36 @@ class SampleEngine:
         lines = self.preview_remove(name)
         self.forwards = [f for f in self.forwards if f.name != name]
         self.removed.append(name)
+        self.generation += 1
         return Outcome("remove", name, "restore (nft)", lines, seconds=0.05)
+
+    def kill_forward_flows(self, name: str) -> int:
+        """Forget every flow of forward `name`."""
+        index = conntrack.ForwardIndex(self.forwards)
+        return self.kill([f for f in self._flows if index(f) == name])
+
+    def save(self, name: str) -> str:
+        """Add `name` to the sample's saved set."""
+        self._named(name)
+        self.saved.add(name)
+        return f"saved {name}: restored at boot"
+
+    def forget(self, name: str) -> str:
+        """Drop `name` from the sample's saved set."""
+        if name not in self.saved:
+            raise NatboxError(f"{name} is not saved", "w saves the marked forward")
+        self.saved.discard(name)
+        return f"forgot {name}: its rules stay until removed, it is not restored at boot"
+
+    def export(self, name: str, fmt: str) -> str:
+        """The forward as restore, commands or ansible text."""
+        return export_forwards([self._named(name)], fmt)
+
+    def _named(self, name: str) -> Forward:
+        for fwd in self.forwards:
+            if fwd.name == name:
+                return fwd
+        raise NotFoundError(f"there is no forward named {name}", "natbox list shows them")
 
     def kill(self, flows: list[conntrack.Flow]) -> int:
         """Forget these flows."""
@@ -288,3 +376,20 @@ class SampleEngine:
         self._flows = [f for f in self._flows if f.key not in keys]
         self.killed.extend(flows)
         return before - len(self._flows)
+
+
+def scaled_forwards(n: int) -> list[Forward]:
+    """`n` forwards like a hosting box's (one per customer), for the 1,000-row dashboard tests."""
+    return [
+        Forward.from_text(
+            f"192.168.1.30:{20000 + i}",
+            f"10.0.{2 + i // 250}.{(i % 250) + 2}:80",
+            name=f"cust-{i:04d}",
+            snat="10.0.2.40",
+        )
+        for i in range(n)
+    ]
+
+
+if TYPE_CHECKING:  # mypy checks that the sample keeps the contract the TUI sees
+    _contract: EngineAPI = SampleEngine()

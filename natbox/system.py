@@ -111,3 +111,16 @@ def interface_stats() -> list[InterfaceStat]:
             )
         )
     return out
+
+
+def default_route_dev(proc_route: Path = Path("/proc/net/route")) -> str | None:
+    """The interface of the IPv4 default route (where clients usually are), from /proc/net/route."""
+    try:
+        lines = proc_route.read_text().splitlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 7 and fields[1] == "00000000" and fields[7] == "00000000":
+            return fields[0]
+    return None

@@ -1,27 +1,69 @@
-"""Provides the app's messages (past tense: they report what happened)."""
+"""Provides the app's messages (past tense: they report what happened). Each carries an immutable
+result from a thread worker to the UI thread, which alone touches widgets."""
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+
 from textual.message import Message
 
-from natbox.conntrack import Flow
-from natbox.engine import Dashboard, FlowSnapshot
+from natbox.api import Dashboard, FlowSnapshot, InterfaceStat
+from natbox.checks import Finding
+from natbox.conntrack import Fill, Flow
 
 
 class DashboardLoaded(Message):
-    """A fresh read of rules, forwards, facts and interfaces."""
+    """A fresh read of rules, forwards, facts and interfaces (no flows, no health yet)."""
 
-    def __init__(self, data: Dashboard) -> None:
+    def __init__(self, data: Dashboard, fingerprint: Hashable) -> None:
         self.data = data
+        self.fingerprint = fingerprint
         super().__init__()
+
+
+class DashboardUnchanged(Message):
+    """The fingerprint said nothing changed: only the interface counters were read."""
+
+    def __init__(self, interfaces: tuple[InterfaceStat, ...] | None, taken_at: float) -> None:
+        self.interfaces = interfaces
+        self.taken_at = taken_at
+        super().__init__()
+
+
+class HealthChecked(Message):
+    """The cheap checks of each forward of one dashboard read."""
+
+    def __init__(self, health: Mapping[str, Sequence[Finding]], taken_at: float) -> None:
+        self.health = health
+        self.taken_at = taken_at
+        super().__init__()
+
+
+@dataclass(frozen=True)
+class FlowCount:
+    """A forward's flows and their bytes."""
+
+    flows: int
+    bytes: int
 
 
 class FlowsCounted(Message):
     """Per-forward flow counts and bytes from one read of the conntrack table."""
 
-    def __init__(self, counts: dict[str, tuple[int, int]], snapshot: FlowSnapshot) -> None:
+    def __init__(self, counts: Mapping[str, FlowCount], fill: Fill, fingerprint: Hashable) -> None:
         self.counts = counts
-        self.snapshot = snapshot
+        self.fill = fill
+        self.fingerprint = fingerprint
+        super().__init__()
+
+
+class ForwardRemoved(Message):
+    """A forward's rules were removed."""
+
+    def __init__(self, name: str, seconds: float) -> None:
+        self.name = name
+        self.seconds = seconds
         super().__init__()
 
 
@@ -51,13 +93,4 @@ class FlowsRefreshed(Message):
         """Seconds the read took (0: no read, the rows of the last one re-filtered)."""
         self.partial = partial
         """Only the table's first flows (a first look); the whole table follows."""
-        super().__init__()
-
-
-class ForwardRemoved(Message):
-    """A forward's rules were removed."""
-
-    def __init__(self, name: str, seconds: float) -> None:
-        self.name = name
-        self.seconds = seconds
         super().__init__()

@@ -45,6 +45,11 @@ async def _no_blink(pilot: Pilot[int]) -> None:
     await pilot.pause()
 
 
+async def _filter_settled(pilot: Pilot[int]) -> None:
+    await asyncio.sleep(0.3)  # the filter follows the keys after 0.15 s
+    await _no_blink(pilot)
+
+
 @dataclass(frozen=True)
 class State:
     """One screen state: its name, terminal size, the keys that reach it, the sample size."""
@@ -73,7 +78,7 @@ STATES = [
     State("dashboard", (120, 34)),
     State("dashboard-80x24", (80, 24)),
     State("dashboard-interfaces-80x24", (80, 24), ("2", "r", "r", "r", "r")),
-    State("rules-filter-80x24", (80, 24), ("slash", *"masq"), after=_no_blink),
+    State("rules-filter-80x24", (80, 24), ("slash", *"masq"), after=_filter_settled),
     State("dashboard-health-80x24", (80, 24), ("3",)),
     State("remove-confirm-80x24", (80, 24), ("d",)),
     State("help-80x24", (80, 24), ("question_mark",)),

@@ -8,15 +8,18 @@ from textual.widgets import Static
 from natbox.conntrack import Fill
 
 
-def gauge(count: int | None, maximum: int | None, width: int = 8) -> Text:
-    """`██░░░░░░ 1234/262144`, coloured by how full the table is."""
+def gauge(count: int | None, maximum: int | None, width: int = 6) -> Text:
+    """`conntrack ██░░░░ 1234/262144`, coloured by how full the table is."""
     if count is None or not maximum:
         return Text("conntrack ?", style="dim")
     share = count / maximum
     filled = min(width, round(share * width))
     style = "red" if share > 0.8 else "yellow" if share > 0.5 else "green"
     return Text.assemble(
-        ("█" * filled, style), ("░" * (width - filled), "dim"), f" {count}/{maximum}"
+        "conntrack ",
+        ("█" * filled, style),
+        ("░" * (width - filled), "dim"),
+        f" {count}/{maximum}",
     )
 
 
@@ -47,15 +50,17 @@ class StatusBar(Static):
         """Redraw with these facts."""
         parts = Text.assemble(
             (host, "bold"),
-            "  ",
+            "  backend ",
             backend,
-            "  fwd ",
+            "  ip_forward ",
             ("on", "green") if ip_forward else ("OFF", "bold red"),
             "  ",
             gauge(fill.count, fill.max),
         )
         if warnings:
-            parts.append(f"  ⚠ {warnings}", style="bold yellow")
+            parts.append(
+                f"  ⚠ {warnings} warning{'s' if warnings > 1 else ''}", style="bold yellow"
+            )
         if read_only:
             parts.append("  READ-ONLY: run with sudo to change anything", style="bold")
         self.set_class(read_only, "-read-only")

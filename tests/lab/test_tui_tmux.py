@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -15,6 +17,16 @@ from natbox.lab import NAT_LAN_IP, SERVER_IP, Lab
 pytestmark = pytest.mark.skipif(
     shutil.which("tmux") is None, reason="needs tmux (apt-get install tmux)"
 )
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    """The seed's lab under this file's own prefix (nbt-ui-)."""
+    lab = Lab(f"nbt-ui-{os.getpid()}-{secrets.token_hex(3)}").up()
+    try:
+        yield lab
+    finally:
+        lab.close()
 
 
 class Tmux:
@@ -52,8 +64,8 @@ class Tmux:
         self.run("kill-server")
 
 
-def start(lab: Lab, tmux: Tmux, window: float = 30) -> None:
-    env = f"XTABLES_LOCKFILE={lab.lockfile} NATBOX_STATE_DIR={lab.state_dir}"
+def start(lab: Lab, tmux: Tmux, window: float = 30, extra_env: str = "") -> None:
+    env = f"XTABLES_LOCKFILE={lab.lockfile} NATBOX_STATE_DIR={lab.state_dir} {extra_env}"
     command = (
         f"ip netns exec {lab.nat} env {env} {sys.executable} -m natbox --confirm-window {window:g}"
     )
@@ -65,8 +77,8 @@ def wizard_to_countdown(lab: Lab, tmux: Tmux) -> None:
     tmux.wait_for("no natbox forwards yet")
     tmux.run("send-keys", "-t", "nb", "a")
     tmux.wait_for("Client-facing address")
-    # The first address is prefilled; this box has two, so type the client-facing one.
-    tmux.type("C-u", "192.168.1.30", "Tab", "1234", "Enter")
+    # The prefilled address is selected: typing replaces it.
+    tmux.type("192.168.1.30", "Tab", "1234", "Enter")
     tmux.wait_for("Backend ip:port")
     tmux.run("send-keys", "-t", "nb", "10.0.2.50:80")
     tmux.wait_for("from 10.0.2.40")
@@ -76,6 +88,7 @@ def wizard_to_countdown(lab: Lab, tmux: Tmux) -> None:
     tmux.run("send-keys", "-t", "nb", "Enter")
     screen = tmux.wait_for("Enter applies")
     assert "192.168.1.30:1234 → 10.0.2.50:80" in screen
+    assert "⏎ Apply" in screen, "the footer says what Enter does on the last step"
     tmux.run("send-keys", "-t", "nb", "Enter")
     tmux.wait_for("Keep these rules?")
 
@@ -128,8 +141,15 @@ def test_dashboard_and_viewer_in_tmux_80x24(lab: Lab) -> None:
     )
     try:
         tmux.run("new-session", "-d", "-s", "nb", "-x", "80", "-y", "24", command)
-        screen = tmux.wait_for("192.168.1.30:1234 → 10.0.2.50:80")
-        assert "web" in screen and "restore (nft)" in screen and "fwd on" in screen
+        tmux.wait_for("192.168.1.30:1234 → 10.0.2.50:80")
+        screen = tmux.wait_for("  ok  ")  # health fills in after the rules are on screen
+        assert "web" in screen and "backend restore (nft)" in screen and "ip_forward on" in screen
+        # 80 columns: name, listen → backend, health and flows always; the target of rules seen.
+        header = next(line for line in screen.splitlines() if "LISTEN → BACKEND" in line)
+        assert all(col in header for col in ("NAME", "HEALTH", "FLOWS")), header
+        row = next(line for line in screen.splitlines() if "→ 10.0.2.50:80" in line)
+        assert row.lstrip().startswith("▶") and "ok" in row, row
+        tmux.wait_for("DNAT → 10.0.2.50:80")
         assert "policy ACCEPT" in screen and "NATBOX-PREROUTING" in screen
         assert len(screen.splitlines()) <= 24 and all(
             len(line) <= 80 for line in screen.splitlines()
@@ -141,6 +161,8 @@ def test_dashboard_and_viewer_in_tmux_80x24(lab: Lab) -> None:
         assert "→ .30:1234 =>" in screen and "TIMEW" in screen
         tmux.run("send-keys", "-t", "nb", "Escape")
         tmux.wait_for("LISTEN → BACKEND")
+        tmux.type("Tab", "Down")  # into the rules: the detail line has the full rule
+        tmux.wait_for("iptables -t nat -A")
         tmux.run("send-keys", "-t", "nb", "q")
         deadline = time.monotonic() + 10
         while "nb" in tmux.run("list-sessions") and time.monotonic() < deadline:
@@ -148,3 +170,145 @@ def test_dashboard_and_viewer_in_tmux_80x24(lab: Lab) -> None:
         assert "nb" not in tmux.run("list-sessions"), "q quits"
     finally:
         tmux.kill()
+
+
+def test_whole_wizard_in_one_burst_without_colour(lab: Lab) -> None:
+    """Keys sent in one burst (a laggy link, a paste) land in the right fields; NO_COLOR shows state
+    by glyphs: the radio set, the check boxes and the placeholders."""
+    tmux = Tmux()
+    try:
+        start(lab, tmux, window=30, extra_env="NO_COLOR=1")
+        tmux.wait_for("no natbox forwards yet")
+        tmux.run("send-keys", "-t", "nb", "a")
+        screen = tmux.wait_for("Client-facing address")
+        assert "(•) tcp" in screen and "( ) udp" in screen and "( ) both" in screen, screen
+        tmux.run("send-keys", "-t", "nb", "Escape")
+        tmux.wait_for("no natbox forwards yet")
+        tmux.run(
+            "send-keys",
+            "-t",
+            "nb",
+            "a",
+            "192.168.1.30",
+            "Tab",
+            "1234",
+            "Enter",
+            "10.0.2.50:80",
+            "Enter",
+        )
+        screen = tmux.wait_for("Allowed clients")
+        assert "tcp-1234" in screen
+        assert "[x] MSS clamp" in screen or "[ ] MSS clamp" in screen, screen
+        assert "[ ] Also for this box" in screen and "e.g. 192.168.1.0/24" in screen
+        tmux.run("send-keys", "-t", "nb", "Escape", "Escape", "Escape")
+        tmux.wait_for("no natbox forwards yet")
+        # Now the whole wizard in one go, keep included.
+        tmux.run(
+            "send-keys",
+            "-t",
+            "nb",
+            "a",
+            "192.168.1.30",
+            "Tab",
+            "1234",
+            "Enter",
+            "10.0.2.50:80",
+            "Enter",
+            "Enter",
+            "Enter",
+            "y",
+        )
+        tmux.wait_for("kept tcp-1234", timeout=20)
+        assert lab.fetch() is not None
+        assert "natbox:tcp-1234" in lab.save()
+    finally:
+        tmux.kill()
+
+
+def test_window_running_out_and_the_marked_forward(lab: Lab) -> None:
+    """The watchdog rolls back an unanswered forward and the TUI says so; after keeping a forward,
+    the mark is on it and d offers to remove exactly that one, named with listen → backend."""
+    out = lab.natbox("add", f"{NAT_LAN_IP}:1234", f"{SERVER_IP}:80", "--name", "web", "--yes")
+    assert out.returncode == 0, out.stderr
+    tmux = Tmux()
+    try:
+        start(lab, tmux, window=6)
+        tmux.wait_for("web")
+        tmux.type("a")
+        tmux.wait_for("Client-facing address")
+        tmux.type("Tab", "8082", "Enter", "10.0.2.50:80")
+        tmux.wait_for("from 10.0.2.40")
+        tmux.type("Enter", "Enter")
+        tmux.wait_for("Enter applies")
+        tmux.type("Enter")
+        tmux.wait_for("Keep these rules?")
+        screen = tmux.wait_for("tcp-8082 rolled back:", timeout=15)  # the toast (wrapped)
+        assert "no change waits" not in screen
+        assert "natbox:tcp-8082" not in lab.save()
+        tmux.type("4")
+        tmux.wait_for("tcp-8082 rolled back: not confirmed within 6 s")  # the History tab
+        tmux.type("1", "a")
+        tmux.wait_for("Client-facing address")
+        tmux.type("Tab", "8082", "Enter", "10.0.2.50:80")
+        tmux.wait_for("from 10.0.2.40")
+        tmux.type("Enter", "Enter")
+        tmux.wait_for("Enter applies")
+        tmux.type("Enter")
+        tmux.wait_for("Keep these rules?")
+        tmux.type("y")
+        tmux.wait_for("kept tcp-8082")
+        screen = tmux.wait_for("▶  tcp-8082")
+        tmux.type("Tab", "Down", "Down", "d")  # the rules cursor moves; the mark does not
+        screen = tmux.wait_for("No (n)")
+        assert "Remove forward tcp-8082 (192.168.1.30:8082 → 10.0.2.50:80)?" in screen, screen
+        tmux.type("n")
+    finally:
+        tmux.kill()
+
+
+def _demo_left() -> list[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in listed.splitlines() if line.startswith("natbox-demo-")]
+
+
+@pytest.mark.parametrize("how", ["hangup", "terminate"])
+def test_demo_ends_with_its_terminal(how: str, tmp_path: object) -> None:
+    """`natbox demo` killed with its terminal (tmux kill-session, a dropped SSH) or by SIGTERM tears
+    down its namespaces and temp directory, as `q` does."""
+    if _demo_left():
+        pytest.skip("another natbox demo is running on this machine")
+    import tempfile
+    from pathlib import Path
+
+    marker = Path(tempfile.gettempdir()) / "natbox-demo.workdir"
+    tmux = Tmux()
+    env = f"XTABLES_LOCKFILE=/tmp/nbt-ui-xtables.lock NATBOX_STATE_DIR={tmp_path}"
+    try:
+        tmux.run(
+            "new-session",
+            "-d",
+            "-s",
+            "nb",
+            "-x",
+            "80",
+            "-y",
+            "24",
+            f"env {env} {sys.executable} -m natbox demo",
+        )
+        tmux.wait_for("192.168.1.30:1234 → 10.0.2.50:80", timeout=60)
+        workdir = Path(marker.read_text().strip())
+        assert workdir.is_dir() and _demo_left()
+        pid = int(tmux.run("display-message", "-p", "-t", "nb", "#{pane_pid}").strip())
+        if how == "hangup":
+            tmux.kill()  # the terminal goes: SIGHUP
+        else:
+            os.kill(pid, 15)  # the demo process this test started
+        deadline = time.monotonic() + 20
+        while (_demo_left() or workdir.exists()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _demo_left(), f"namespaces left after {how}"
+        assert not workdir.exists() and not marker.exists(), "the temp directory went too"
+    finally:
+        tmux.kill()
+        if _demo_left():
+            subprocess.run([sys.executable, "-m", "natbox", "demo", "--down"], check=False)

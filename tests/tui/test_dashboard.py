@@ -24,6 +24,11 @@ def cells(table: DataTable[object], column: int) -> list[str]:
     return [str(table.get_row_at(i)[column]) for i in range(table.row_count)]
 
 
+def col(table: DataTable[object], key: str) -> list[str]:
+    """A column's cells by its key, in display order."""
+    return [str(table.get_cell(row.key, key)) for row in table.ordered_rows]
+
+
 async def test_dashboard_shows_forwards_rules_and_facts() -> None:
     app = make_app(SampleEngine())
     async with app.run_test(size=(100, 30)) as pilot:
@@ -31,17 +36,25 @@ async def test_dashboard_shows_forwards_rules_and_facts() -> None:
         screen = app.screen
         assert isinstance(screen, DashboardScreen)
         forwards = screen.forwards_table
-        assert cells(forwards, 0) == ["web", "dns"]
-        assert cells(forwards, 2)[0] == "192.168.1.30:1234 → 10.0.2.50:80"
-        assert cells(forwards, 3) == ["ok", "ok"]
-        assert int(cells(forwards, 4)[0]) > 0, "flows are counted per forward"
+        assert col(forwards, "name") == ["dns", "web"], "sorted by name"
+        assert col(forwards, "path")[1] == "192.168.1.30:1234 → 10.0.2.50:80"
+        assert col(forwards, "health") == ["ok", "ok"]
+        assert int(col(forwards, "flows")[1]) > 0, "flows are counted per forward"
+        assert col(forwards, "mark") == ["▶", " "], "the selected forward is marked"
         status = str(screen.status_bar.render())
-        assert "natbox-lab" in status and "restore (nft)" in status and "fwd on" in status
-        owners = set(cells(screen.rules_table, 1))
+        assert "natbox-lab" in status and "backend restore (nft)" in status
+        assert "ip_forward on" in status and "conntrack" in status
+        owners = set(col(screen.rules_table, "owner"))
         assert {"natbox", "natbox:web", "docker", "kube", "other"} <= owners
-        rules = cells(screen.rules_table, 3)
-        assert any("filter FORWARD — policy DROP" in r for r in rules)
-        assert not any("--comment natbox" in r for r in rules), "the owner column says it"
+        targets = col(screen.rules_table, "target")
+        assert "FORWARD" in targets and "DNAT → 10.0.2.50:80" in targets
+        matches = col(screen.rules_table, "match")
+        assert "policy DROP" in matches
+        assert not any("--comment natbox" in r for r in matches), "the owner column says it"
+        # IPv6: ip6tables chains and foreign IPv6 rules are listed like IPv4 ones.
+        tables = col(screen.rules_table, "owner")
+        assert "ip6 nat" in tables and "ip6 filter" in tables
+        assert "DNAT → [2001:db8:2::60]:443" in targets
 
 
 async def test_selecting_a_forward_highlights_its_rules() -> None:
@@ -60,11 +73,13 @@ async def test_selecting_a_forward_highlights_its_rules() -> None:
                     out.add(str(owner))
             return out
 
-        assert highlighted() == {"natbox:web"}
+        assert highlighted() == {"▶natbox:dns"}
         screen.forwards_table.focus()
         await pilot.press("down")
         await settle(pilot)
-        assert highlighted() == {"natbox:dns"}
+        assert highlighted() == {"▶natbox:web"}
+        assert screen.selected == "web"
+        assert col(screen.forwards_table, "mark") == [" ", "▶"]
 
 
 async def test_remove_asks_with_the_exact_rules_then_removes() -> None:
@@ -72,9 +87,11 @@ async def test_remove_asks_with_the_exact_rules_then_removes() -> None:
     app = make_app(engine)
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot)
-        await pilot.press("d")
+        await pilot.press("down", "d")
         await settle(pilot)
         assert isinstance(app.screen, ConfirmScreen)
+        question = str(app.screen.query_one("#question").render())
+        assert "web (192.168.1.30:1234 → 10.0.2.50:80)" in question
         detail = str(app.screen.query_one("#detail", Static).render())
         assert (
             '-D NATBOX-PREROUTING -d 192.168.1.30/32 -p tcp -m tcp --dport 1234 -m comment --comment "natbox:web"'
@@ -90,7 +107,7 @@ async def test_remove_asks_with_the_exact_rules_then_removes() -> None:
         assert engine.removed == ["web"]
         screen = app.screen
         assert isinstance(screen, DashboardScreen)
-        assert cells(screen.forwards_table, 0) == ["dns"]
+        assert col(screen.forwards_table, "name") == ["dns"]
 
 
 async def test_refresh_reads_again() -> None:
@@ -104,6 +121,17 @@ async def test_refresh_reads_again() -> None:
         assert engine.reads == before + 1
 
 
+screen_chain_names = {
+    "PREROUTING",
+    "POSTROUTING",
+    "OUTPUT",
+    "FORWARD",
+    "NATBOX-PREROUTING",
+    "NATBOX-POSTROUTING",
+    "NATBOX-FORWARD",
+}
+
+
 async def test_rules_filter() -> None:
     app = make_app(SampleEngine())
     async with app.run_test(size=(100, 30)) as pilot:
@@ -111,12 +139,12 @@ async def test_rules_filter() -> None:
         screen = app.screen
         assert isinstance(screen, DashboardScreen)
         await pilot.press("slash", *"masq")
-        await pilot.pause()
-        rules = [r for r in cells(screen.rules_table, 3) if "—" not in r]
+        await pilot.pause(0.3)
+        rules = [r for r in col(screen.rules_table, "target") if r not in screen_chain_names]
         assert rules and all("MASQUERADE" in r for r in rules)
         await pilot.press("escape")
         await pilot.pause()
-        assert len(cells(screen.rules_table, 3)) > len(rules)
+        assert len(col(screen.rules_table, "target")) > len(rules)
 
 
 async def test_help_lists_every_dashboard_key_and_polling_pauses(
@@ -132,15 +160,32 @@ async def test_help_lists_every_dashboard_key_and_polling_pauses(
         assert isinstance(app.screen, HelpScreen)
         table = key_table(app.screen.below)
         keys = [str(c) for c in table.columns[0]._cells]
-        for key in ("a", "d", "c", "⏎", "r", "/", "1", "2", "?", "q", "ctrl+p"):
+        for key in (
+            "a",
+            "d",
+            "u",
+            "c",
+            "⏎",
+            "r",
+            "/",
+            "g",
+            "s",
+            "1",
+            "2",
+            "3",
+            "4",
+            "?",
+            "q",
+            "ctrl+p",
+        ):
             assert key in keys, keys
-        reads = engine.reads
+        polls = engine.polls
         await asyncio.sleep(0.4)
-        assert engine.reads == reads, "no polling while a modal is open"
+        assert engine.polls == polls, "no polling while a modal is open"
         await pilot.press("escape")
         await asyncio.sleep(0.4)
         await settle(pilot)
-        assert engine.reads > reads
+        assert engine.polls > polls
 
 
 async def test_viewer_title_filter_sort_pause_and_back() -> None:
@@ -178,10 +223,11 @@ async def test_enter_on_a_forward_opens_its_flows() -> None:
         screen = app.screen
         assert isinstance(screen, DashboardScreen)
         screen.forwards_table.focus()
-        await pilot.press("enter")
+        await pilot.press("down", "enter")
         await settle(pilot)
         viewer = app.screen
         assert isinstance(viewer, ConntrackScreen) and viewer.forward == "web"
+        assert len(app.screen_stack) == 3, "one viewer, not two"
         rows = viewer.query_one(FlowTable).rows
         assert rows and all(f.orig.dport == 1234 for f in rows)
 
@@ -222,15 +268,15 @@ async def test_health_column_and_tab() -> None:
         await settle(pilot)
         screen = app.screen
         assert isinstance(screen, DashboardScreen)
-        assert cells(screen.forwards_table, 3) == ["ok", "ok"]
-        await pilot.press("3")
+        assert col(screen.forwards_table, "health") == ["ok", "ok"]
+        await pilot.press("down", "3")
         await pilot.pause()
         detail = str(screen.query_one("#health-detail", Static).render())
         assert "web: healthy" in detail and "FORWARD policy is DROP" in detail
         engine.ip_forward = False
         await pilot.press("r")
         await settle(pilot)
-        assert cells(screen.forwards_table, 3) == ["error", "error"]
+        assert col(screen.forwards_table, "health") == ["error", "error"]
         detail = str(screen.query_one("#health-detail", Static).render())
         assert (
             "needs attention" in detail

@@ -66,7 +66,14 @@ async def test_wizard_derives_previews_applies_and_keeps() -> None:
         await pilot.press("enter")
         await settle(pilot)
         assert "DNAT       tcp 192.168.1.30:8080 → 10.0.2.50:80" in text(app, "plain")
-        assert "iptables -w -t nat -A NATBOX-PREROUTING -d 192.168.1.30/32" in text(app, "commands")
+        commands = text(app, "commands")
+        assert "iptables -w -t nat -A NATBOX-PREROUTING -d 192.168.1.30/32" in commands
+        # natbox's chains and jumps exist on the sample box (web uses them): not created again.
+        assert " -N " not in commands and "-I PREROUTING" not in commands
+        assert ":NATBOX-" not in text(app, "restore")
+        plain = text(app, "plain")
+        assert "RETURN" not in plain
+        assert "ACCEPT     let this forward's tcp replies" in plain
         assert "-j TCPMSS --clamp-mss-to-pmtu" in text(app, "restore")
         assert "Enter applies, with a 30 s window" in text(app, "apply-state")
         assert "FORWARD policy is DROP" in text(app, "findings")
@@ -80,11 +87,22 @@ async def test_wizard_derives_previews_applies_and_keeps() -> None:
         screen = app.screen
         assert isinstance(screen, DashboardScreen)
         assert screen.history == [("added", engine.applied[0])]
+        await settle(pilot)
         rows = [
-            str(screen.forwards_table.get_row_at(i)[0])
-            for i in range(screen.forwards_table.row_count)
+            str(screen.forwards_table.get_cell(r.key, "name"))
+            for r in screen.forwards_table.ordered_rows
         ]
         assert "tcp-8080" in rows
+        assert screen.selected == "tcp-8080", "the kept forward is the marked one: d acts on it"
+        assert str(screen.forwards_table.get_cell("tcp-8080", "mark")) == "▶"
+        await pilot.press("down", "up")  # the cursor moves, and the mark with it
+        await pilot.press("d")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        assert screen.selected in str(app.screen.query_one("#question").render())
+        await pilot.press("n")
+        await settle(pilot)
+        screen.select_forward("tcp-8080")
 
         # u undoes it, after showing the rules that go.
         await pilot.press("u")
@@ -151,6 +169,7 @@ async def test_bad_input_shows_the_core_message_and_blocks() -> None:
         )
         assert "no route to the backend 172.31.9.9" in findings
         assert "Apply is not offered" in text(app, "apply-state")
+        assert "mark web and press d" in findings, "the fix names the key, not a CLI command"
         await pilot.press("enter")
         await settle(pilot)
         assert isinstance(app.screen, WizardScreen) and engine.applied == []
@@ -158,3 +177,36 @@ async def test_bad_input_shows_the_core_message_and_blocks() -> None:
             await pilot.press("escape")
         await settle(pilot)
         assert isinstance(app.screen, DashboardScreen), "Escape walks back out of the wizard"
+
+
+async def test_prefills_are_real_values_on_the_clients_side() -> None:
+    """The port is a free port as a value (not a grey placeholder), so Enter works at once; the
+    address is the clients' side: once the backend is known, never the backend's interface."""
+    engine = SampleEngine()
+    engine.local_addresses = lambda: [  # type: ignore[method-assign]
+        ("10.0.2.40", "dmz0"),
+        ("192.168.1.30", "lan0"),
+        ("127.0.0.1", "lo"),
+    ]
+    app = make_app(engine)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        # The dashboard lists the box's interfaces with the default route's first: here dmz0.
+        screen.local_addresses = engine.local_addresses  # type: ignore[method-assign]
+        await pilot.press("a")
+        await settle(pilot)
+        wizard = app.screen
+        assert isinstance(wizard, WizardScreen)
+        port = wizard.query_one("#listen-port", Input)
+        assert port.value == "8081", "8080 listens on the sample box; 1234 and 5353 are forwarded"
+        await pilot.press("enter")
+        await settle(pilot)
+        assert wizard.step == 1, "the suggested port is a value: Enter goes on"
+        await pilot.press(*"10.0.2.50:80")
+        await settle(pilot)
+        assert wizard.query_one("#listen-ip", Input).value == "192.168.1.30", (
+            "10.0.2.40 is on dmz0, the backend's side: clients are on lan0"
+        )
+        assert wizard.query_one("#listen-port", Input).placeholder == "e.g. 1234"

@@ -9,11 +9,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Label, Static
+from textual.widgets import Button, Static
 
 
 class ConfirmScreen(ModalScreen[bool]):
-    """Ask before a change; `y` confirms, `n` or Escape declines."""
+    """Ask before a change; `y` confirms, `n` or Escape declines. The question names the forward
+    with its listen → backend, so the user sees which one."""
 
     DEFAULT_CSS = """
     ConfirmScreen {
@@ -41,11 +42,13 @@ class ConfirmScreen(ModalScreen[bool]):
     }
     ConfirmScreen Horizontal {
         height: auto;
-        align-horizontal: right;
+        align-horizontal: left;
         margin-top: 1;
     }
     ConfirmScreen Button {
-        margin-left: 2;
+        margin-right: 2;
+        min-width: 0;
+        width: auto;
     }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -58,15 +61,19 @@ class ConfirmScreen(ModalScreen[bool]):
         self.question = question
         self.detail = detail
 
+    def on_mount(self) -> None:
+        # Toasts sit bottom right: the buttons are on the left, and older toasts go.
+        self.app.clear_notifications()
+
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self.question, id="question")
+            yield Static(self.question, id="question", markup=False)
             if self.detail:
                 with VerticalScroll():
                     yield Static(self.detail, id="detail", markup=False)
             with Horizontal():
-                yield Button("No (n)", id="no", variant="default")
-                yield Button("Yes (y)", id="yes", variant="warning")
+                yield Button("No (n)", id="no", variant="default", compact=True)
+                yield Button("Yes (y)", id="yes", variant="warning", compact=True)
 
     @on(Button.Pressed, "#yes")
     def _yes(self) -> None:
@@ -78,3 +85,36 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def action_answer(self, answer: bool) -> None:
         self.dismiss(answer)
+
+
+class TextScreen(ModalScreen[None]):
+    """Shows text to read or copy (an export); Escape or q closes."""
+
+    DEFAULT_CSS = """
+    TextScreen {
+        align: center middle;
+    }
+    TextScreen > VerticalScroll {
+        width: 95%;
+        max-width: 130;
+        height: auto;
+        max-height: 90%;
+        border: thick $primary;
+        background: $surface;
+        padding: 0 1;
+    }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,q", "dismiss", "Close", id="text.close", tooltip="Close"),
+    ]
+
+    def __init__(self, title: str, text: str) -> None:
+        super().__init__()
+        self.heading = title
+        self.text = text
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll() as scroll:
+            scroll.border_title = self.heading
+            scroll.border_subtitle = "Escape closes"
+            yield Static(self.text, id="text", markup=False)

@@ -6,17 +6,21 @@ terminal dies. The screen only lets the user keep (y) or roll back early (n).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable
+from typing import ClassVar, Literal
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Label, ProgressBar, Static
+from textual.widgets import ProgressBar, Static
+
+Answer = Literal["keep", "rollback", "expired"]
+"""keep (y), rollback (n or Escape), expired: nobody answered in time (the watchdog rolls back)."""
 
 
-class CountdownScreen(ModalScreen[bool]):
-    """Returns True to keep, False to roll back (also when the time runs out)."""
+class CountdownScreen(ModalScreen[Answer]):
+    """Returns what happened: kept, rolled back by the user, or the time ran out."""
 
     DEFAULT_CSS = """
     CountdownScreen {
@@ -41,34 +45,40 @@ class CountdownScreen(ModalScreen[bool]):
     }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("y", "answer(True)", "Keep", id="countdown.keep", tooltip="Keep the new rules"),
+        Binding("y", "answer('keep')", "Keep", id="countdown.keep", tooltip="Keep the new rules"),
         Binding(
             "n,escape",
-            "answer(False)",
+            "answer('rollback')",
             "Roll back",
             id="countdown.rollback",
             tooltip="Roll back now",
         ),
     ]
 
-    def __init__(self, name: str, seconds: float) -> None:
+    def __init__(self, name: str, path: str, seconds: float, clock: Callable[[], float]) -> None:
         super().__init__()
         self.forward_name = name
+        self.path = path
         self.seconds = seconds
+        self.clock = clock
+        """Seconds (snapshots freeze it)."""
         self._deadline = 0.0
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(f"Forward {self.forward_name} is live. Keep these rules?", id="question")
+            yield Static(
+                f"Forward {self.forward_name} ({self.path}) is live. Keep these rules?",
+                id="question",
+            )
             yield Static("y = keep   n = roll back now", id="keys")
             yield Static(self._left_text(), id="left")
             yield ProgressBar(total=self.seconds, show_eta=False, show_percentage=False, id="bar")
 
     def _now(self) -> float:
-        now: float = self.app.clock()  # type: ignore[attr-defined]
-        return now
+        return self.clock()
 
     def on_mount(self) -> None:
+        self.app.clear_notifications()  # toasts never cover the question or its keys
         self._deadline = self._now() + self.seconds
         self.query_one("#left", Static).update(self._left_text())
         self.query_one(ProgressBar).update(progress=0)
@@ -85,7 +95,7 @@ class CountdownScreen(ModalScreen[bool]):
         self.query_one("#left", Static).update(self._left_text())
         self.query_one(ProgressBar).update(progress=self.seconds - max(0.0, left))
         if left <= 0:
-            self.dismiss(False)
+            self.dismiss("expired")
 
-    def action_answer(self, keep: bool) -> None:
-        self.dismiss(keep)
+    def action_answer(self, answer: Answer) -> None:
+        self.dismiss(answer)

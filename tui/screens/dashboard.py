@@ -1,61 +1,102 @@
-"""Provides DashboardScreen: what this box forwards, the rules around it, and whether it works."""
+"""Provides DashboardScreen: what this box forwards, the rules around it, and whether it works.
+
+Data flow (Textual's own `_log.py` pattern): a timer starts a thread worker with its inputs as
+arguments; the worker asks the engine and posts an immutable message; the handler on the UI thread
+updates the tables by row key. One `Worker.StateChanged` handler reports a failed worker and re-arms
+its polling, so a failure is seen and the dashboard keeps going.
+"""
 
 from __future__ import annotations
 
-import re
+import time
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from rich.text import Text
-from textual import events, on, work
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
+from textual.events import Resize, ScreenResume
+from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
-from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane
-from textual.worker import WorkerFailed
+from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane, Tabs
+from textual.worker import Worker, WorkerFailed, WorkerState
 
+from natbox.api import Dashboard, EngineAPI, ShownChain
 from natbox.checks import Finding
-from natbox.engine import Dashboard
 from natbox.errors import NatboxError
-from natbox.model import Forward
+from natbox.model import Forward, Rule
 from natbox.plan import build_plan
-from tui.messages import DashboardLoaded, FlowsCounted, ForwardRemoved
+from natbox.ruleset import ForwardState
+from tui.messages import (
+    DashboardLoaded,
+    DashboardUnchanged,
+    FlowCount,
+    FlowsCounted,
+    ForwardRemoved,
+    HealthChecked,
+)
 from widgets.flow_table import human_bytes
+from widgets.keyed_table import Cell, KeyedTable, Row, path_text
+from widgets.rule_text import shown_rule, split_target
 from widgets.sparkline import rate, spark
 from widgets.status_bar import StatusBar
 
 RULES_EVERY = 3.0
 FLOWS_EVERY = 1.0
+FULL_READ_EVERY = 20
+"""Polls: even when the fingerprint is unchanged, read everything every 20th (a minute: counters)."""
 OWNER_STYLE = {"docker": "cyan", "kube": "magenta", "other": "", "natbox": "green"}
-
-
-def shown_rule(spec: str) -> str:
-    """A rule as iptables prints it, less its comment (the owner column already says it)."""
-    return _COMMENT.sub("", spec).strip()
-
-
-_COMMENT = re.compile(r' ?-m comment --comment (?:"(?:[^"\\]|\\.)*"|\S+)')
-
-
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
+FILTER_DELAY = 0.15
+SORTS = ("name", "flows", "bytes", "health")
+MARK = "▶"
 
 
-def health_cell(findings: list[Finding], intact: bool) -> Text:
-    """ok / N warn / error, for the forwards table."""
+def health_cell(findings: Sequence[Finding] | None, intact: bool) -> Text:
+    """ok / N warn / error, for the forwards table (… while it is being checked)."""
+    if not intact:
+        return Text("error", style="bold red")
+    if findings is None:
+        return Text("…", style="dim")
     errors = sum(f.severity == "error" for f in findings)
     warnings = sum(f.severity == "warning" for f in findings)
-    if not intact or errors:
+    if errors:
         return Text("error", style="bold red")
     if warnings:
         return Text(f"{warnings} warn", style="yellow")
     return Text("ok", style="green")
 
 
+def _health_rank(findings: Sequence[Finding] | None, intact: bool) -> int:
+    if not intact or (findings and any(f.severity == "error" for f in findings)):
+        return 0
+    if findings and any(f.severity == "warning" for f in findings):
+        return 1
+    return 2
+
+
+# The forwards table's columns, most telling first: at 80 columns the first five always show.
+FORWARD_COLUMNS: list[tuple[str, str]] = [
+    ("mark", " "),
+    ("name", "NAME"),
+    ("path", "LISTEN → BACKEND"),
+    ("health", "HEALTH"),
+    ("flows", "FLOWS"),
+    ("bytes", "BYTES"),
+    ("proto", "PROTO"),
+    ("saved", "SAVED"),
+    ("snat", "SNAT"),
+    ("opts", "OPTS"),
+]
+ALWAYS = {"mark", "name", "path", "health", "flows"}
+
+
 class DashboardScreen(Screen[None]):
-    """The first screen: status bar, forwards, then rules and interfaces in tabs."""
+    """The first screen: status bar, forwards, then rules, interfaces, health and history in tabs."""
 
     DEFAULT_CSS = """
     DashboardScreen #forwards {
@@ -70,11 +111,13 @@ class DashboardScreen(Screen[None]):
     DashboardScreen TabbedContent {
         height: 1fr;
     }
-    DashboardScreen #rules-filter {
+    DashboardScreen #filter {
         display: none;
-        height: 3;
+        height: 1;
+        border: none;
+        padding: 0 1;
     }
-    DashboardScreen #rules-filter.-visible {
+    DashboardScreen #filter.-visible {
         display: block;
     }
     DashboardScreen #problem {
@@ -85,47 +128,105 @@ class DashboardScreen(Screen[None]):
     DashboardScreen #problem.-visible {
         display: block;
     }
+    DashboardScreen #rules-table {
+        height: 1fr;
+    }
+    DashboardScreen #rule-detail {
+        height: 2;
+        color: $text-muted;
+        padding: 0 1;
+    }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("a", "add", "Add", id="dashboard.add", tooltip="Add a forward (wizard)"),
         Binding(
-            "d", "remove", "Remove", id="dashboard.remove", tooltip="Remove the selected forward"
+            "d", "remove", "Remove", id="dashboard.remove", tooltip="Remove the marked (▶) forward"
         ),
         Binding(
-            "u",
-            "undo",
-            "Undo",
-            show=False,
-            id="dashboard.undo",
-            tooltip="Undo the last change of this session",
-        ),
-        Binding(
-            "c", "conntrack", "Flows", id="dashboard.conntrack", tooltip="Live conntrack viewer"
+            "u", "undo", "Undo", id="dashboard.undo", tooltip="Undo the last change of this session"
         ),
         Binding(
             "enter",
             "flows_of_forward",
             "Its flows",
-            show=False,
+            priority=True,  # whichever table has the focus, Enter means the marked forward
             id="dashboard.flows",
-            tooltip="Flows of the selected forward",
+            tooltip="Flows of the marked (▶) forward",
         ),
-        Binding("r", "refresh", "Refresh", id="dashboard.refresh", tooltip="Read everything now"),
+        Binding(
+            "c", "conntrack", "All flows", id="dashboard.conntrack", tooltip="All flows (viewer)"
+        ),
         Binding(
             "slash",
-            "filter_rules",
+            "filter",
             "Filter",
-            show=False,
             id="dashboard.filter",
-            tooltip="Filter the rules",
+            tooltip="Filter forwards and rules as you type (Esc clears)",
+        ),
+        Binding(
+            "g",
+            "goto",
+            "Go to",
+            show=False,
+            id="dashboard.goto",
+            tooltip="Go to a forward by typing its name",
+        ),
+        Binding(
+            "s",
+            "sort",
+            "Sort",
+            show=False,
+            id="dashboard.sort",
+            tooltip="Sort forwards: name, flows, bytes, health",
+        ),
+        Binding("r", "refresh", "Refresh", show=False, id="dashboard.refresh", tooltip="Read now"),
+        Binding(
+            "w",
+            "save",
+            "Save",
+            show=False,
+            id="dashboard.save",
+            tooltip="Save the marked forward: restored at boot",
+        ),
+        Binding(
+            "f",
+            "forget",
+            "Forget",
+            show=False,
+            id="dashboard.forget",
+            tooltip="Forget the marked forward (not restored at boot; its rules stay)",
+        ),
+        Binding(
+            "e",
+            "export",
+            "Export",
+            show=False,
+            id="dashboard.export",
+            tooltip="Export the marked forward (restore text, commands, Ansible)",
+        ),
+        Binding(
+            "D",
+            "doctor",
+            "Doctor",
+            show=False,
+            id="dashboard.doctor",
+            tooltip="Diagnose the marked forward fully (probes the backend, reads conntrack)",
+        ),
+        Binding(
+            "K",
+            "kill_flows",
+            "Kill flows",
+            show=False,
+            id="dashboard.kill",
+            tooltip="Kill every flow of the marked forward (after a yes)",
         ),
         Binding(
             "1",
             "tab('rules')",
-            "Rules",
-            show=False,
+            "Tabs",
+            key_display="1-4",
             id="dashboard.rules",
-            tooltip="Show the rules tab",
+            tooltip="Tabs: 1 rules, 2 interfaces, 3 health, 4 history",
         ),
         Binding(
             "2",
@@ -133,96 +234,149 @@ class DashboardScreen(Screen[None]):
             "Ifaces",
             show=False,
             id="dashboard.ifaces",
-            tooltip="Show the interfaces tab",
+            tooltip="Interfaces",
         ),
         Binding(
-            "3",
-            "tab('health')",
-            "Health",
+            "3", "tab('health')", "Health", show=False, id="dashboard.health", tooltip="Health"
+        ),
+        Binding(
+            "4",
+            "tab('history')",
+            "History",
             show=False,
-            id="dashboard.health",
-            tooltip="Show the health of the selected forward",
+            id="dashboard.history",
+            tooltip="History: what happened in this session",
+        ),
+        Binding(
+            "tab,shift+tab",
+            "switch_focus",
+            "Next table",
+            show=False,
+            id="dashboard.tab",
+            tooltip="Between the forwards and the rules (and out of the filter box)",
         ),
         Binding("question_mark", "help", "Help", id="dashboard.help", tooltip="Every key"),
         Binding("q", "quit", "Quit", id="dashboard.quit", tooltip="Leave natbox"),
     ]
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        engine: EngineAPI,
+        confirm_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
+        self.engine = engine
+        self.confirm_seconds = confirm_seconds
+        """How long a new forward waits for `y` before it is rolled back."""
+        self.clock = clock
         self.data: Dashboard | None = None
-        self.counts: dict[str, tuple[int, int]] = {}
-        self._history: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=12))
-        self._last_io: dict[str, tuple[float, int, int]] = {}
-        self._rules_filter = ""
-        self._polls: dict[str, Timer] = {}
+        self.health: Mapping[str, Sequence[Finding]] = {}
+        """Findings per forward of the last health check (missing: not checked yet)."""
+        self.counts: Mapping[str, FlowCount] | None = None
+        """Flows per forward (None: the conntrack table has not been read yet)."""
+        self.selected: str | None = None
+        """The forward every action acts on, marked ▶ in the table."""
+        self.sort = "name"
+        self.needle = ""
+        """The filter (`/`): forwards and rules that contain it."""
+        self.goto_mode = False
         self.history: list[tuple[str, Forward]] = []
         """This session's changes, newest last: ("added" | "removed", forward), for `u`."""
+        self.events: list[str] = []
+        """What happened in this session, for the History tab (and what the toasts said)."""
+        self._iface_history: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=12))
+        self._last_io: dict[str, tuple[float, int, int]] = {}
+        self._polls: dict[str, Timer] = {}
+        self._rules_fingerprint: Hashable = None
+        self._flows_fingerprint: Hashable = None
+        self._unchanged_polls = 0
+        self._columns: list[str] = []
+        self._filter_timer: Timer | None = None
+        self._applying = False
+        self._want: str | None = None
+        """A forward to mark as soon as a read shows it (one just added)."""
 
     def compose(self) -> ComposeResult:
-        yield Header(icon="»")
+        yield Header(icon="≡")
         yield StatusBar("reading the firewall…", id="status")
         yield Static("", id="problem")
-        yield DataTable(id="forwards", cursor_type="row", zebra_stripes=True)
-        yield Static("no natbox forwards yet — press a to add one", id="forwards-empty")
+        yield Input(placeholder="filter: forwards and rules (Esc clears)", id="filter")
+        yield KeyedTable(id="forwards", cursor_type="row", zebra_stripes=True)
+        yield Static("reading the firewall…", id="forwards-empty")
         with TabbedContent(id="tabs"):
-            with TabPane("Rules", id="rules"):
+            with TabPane("1 Rules", id="rules"):
                 with Vertical():
-                    yield Input(placeholder="filter rules (Esc closes)", id="rules-filter")
-                    yield DataTable(id="rules-table", cursor_type="row")
-            with TabPane("Interfaces", id="interfaces"):
-                yield DataTable(id="ifaces", cursor_type="row")
-            with TabPane("Health", id="health"):
+                    yield KeyedTable(id="rules-table", cursor_type="row")
+                    yield Static("", id="rule-detail", markup=False)
+            with TabPane("2 Interfaces", id="interfaces"):
+                yield KeyedTable(id="ifaces", cursor_type="row")
+            with TabPane("3 Health", id="health"):
                 with VerticalScroll():
                     yield Static("", id="health-detail")
-        yield Footer()
+            with TabPane("4 History", id="history"):
+                with VerticalScroll():
+                    yield Static("nothing changed in this session yet", id="history-log")
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self.title = "natbox"
-        forwards = self.forwards_table
-        # Most telling first, so 80 columns show name, path, health and traffic.
-        forwards.add_column("NAME", key="name")
-        forwards.add_column("PROTO", key="proto")
-        forwards.add_column("LISTEN → BACKEND", key="path")
-        forwards.add_column("HEALTH", key="health")
-        forwards.add_column("FLOWS", key="flows")
-        forwards.add_column("BYTES", key="bytes")
-        forwards.add_column("SAVED", key="saved")
-        forwards.add_column("SNAT", key="snat")
-        forwards.add_column("OPTS", key="opts")
-        forwards.display = False
+        self.sub_title = "? keys · ctrl+p commands"
+        self.forwards_table.display = False
         rules = self.rules_table
-        for col in ("#", "OWNER", "PKTS", "RULE"):
-            rules.add_column(col, key=col)
-        ifaces = self.query_one("#ifaces", DataTable)
+        for key, label in (("n", "#"), ("owner", "OWNER"), ("pkts", "PKTS")):
+            rules.add_column(label, key=key)
+        rules.add_column("TARGET", key="target")
+        rules.add_column("MATCH", key="match")
+        ifaces = self.query_one("#ifaces", KeyedTable)
         for col in ("NAME", "UP", "MTU", "ADDRESSES", "RX", "TX", "TRAFFIC"):
             ifaces.add_column(col, key=col)
-        self.load_dashboard()
-        self.count_flows()
+        # Tab goes from the forwards straight to the rules (1-4 switch tabs; no stop on the tab bar).
+        self.query_one("#tabs", TabbedContent).query_one(Tabs).can_focus = False
+        self.forwards_table.focus()
+        self.read_rules(self.engine, None)
+        self.count_flows(self.engine, None)
 
     # ---------------------------------------------------------------- workers
 
     @work(
-        thread=True, exclusive=True, group="rules", exit_on_error=False, description="Reading rules"
+        thread=True, exclusive=True, group="rules", exit_on_error=False, description="reading rules"
     )
-    def load_dashboard(self) -> None:
-        """Read rules, forwards and interfaces off the UI thread."""
-        data = self.app.engine.dashboard()  # type: ignore[attr-defined]
-        self.post_message(DashboardLoaded(data))
+    def read_rules(self, engine: EngineAPI, last: Hashable, interfaces: bool = False) -> None:
+        """Read rules and forwards unless the fingerprint says nothing changed since `last`."""
+        fingerprint = engine.fingerprint()
+        if last is not None and fingerprint == last:
+            ifaces = None
+            if interfaces:
+                ifaces = engine.dashboard().interfaces
+            self.post_message(DashboardUnchanged(ifaces, time.time()))
+            return
+        self.post_message(DashboardLoaded(engine.dashboard(), fingerprint))
+
+    @work(
+        thread=True,
+        exclusive=True,
+        group="health",
+        exit_on_error=False,
+        description="checking health",
+    )
+    def check_health(self, engine: EngineAPI, data: Dashboard) -> None:
+        """The cheap checks of each forward (after the rules are on screen)."""
+        self.post_message(HealthChecked(dict(engine.health(data)), data.taken_at))
 
     @work(
         thread=True,
         exclusive=True,
         group="flows",
         exit_on_error=False,
-        description="Counting flows",
+        description="counting flows",
     )
-    def count_flows(self) -> None:
-        """Read the conntrack table and count flows and bytes per forward."""
-        try:
-            snap = self.app.engine.flows()  # type: ignore[attr-defined]
-        except NatboxError:
-            self.app.call_from_thread(self._schedule_flows)
+    def count_flows(self, engine: EngineAPI, last: Hashable) -> None:
+        """Count flows and bytes per forward, unless nothing changed since `last`."""
+        fingerprint = engine.fingerprint()
+        if last is not None and fingerprint == last:
             return
+        snap = engine.flows()
         counts: dict[str, list[int]] = {}
         owner = snap.index
         for flow in snap.flows:
@@ -231,7 +385,22 @@ class DashboardScreen(Screen[None]):
                 entry = counts.setdefault(name, [0, 0])
                 entry[0] += 1
                 entry[1] += flow.bytes
-        self.post_message(FlowsCounted({k: (v[0], v[1]) for k, v in counts.items()}, snap))
+        result = {k: FlowCount(v[0], v[1]) for k, v in counts.items()}
+        self.post_message(FlowsCounted(result, snap.fill, fingerprint))
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The one place that sees every worker end: a failure is said, and polling goes on."""
+        worker = event.worker
+        if event.state == WorkerState.ERROR:
+            error = worker.error
+            text = error.one_line() if isinstance(error, NatboxError) else f"{error!r}"
+            what = worker.description or worker.group
+            self.say(f"{what} failed: {text}", severity="error", title="natbox")
+        if event.state in (WorkerState.SUCCESS, WorkerState.ERROR):
+            if worker.group == "rules":
+                self._schedule("rules", RULES_EVERY, self._poll_rules)
+            elif worker.group == "flows":
+                self._schedule("flows", FLOWS_EVERY, self._poll_flows)
 
     def _polling_paused(self) -> bool:
         # Nothing is read while a modal (or another screen) is in front.
@@ -243,23 +412,20 @@ class DashboardScreen(Screen[None]):
             self._polls[what].stop()
         self._polls[what] = self.set_timer(delay, callback)
 
-    def _schedule_rules(self) -> None:
-        self._schedule("rules", RULES_EVERY, self._poll_rules)
-
-    def _schedule_flows(self) -> None:
-        self._schedule("flows", FLOWS_EVERY, self._poll_flows)
-
     def _poll_rules(self) -> None:
         if self._polling_paused():
-            self._schedule_rules()
-        else:
-            self.load_dashboard()
+            self._schedule("rules", RULES_EVERY, self._poll_rules)
+            return
+        self._unchanged_polls += 1
+        last = self._rules_fingerprint if self._unchanged_polls < FULL_READ_EVERY else None
+        tabs = self.query_one("#tabs", TabbedContent)
+        self.read_rules(self.engine, last, tabs.active == "interfaces")
 
     def _poll_flows(self) -> None:
         if self._polling_paused():
-            self._schedule_flows()
+            self._schedule("flows", FLOWS_EVERY, self._poll_flows)
         else:
-            self.count_flows()
+            self.count_flows(self.engine, self._flows_fingerprint)
 
     # ---------------------------------------------------------------- handlers
 
@@ -267,142 +433,286 @@ class DashboardScreen(Screen[None]):
     def _loaded(self, message: DashboardLoaded) -> None:
         data = message.data
         self.data = data
+        self._rules_fingerprint = message.fingerprint
+        self._unchanged_polls = 0
         if data.recovered:
-            self.notify(data.recovered, title="natbox recovered", severity="warning", timeout=10)
+            self.say(data.recovered, title="natbox recovered", severity="warning", timeout=10)
         with self.app.batch_update():
-            self.status_bar.show(
-                host=data.host,
-                backend=data.backend,
-                ip_forward=data.ip_forward,
-                fill=data.fill,
-                read_only=data.read_only,
-                warnings=len(data.warnings),
-            )
+            self._show_status()
             problem = self.query_one("#problem", Static)
             lines = ([data.error] if data.error else []) + [f"⚠ {w}" for w in data.warnings]
             problem.update("\n".join(lines))
             problem.set_class(bool(lines), "-visible")
             self._fill_forwards()
             self._fill_rules()
-            self._fill_interfaces()
+            self._fill_interfaces(data.interfaces, data.taken_at)
             self._fill_health()
-        self._schedule_rules()
+        self.check_health(self.engine, data)
+
+    @on(DashboardUnchanged)
+    def _unchanged(self, message: DashboardUnchanged) -> None:
+        if message.interfaces is not None:
+            self._fill_interfaces(message.interfaces, message.taken_at)
+
+    @on(HealthChecked)
+    def _health_checked(self, message: HealthChecked) -> None:
+        if self.data is None or message.taken_at != self.data.taken_at:
+            return
+        self.health = message.health
+        self._fill_forwards()
+        self._fill_health()
 
     @on(FlowsCounted)
     def _counted(self, message: FlowsCounted) -> None:
         self.counts = message.counts
+        self._flows_fingerprint = message.fingerprint
         if self.data is not None:
-            self.data.fill = message.snapshot.fill
-            self.status_bar.show(
-                host=self.data.host,
-                backend=self.data.backend,
-                ip_forward=self.data.ip_forward,
-                fill=message.snapshot.fill,
-                read_only=self.data.read_only,
-                warnings=len(self.data.warnings),
-            )
-        table = self.forwards_table
-        for row_key in table.rows:
-            name = str(row_key.value)
-            n, b = self.counts.get(name, (0, 0))
-            table.update_cell(row_key, "flows", str(n))
-            table.update_cell(row_key, "bytes", human_bytes(b))
-        self._schedule_flows()
+            self._show_status(message.fill)
+            self._fill_forwards()
 
     @on(ForwardRemoved)
     def _removed(self, message: ForwardRemoved) -> None:
-        self.notify(f"removed {message.name} ({message.seconds * 1000:.0f} ms)", title="natbox")
-        self.load_dashboard()
+        self.say(f"removed {message.name} ({message.seconds * 1000:.0f} ms)", title="natbox")
+        self.action_refresh(quiet=True)
 
-    @on(DataTable.RowHighlighted, "#forwards")
-    def _forward_highlighted(self) -> None:
+    @on(KeyedTable.RowHighlighted, "#forwards")
+    def _forward_highlighted(self, event: KeyedTable.RowHighlighted) -> None:
+        name = str(event.row_key.value) if event.row_key is not None else None
+        if name != self.selected:
+            self._select(name)
+
+    @on(KeyedTable.RowHighlighted, "#rules-table")
+    def _rule_highlighted(self) -> None:
+        self._show_rule_detail()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Enter belongs to the filter box while it has the focus (it keeps the filter)."""
+        if action == "flows_of_forward" and isinstance(self.focused, Input):
+            return False
+        return True
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        text = event.value.strip().lower()
+        if self.goto_mode:
+            self._goto(text)
+            return
+        self.needle = text
+        # Typing never waits for the tables: they follow 0.15 s after the last key.
+        if self._filter_timer is not None:
+            self._filter_timer.stop()
+        self._filter_timer = self.set_timer(FILTER_DELAY, self._apply_filter)
+
+    def _apply_filter(self) -> None:
+        self._filter_timer = None
+        self._fill_forwards()
         self._fill_rules()
-        self._fill_health()
 
-    @on(Input.Changed, "#rules-filter")
-    def _rules_filter_changed(self, event: Input.Changed) -> None:
-        self._rules_filter = event.value.strip().lower()
-        self._fill_rules()
+    @on(Input.Submitted, "#filter")
+    def _filter_submitted(self) -> None:
+        # Enter keeps the filter and gives the keys back to the forwards (d, Enter act on ▶).
+        box = self.query_one("#filter", Input)
+        if self._filter_timer is not None:
+            self._filter_timer.stop()
+            self._apply_filter()
+        if self.goto_mode or not box.value:
+            self._close_filter()
+        self.forwards_table.focus()
 
-    @on(DataTable.RowSelected, "#forwards")
-    def _forward_selected(self) -> None:
-        self.action_flows_of_forward()
-
-    def on_key(self, event: events.Key) -> None:
-        box = self.query_one("#rules-filter", Input)
+    def on_key(self, event: Any) -> None:
+        box = self.query_one("#filter", Input)
         if event.key == "escape" and box.has_class("-visible"):
+            event.stop()
+            self._close_filter()
+
+    def _close_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        was_goto, self.goto_mode = self.goto_mode, False
+        box.remove_class("-visible")
+        if box.value:
             box.value = ""
-            box.remove_class("-visible")
-            self.rules_table.focus()
+        if not was_goto and self.needle:
+            self.needle = ""
+            self._fill_forwards()
+            self._fill_rules()
+        self.forwards_table.focus()
+
+    @on(ScreenResume)
+    def _resumed(self) -> None:
+        # Back from the viewer, the wizard or a dialog: Enter, d, u act on the marked forward
+        # whatever has the focus; give the focus back only if nothing has it.
+        if self.focused is None:
+            self.set_focus(self.forwards_table)  # now, not deferred: the next key is typed ahead
+
+    def on_resize(self, event: Resize) -> None:
+        if self.data is not None:
+            self._fill_forwards()
 
     # ---------------------------------------------------------------- filling
 
-    @property
-    def selected_forward(self) -> str | None:
-        """The name of the forward under the cursor, if any."""
-        table = self.forwards_table
-        if not table.row_count:
-            return None
-        row_key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
-        return str(row_key.value)
+    def say(
+        self,
+        text: str,
+        *,
+        severity: SeverityLevel = "information",
+        title: str = "",
+        timeout: float | None = None,
+    ) -> None:
+        """A toast, also kept in the History tab."""
+        stamp = time.strftime("%H:%M:%S")
+        self.events.append(f"{stamp}  {text}")
+        self.notify(text, title=title, severity=severity, timeout=timeout)
+        log = self.query_one("#history-log", Static)
+        log.update("\n".join(reversed(self.events[-200:])))
 
-    def _fill_forwards(self) -> None:
+    def _show_status(self, fill: Any = None) -> None:
+        data = self.data
+        assert data is not None
+        self.status_bar.show(
+            host=data.host,
+            backend=data.backend,
+            ip_forward=data.ip_forward,
+            fill=fill or data.fill,
+            read_only=data.read_only,
+            warnings=len(data.warnings),
+        )
+
+    def _visible_forwards(self) -> list[ForwardState]:
         assert self.data is not None
-        table = self.forwards_table
-        keep = self.selected_forward
-        table.clear()
-        for state in self.data.forwards:
-            f = state.forward
-            n, b = self.counts.get(state.name, (0, 0))
-            health = health_cell(self.data.health.get(state.name, []), state.intact)
-            known = self.data.saved
-            saved = (
-                "?"
-                if known is None
-                else Text("yes", style="green")
-                if state.name in known
-                else "no"
-            )
-            if f is None:
-                cells: list[str | Text] = [
-                    state.name,
-                    "?",
-                    "?",
-                    health,
-                    str(n),
-                    human_bytes(b),
-                    saved,
-                    "?",
-                    "",
-                ]
-            else:
-                opts = " ".join(
+        needle = self.needle
+        states = [
+            s
+            for s in self.data.forwards
+            if not needle
+            or needle in s.name.lower()
+            or (s.forward is not None and needle in path_text(s.forward).lower())
+        ]
+        counts = self.counts or {}
+        if self.sort == "flows":
+            states.sort(key=lambda s: -counts.get(s.name, FlowCount(0, 0)).flows)
+        elif self.sort == "bytes":
+            states.sort(key=lambda s: -counts.get(s.name, FlowCount(0, 0)).bytes)
+        elif self.sort == "health":
+            states.sort(key=lambda s: _health_rank(self.health.get(s.name), s.intact))
+        else:
+            states.sort(key=lambda s: s.name)
+        return states
+
+    def _forward_cells(self, state: ForwardState) -> dict[str, Cell]:
+        assert self.data is not None
+        f = state.forward
+        marked = state.name == self.selected
+        count = None if self.counts is None else self.counts.get(state.name, FlowCount(0, 0))
+        known = self.data.saved
+        cells: dict[str, Cell] = {
+            "mark": MARK if marked else " ",
+            "name": Text(state.name, style="bold" if marked else ""),
+            "health": health_cell(self.health.get(state.name), state.intact),
+            "flows": "…" if count is None else str(count.flows),
+            "bytes": "…" if count is None else human_bytes(count.bytes),
+            "saved": "?" if known is None else ("yes" if state.name in known else "no"),
+        }
+        if f is None:
+            cells.update(path="?", proto="?", snat="?", opts="")
+        else:
+            cells.update(
+                path=path_text(f),
+                proto=f.proto,
+                snat="masq" if f.masquerade else str(f.snat),
+                opts=" ".join(
                     o
                     for o, on_ in (
                         ("mss", f.mss_clamp),
+                        ("local", f.local),
                         (f"from {len(f.sources)}", bool(f.sources)),
                     )
                     if on_
-                )
-                snat = "masq" if f.masquerade else str(f.snat)
-                path = f"{f.listen} → {f.backend}"
-                cells = [f.name, f.proto, path, health, str(n), human_bytes(b), saved, snat, opts]
-            table.add_row(*cells, key=state.name)
-        has_rows = bool(self.data.forwards)
-        table.display = has_rows
-        self.query_one("#forwards-empty", Static).display = not has_rows
-        if keep is not None and keep in [s.name for s in self.data.forwards]:
-            table.move_cursor(row=table.get_row_index(keep))
+                ),
+            )
+        return cells
 
-    def _fill_rules(self) -> None:
+    def _fit_columns(self, rows: list[dict[str, Cell]]) -> list[str]:
+        """The columns that fit the screen's width, most telling first."""
+        room = max(self.size.width, 40) - 2  # the scrollbar
+        chosen: list[str] = []
+        used = 0
+        for key, label in FORWARD_COLUMNS:
+            width = max([len(label)] + [len(str(r[key])) for r in rows]) + 2
+            if key in ALWAYS or used + width <= room:
+                chosen.append(key)
+                used += width
+        return chosen
+
+    def _fill_forwards(self) -> None:
         if self.data is None:
             return
-        table = self.rules_table
-        selected = self.selected_forward
-        needle = self._rules_filter
-        table.clear()
-        for tname, chain in self.data.chains:
-            policy = f"policy {chain.policy}" if chain.policy else "natbox's chain"
+        table = self.forwards_table
+        states = self._visible_forwards()
+        if self._want is not None and self._want in [s.name for s in states]:
+            self.selected, self._want = self._want, None
+        cells = [self._forward_cells(s) for s in states]
+        columns = self._fit_columns(cells)
+        if columns != self._columns:
+            # The width changed which columns fit: the one time the table is rebuilt.
+            keep = table.cursor_key
+            table.clear(columns=True)
+            for key, label in FORWARD_COLUMNS:
+                if key in columns:
+                    table.add_column(label, key=key)
+            self._columns = columns
+            table.sync(
+                [(s.name, [c[k] for k in columns]) for s, c in zip(states, cells, strict=True)]
+            )
+            if keep is not None and keep in table.rows:
+                table.move_cursor(row=table.get_row_index(keep), scroll=False)
+        else:
+            table.sync(
+                [(s.name, [c[k] for k in columns]) for s, c in zip(states, cells, strict=True)]
+            )
+        has_rows = bool(self.data.forwards)
+        table.display = bool(states)
+        empty = self.query_one("#forwards-empty", Static)
+        if not has_rows:
+            empty.update("no natbox forwards yet — press a to add one")
+        elif not states:
+            empty.update(f"no forward matches “{self.needle}” (Esc clears the filter)")
+        empty.display = not states
+        names = [s.name for s in states]
+        if self.selected not in names:
+            self._select(table.cursor_key if table.row_count else None)
+        elif table.cursor_key != self.selected:
+            # The cursor and the mark are one: the cursor goes where the mark is.
+            table.move_cursor(row=table.get_row_index(self.selected))
+
+    def _select(self, name: str | None) -> None:
+        """Mark `name` as the forward every action acts on."""
+        old, self.selected = self.selected, name
+        table = self.forwards_table
+        if "mark" in [c.key.value for c in table.ordered_columns]:
+            for key, mark in ((old, " "), (name, MARK)):
+                if key is not None and key in table.rows:
+                    table.update_cell(key, "mark", mark)
+                    table.update_cell(key, "name", Text(key, style="bold" if mark != " " else ""))
+        if name is not None and name in table.rows and table.cursor_key != name:
+            table.move_cursor(row=table.get_row_index(name))
+        self._fill_rules()
+        self._fill_health()
+
+    def select_forward(self, name: str) -> None:
+        """Put the mark (and the cursor) on `name`, e.g. a forward just added (now, or as soon as
+        a read shows it)."""
+        if name in self.forwards_table.rows:
+            self._select(name)
+        else:
+            self._want = name
+
+    def _rule_rows(self) -> list[Row]:
+        assert self.data is not None
+        selected = self.selected
+        needle = self.needle
+        rows: list[Row] = []
+        for shown in self.data.chains:
+            chain = shown.chain
             rules = [
                 (i, r)
                 for i, r in enumerate(chain.rules, 1)
@@ -410,29 +720,77 @@ class DashboardScreen(Screen[None]):
             ]
             if needle and not rules:
                 continue
-            head = Text(f"{tname} {chain.name} — {policy}", style="bold underline")
-            table.add_row("", "", str(chain.packets) if chain.policy else "", head)
+            rows.append((shown.key, self._chain_header(shown)))
             for i, rule in rules:
-                owner = rule.owner
-                mine = selected is not None and owner == f"natbox:{selected}"
-                style = "reverse green" if mine else OWNER_STYLE.get(owner.split(":")[0], "")
-                table.add_row(
-                    str(i),
-                    Text(owner, style=style),
-                    str(rule.packets),
-                    Text(shown_rule(rule.spec), style="bold" if mine else ""),
-                )
+                rows.append((f"{shown.key}/{i}", self._rule_cells(i, rule, selected)))
+        return rows
 
-    def _fill_health(self) -> None:
-        """The selected forward's findings, each with its fix."""
+    @staticmethod
+    def _chain_header(shown: ShownChain) -> list[Cell]:
+        chain = shown.chain
+        policy = f"policy {chain.policy}" if chain.policy else "natbox's chain"
+        table = f"ip6 {shown.table}" if shown.family == 6 else shown.table
+        return [
+            "",
+            Text(table, style="bold"),
+            str(chain.packets) if chain.policy else "",
+            Text(chain.name, style="bold underline"),
+            Text(policy, style="dim"),
+        ]
+
+    @staticmethod
+    def _rule_cells(i: int, rule: Rule, selected: str | None) -> list[Cell]:
+        owner = rule.owner
+        mine = selected is not None and owner == f"natbox:{selected}"
+        style = "reverse green" if mine else OWNER_STYLE.get(owner.split(":")[0], "")
+        target, match = split_target(rule.spec)
+        return [
+            str(i),
+            Text(f"{MARK}{owner}" if mine else owner, style=style),
+            str(rule.packets),
+            Text(target, style="bold" if mine else ""),
+            Text(match, style="bold" if mine else ""),
+        ]
+
+    def _fill_rules(self) -> None:
         if self.data is None:
             return
-        name = self.selected_forward
+        self.rules_table.sync(self._rule_rows())
+        self._show_rule_detail()
+
+    def _show_rule_detail(self) -> None:
+        """The full text of the rule under the rules cursor (the table may cut it at 80 columns)."""
+        if self.data is None:
+            return
+        key = self.rules_table.cursor_key
+        text = ""
+        if key is not None and key.count("/") == 2:
+            for shown in self.data.chains:
+                if shown.key == key:
+                    c = shown.chain
+                    what = f"policy {c.policy}" if c.policy else "natbox's own chain"
+                    text = f"{shown.title}: {what}, {len(c.rules)} rules (↑↓: each rule in full)"
+        if key is not None and key.count("/") == 3:
+            family, table, chain, index = key.split("/")
+            for shown in self.data.chains:
+                if shown.key == f"{family}/{table}/{chain}":
+                    rule = shown.chain.rules[int(index) - 1]
+                    ip = "ip6tables" if shown.family == 6 else "iptables"
+                    text = f"{ip} -t {table} -A {chain} {shown_rule(rule.spec)}  [{rule.owner}]"
+        self.query_one("#rule-detail", Static).update(text)
+
+    def _fill_health(self) -> None:
+        """The marked forward's findings, each with its fix."""
+        if self.data is None:
+            return
+        name = self.selected
         text = Text()
         if name is None:
             text.append("no forward selected", style="dim")
+        elif name not in self.health:
+            text.append(f"{name}: checking…", style="dim")
         else:
-            findings = self.data.health.get(name, [])
+            findings = self.health[name]
             text.append(f"{name}: ", style="bold")
             serious = [f for f in findings if f.severity != "info"]
             text.append(
@@ -448,51 +806,88 @@ class DashboardScreen(Screen[None]):
             )
         self.query_one("#health-detail", Static).update(text)
 
-    def _fill_interfaces(self) -> None:
-        assert self.data is not None
-        table = self.query_one("#ifaces", DataTable)
-        table.clear()
-        now = self.data.taken_at
-        for iface in self.data.interfaces:
+    def _fill_interfaces(self, interfaces: Sequence[Any], now: float) -> None:
+        table = self.query_one("#ifaces", KeyedTable)
+        rows: list[Row] = []
+        for iface in interfaces:
             rx_rate = tx_rate = 0.0
             last = self._last_io.get(iface.name)
             if last is not None and now > last[0]:
                 dt = now - last[0]
                 rx_rate = max(0, iface.rx_bytes - last[1]) / dt
                 tx_rate = max(0, iface.tx_bytes - last[2]) / dt
-                self._history[iface.name].append(rx_rate + tx_rate)
+                self._iface_history[iface.name].append(rx_rate + tx_rate)
             self._last_io[iface.name] = (now, iface.rx_bytes, iface.tx_bytes)
-            table.add_row(
-                iface.name,
-                Text("up", style="green") if iface.up else Text("down", style="red"),
-                str(iface.mtu),
-                " ".join(iface.addresses) or "-",
-                rate(rx_rate),
-                rate(tx_rate),
-                spark(self._history[iface.name]),
+            rows.append(
+                (
+                    iface.name,
+                    [
+                        iface.name,
+                        Text("up", style="green") if iface.up else Text("DOWN", style="red"),
+                        str(iface.mtu),
+                        " ".join(iface.addresses) or "-",
+                        rate(rx_rate),
+                        rate(tx_rate),
+                        spark(self._iface_history[iface.name]),
+                    ],
+                )
             )
+        table.sync(rows)
 
     # ---------------------------------------------------------------- actions
 
+    def _selected_state(self) -> ForwardState | None:
+        if self.data is None or self.selected is None:
+            return None
+        return next((s for s in self.data.forwards if s.name == self.selected), None)
+
+    def _named(self, name: str) -> str:
+        """`web (192.168.1.30:1234 → 10.0.2.50:80)`: how dialogs name a forward."""
+        state = next((s for s in (self.data.forwards if self.data else ()) if s.name == name), None)
+        if state is None or state.forward is None:
+            return name
+        return f"{name} ({path_text(state.forward)})"
+
     def action_add(self) -> None:
         if self.data is not None and self.data.read_only:
-            self.notify("read-only: run natbox with sudo to add forwards", severity="warning")
+            self.say("read-only: run natbox with sudo to add forwards", severity="warning")
             return
-        self._wizard()
-
-    @work(exclusive=True, group="wizard", exit_on_error=False)
-    async def _wizard(self) -> None:
         from tui.screens.wizard import WizardScreen
 
-        addresses = await self._in_thread(self.app.engine.local_addresses)  # type: ignore[attr-defined]
-        result = await self.app.push_screen_wait(WizardScreen(addresses, self._window))
-        if result is not None:
-            await self._apply_with_window(result.forward, result.enable_forwarding)
+        # Pushed at once, with what is known now: keys typed ahead land in the wizard's fields.
+        forwards = [s.forward for s in (self.data.forwards if self.data else ()) if s.forward]
+        taken = {
+            (proto, port)
+            for f in forwards
+            for proto in f.protocols
+            for port in range(f.listen.port, f.listen.port_end + 1)
+        }
+        wizard = WizardScreen(self.engine, self.local_addresses(), self.confirm_seconds, taken)
+        self.app.push_screen(wizard, self._wizard_done)
 
-    async def _in_thread(self, fn: Callable[[], Any]) -> Any:
-        worker = self.app.run_worker(
-            fn, thread=True, exit_on_error=False, description="Engine call"
-        )
+    def _wizard_done(self, result: Any) -> None:
+        if result is not None:
+            self._applying = True  # keys typed ahead (the `y`) wait for the confirm window
+            self._apply_result(result.forward, result.enable_forwarding)
+
+    @property
+    def accepting_keys(self) -> bool:
+        """False while an apply runs: keys typed ahead wait for the countdown (see NatboxApp)."""
+        return not self._applying
+
+    def local_addresses(self) -> list[tuple[str, str]]:
+        """This box's addresses from the last read, the default route's interface first."""
+        data = self.data
+        if data is None:
+            return []
+        return [(a, i.name) for i in data.interfaces for a in i.addresses]
+
+    @work(exclusive=True, group="wizard", exit_on_error=False, description="applying")
+    async def _apply_result(self, fwd: Forward, enable_forwarding: bool) -> None:
+        await self._apply_with_window(fwd, enable_forwarding)
+
+    async def _in_thread(self, fn: Callable[[], Any], description: str = "engine call") -> Any:
+        worker = self.app.run_worker(fn, thread=True, exit_on_error=False, description=description)
         try:
             return await worker.wait()
         except WorkerFailed as failed:
@@ -505,40 +900,57 @@ class DashboardScreen(Screen[None]):
         """Apply `fwd` with the confirm window; True when the user kept it."""
         from tui.screens.countdown import CountdownScreen
 
-        engine = self.app.engine  # type: ignore[attr-defined]
+        engine = self.engine
+        window = self.confirm_seconds
+        self._applying = True
         try:
             await self._in_thread(
                 lambda: engine.apply(
-                    fwd, confirm_seconds=self._window, enable_forwarding=enable_forwarding
-                )
+                    fwd, confirm_seconds=window, enable_forwarding=enable_forwarding
+                ),
+                "applying",
             )
         except NatboxError as exc:
-            self.notify(exc.one_line(), severity="error")
+            self.say(exc.one_line(), severity="error")
             return False
-        self.load_dashboard()
-        keep = await self.app.push_screen_wait(CountdownScreen(fwd.name, self._window))
+        finally:
+            self._applying = False
+        self.action_refresh(quiet=True)
+        answer = await self.app.push_screen_wait(
+            CountdownScreen(fwd.name, path_text(fwd), window, self.clock)
+        )
+        kept = False
         try:
-            if keep:
-                await self._in_thread(engine.confirm)
+            if answer == "keep":
+                await self._in_thread(engine.confirm, "confirming")
                 self.history.append(("added", fwd))
-                self.notify(f"kept {fwd.name}", title="natbox")
+                self.say(f"kept {self._named_forward(fwd)}", title="natbox")
+                kept = True
             else:
-                await self._in_thread(engine.rollback)
-                self.notify(f"rolled back {fwd.name}", title="natbox")
-        except NatboxError as exc:  # e.g. the watchdog rolled it back a moment earlier
-            self.notify(exc.message, severity="warning")
-            keep = False
-        self.load_dashboard()
-        self.count_flows()
-        return bool(keep)
+                await self._in_thread(engine.rollback, "rolling back")
+                self._say_rolled_back(fwd, answer == "expired")
+        except NatboxError:
+            # The watchdog got there first (the deadline passed): it rolled the forward back.
+            self._say_rolled_back(fwd, True)
+        self.action_refresh(quiet=True)
+        if kept:
+            self.select_forward(fwd.name)
+        return kept
+
+    def _named_forward(self, fwd: Forward) -> str:
+        return f"{fwd.name} ({path_text(fwd)})"
+
+    def _say_rolled_back(self, fwd: Forward, expired: bool) -> None:
+        why = f"not confirmed within {self.confirm_seconds:.0f} s" if expired else "you chose n"
+        self.say(f"{fwd.name} rolled back: {why}", title="natbox", severity="warning")
 
     def action_undo(self) -> None:
         if not self.history:
-            self.notify("nothing to undo in this session", severity="warning")
+            self.say("nothing to undo in this session", severity="warning")
             return
         self._undo()
 
-    @work(exclusive=True, group="undo", exit_on_error=False)
+    @work(exclusive=True, group="undo", exit_on_error=False, description="undo")
     async def _undo(self) -> None:
         from tui.screens.confirm import ConfirmScreen
 
@@ -547,19 +959,19 @@ class DashboardScreen(Screen[None]):
             try:
                 lines = await self._preview_remove(fwd.name)
             except NatboxError as exc:
-                self.notify(exc.one_line(), severity="error")
+                self.say(exc.one_line(), severity="error")
                 return
             detail = "\n".join(f"*{t}\n" + "\n".join(ls) for t, ls in lines.items())
             if await self.app.push_screen_wait(
-                ConfirmScreen(f"Undo: remove {fwd.name}? These rules go:", detail)
+                ConfirmScreen(f"Undo: remove {self._named_forward(fwd)}? These rules go:", detail)
             ):
                 self.history.pop()
-                self._do_remove(fwd.name, record=False)
+                self._do_remove(self.engine, fwd.name, None)
         else:
             plan = build_plan(fwd)
             detail = "\n".join(plan.plain()) + "\n\n" + plan.restore_text()
             if await self.app.push_screen_wait(
-                ConfirmScreen(f"Undo: add {fwd.name} back?", detail)
+                ConfirmScreen(f"Undo: add {self._named_forward(fwd)} back?", detail)
             ):
                 self.history.pop()
                 await self._apply_with_window(fwd)
@@ -567,49 +979,138 @@ class DashboardScreen(Screen[None]):
                     self.history.pop()  # re-adding what was removed is not a new change to undo
 
     def action_remove(self) -> None:
-        name = self.selected_forward
+        name = self.selected
         if name is None:
-            self.notify("no forward selected", severity="warning")
+            self.say("no forward selected", severity="warning")
             return
         if self.data is not None and self.data.read_only:
-            self.notify("read-only: run natbox with sudo to remove forwards", severity="warning")
+            self.say("read-only: run natbox with sudo to remove forwards", severity="warning")
             return
-        self._confirm_remove(name)
+        state = self._selected_state()
+        self._confirm_remove(name, state.forward if state else None)
 
-    @work(exclusive=True, group="remove", exit_on_error=False)
-    async def _confirm_remove(self, name: str) -> None:
+    @work(exclusive=True, group="remove", exit_on_error=False, description="remove")
+    async def _confirm_remove(self, name: str, before: Forward | None) -> None:
         from tui.screens.confirm import ConfirmScreen
 
         try:
             lines = await self._preview_remove(name)
         except NatboxError as exc:
-            self.notify(exc.one_line(), severity="error")
+            self.say(exc.one_line(), severity="error")
             return
         detail = "\n".join(f"*{t}\n" + "\n".join(ls) for t, ls in lines.items())
         if await self.app.push_screen_wait(
-            ConfirmScreen(f"Remove forward {name}? These rules go:", detail)
+            ConfirmScreen(f"Remove forward {self._named(name)}? These rules go:", detail)
         ):
-            self._do_remove(name, record=True)
+            self._do_remove(self.engine, name, before)
 
     async def _preview_remove(self, name: str) -> dict[str, list[str]]:
+        engine = self.engine
         result: dict[str, list[str]] = await self._in_thread(
-            lambda: self.app.engine.preview_remove(name)  # type: ignore[attr-defined]
+            lambda: engine.preview_remove(name), "reading the rules to remove"
         )
         return result
 
-    @work(thread=True, exclusive=True, group="remove", exit_on_error=False, description="Removing")
-    def _do_remove(self, name: str, record: bool) -> None:
-        before = next(
-            (s.forward for s in (self.data.forwards if self.data else []) if s.name == name), None
-        )
-        try:
-            outcome = self.app.engine.remove(name)  # type: ignore[attr-defined]
-        except NatboxError as exc:
-            self.app.call_from_thread(self.notify, exc.one_line(), severity="error")
-            return
-        if record and before is not None:
-            self.history.append(("removed", before))
+    @work(thread=True, exclusive=True, group="remove", exit_on_error=False, description="removing")
+    def _do_remove(self, engine: EngineAPI, name: str, before: Forward | None) -> None:
+        outcome = engine.remove(name)
+        self.app.call_from_thread(self._record_removal, before)
         self.post_message(ForwardRemoved(name, outcome.seconds))
+
+    def _record_removal(self, before: Forward | None) -> None:
+        if before is not None:
+            self.history.append(("removed", before))
+
+    def _marked(self, verb: str, writes: bool = True) -> str | None:
+        """The marked forward for an action, or None (said why)."""
+        if self.selected is None:
+            self.say("no forward selected", severity="warning")
+            return None
+        if writes and self.data is not None and self.data.read_only:
+            self.say(f"read-only: run natbox with sudo to {verb}", severity="warning")
+            return None
+        return self.selected
+
+    def action_save(self) -> None:
+        name = self._marked("save forwards")
+        if name is not None:
+            self._engine_call(lambda: self.engine.save(name), "saving", refresh=True)
+
+    def action_forget(self) -> None:
+        name = self._marked("forget forwards")
+        if name is not None:
+            self._engine_call(lambda: self.engine.forget(name), "forgetting", refresh=True)
+
+    @work(thread=True, group="calls", exit_on_error=False, description="engine call")
+    def _engine_call(self, call: Callable[[], str], what: str, refresh: bool = False) -> None:
+        """One engine call that says what it did (its failure: the StateChanged handler)."""
+        try:
+            said = call()
+        except NatboxError as exc:
+            self.app.call_from_thread(self.say, exc.one_line(), severity="error")
+            return
+        self.app.call_from_thread(self.say, said, title="natbox")
+        if refresh:
+            self.app.call_from_thread(self.action_refresh, True)
+
+    def action_export(self) -> None:
+        name = self._marked("export", writes=False)
+        if name is not None:
+            self._export(self.engine, name)
+
+    @work(thread=True, group="calls", exit_on_error=False, description="exporting")
+    def _export(self, engine: EngineAPI, name: str) -> None:
+        try:
+            parts = [
+                f"# {fmt}\n{engine.export(name, fmt)}" for fmt in ("restore", "commands", "ansible")
+            ]
+        except NatboxError as exc:
+            self.app.call_from_thread(self.say, exc.one_line(), severity="error")
+            return
+        from tui.screens.confirm import TextScreen
+
+        self.app.call_from_thread(
+            self.app.push_screen, TextScreen(f"export {name}", "\n".join(parts))
+        )
+
+    def action_doctor(self) -> None:
+        name = self._marked("diagnose", writes=False)
+        if name is not None:
+            self.query_one("#tabs", TabbedContent).active = "health"
+            self.query_one("#health-detail", Static).update(f"{name}: probing…")
+            self._doctor(self.engine, name)
+
+    @work(thread=True, group="calls", exit_on_error=False, description="doctor")
+    def _doctor(self, engine: EngineAPI, name: str) -> None:
+        try:
+            found = engine.doctor(name, probe=True)
+        except NatboxError as exc:
+            self.app.call_from_thread(self.say, exc.one_line(), severity="error")
+            return
+        self.post_message(
+            HealthChecked({**self.health, **found}, self.data.taken_at if self.data else 0.0)
+        )
+
+    def action_kill_flows(self) -> None:
+        name = self._marked("kill flows")
+        if name is not None:
+            self._confirm_kill(name)
+
+    @work(exclusive=True, group="kill", exit_on_error=False, description="kill flows")
+    async def _confirm_kill(self, name: str) -> None:
+        from tui.screens.confirm import ConfirmScreen
+
+        count = self.counts.get(name, FlowCount(0, 0)).flows if self.counts else 0
+        if await self.app.push_screen_wait(
+            ConfirmScreen(
+                f"Kill all {count} flows of {self._named(name)}?",
+                "Their connections break; new ones are made through the rules as they are now.",
+            )
+        ):
+            engine = self.engine
+            self._engine_call(
+                lambda: f"killed {engine.kill_forward_flows(name)} flows of {name}", "killing"
+            )
 
     def action_conntrack(self, forward: str | None = None) -> None:
         from tui.screens.conntrack import ConntrackScreen
@@ -617,18 +1118,54 @@ class DashboardScreen(Screen[None]):
         self.app.push_screen(ConntrackScreen(forward=forward))
 
     def action_flows_of_forward(self) -> None:
-        self.action_conntrack(self.selected_forward)
+        if self.selected is None:
+            self.say("no forward selected", severity="warning")
+            return
+        self.action_conntrack(self.selected)
 
-    def action_refresh(self) -> None:
-        self.load_dashboard()
-        self.count_flows()
-        self.notify("refreshing", timeout=1)
+    def action_refresh(self, quiet: bool = False) -> None:
+        self.read_rules(self.engine, None)
+        self.count_flows(self.engine, None)
+        if not quiet:
+            self.notify("reading", timeout=1)
 
-    def action_filter_rules(self) -> None:
-        self.query_one("#tabs", TabbedContent).active = "rules"
-        box = self.query_one("#rules-filter", Input)
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        self.goto_mode = False
+        box.placeholder = "filter: forwards and rules (Enter keeps it, Esc clears)"
         box.add_class("-visible")
         box.focus()
+
+    def action_goto(self) -> None:
+        box = self.query_one("#filter", Input)
+        self.goto_mode = True
+        box.value = ""
+        box.placeholder = "go to forward: type its name (Enter stays there)"
+        box.add_class("-visible")
+        box.focus()
+
+    def _goto(self, text: str) -> None:
+        table = self.forwards_table
+        keys = table.keys()
+        match = next((k for k in keys if k.lower().startswith(text)), None) or next(
+            (k for k in keys if text in k.lower()), None
+        )
+        if match is not None:
+            self._select(match)
+
+    def action_sort(self) -> None:
+        self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
+        self._fill_forwards()
+        self.notify(f"forwards sorted by {self.sort}", timeout=1.5)
+
+    def action_switch_focus(self) -> None:
+        # Two places to be, so Tab is a switch, set now (not deferred): a key typed right after it
+        # lands in the table it names, whatever the state of the screen's focus chain.
+        if self.focused is self.forwards_table:
+            self.query_one("#tabs", TabbedContent).active = "rules"
+            self.set_focus(self.rules_table)
+        else:
+            self.set_focus(self.forwards_table)
 
     def action_tab(self, tab: str) -> None:
         self.query_one("#tabs", TabbedContent).active = tab
@@ -644,20 +1181,14 @@ class DashboardScreen(Screen[None]):
     # ---------------------------------------------------------------- queries
 
     @property
-    def _window(self) -> float:
-        """The confirm window of new forwards, in seconds."""
-        seconds: float = self.app.confirm_seconds  # type: ignore[attr-defined]
-        return seconds
-
-    @property
-    def forwards_table(self) -> DataTable[object]:
+    def forwards_table(self) -> KeyedTable:
         """The forwards table."""
-        return self.query_one("#forwards", DataTable)
+        return self.query_one("#forwards", KeyedTable)
 
     @property
-    def rules_table(self) -> DataTable[object]:
+    def rules_table(self) -> KeyedTable:
         """The rules table."""
-        return self.query_one("#rules-table", DataTable)
+        return self.query_one("#rules-table", KeyedTable)
 
     @property
     def status_bar(self) -> StatusBar:

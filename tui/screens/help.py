@@ -69,4 +69,10 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with VerticalScroll() as scroll:
             scroll.border_title = f"Keys — {self.below.title or 'natbox'}"
+            scroll.border_subtitle = "Escape, q or ? closes"
             yield Static(key_table(self.below))
+            yield Static(
+                "\nTab / Shift+Tab move between fields and tables. "
+                "Escape, q or ? closes this help.",
+                classes="closing",
+            )

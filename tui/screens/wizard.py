@@ -7,9 +7,12 @@ the preflight findings come from the engine in thread workers.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Set
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -17,29 +20,77 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.suggester import SuggestFromList
 from textual.widgets import (
-    Checkbox,
     ContentSwitcher,
     Footer,
     Header,
     Input,
     Label,
-    RadioButton,
     RadioSet,
     Static,
     TabbedContent,
     TabPane,
 )
+from textual.worker import Worker, WorkerState
 
+from natbox.api import Derived, EngineAPI
 from natbox.checks import ERROR, Finding
-from natbox.engine import Derived
 from natbox.errors import NatboxError, ValidationError
 from natbox.model import Endpoint, Forward, name_problem, parse_cidr, parse_ip, parse_port_range
 from natbox.plan import build_plan
+from widgets.rule_text import split_target
 from widgets.step_bar import StepBar
+from widgets.toggles import StateCheckbox as Checkbox
+from widgets.toggles import StateRadioButton as RadioButton
 
 STEPS = ["Listen", "Backend", "Options", "Preview"]
 PROTOS = ("tcp", "udp", "both")
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
+FIRST_SUGGESTED_PORT = 8080
+_REMOVE_HINT = re.compile(r"`?natbox remove ([\w.-]+)`?")
+
+
+def suggest_port(taken: Set[tuple[str, int]], listening: Set[tuple[str, int]]) -> str:
+    """The first port from 8080 that no forward and no listening socket uses (tcp or udp)."""
+    used = {port for _proto, port in (*taken, *listening)}
+    port = FIRST_SUGGESTED_PORT
+    while port in used and port < 65535:
+        port += 1
+    return str(port)
+
+
+def tui_fix(fix: str) -> str:
+    """A finding's fix as keys in this TUI (the checks speak CLI)."""
+    return _REMOVE_HINT.sub(r"Escape to the dashboard, mark \1 and press d", fix)
+
+
+def commands_of(lines: dict[str, list[str]], family: int) -> list[str]:
+    """Restore lines per table as the iptables commands that do the same, one per line."""
+    tool = "ip6tables" if family == 6 else "iptables"
+    out: list[str] = []
+    for table, table_lines in lines.items():
+        for line in table_lines:
+            if line.startswith(":"):
+                out.append(f"{tool} -w -t {table} -N {line[1:].split()[0]}")
+            else:
+                out.append(f"{tool} -w -t {table} {line}")
+    return out
+
+
+def restore_of(lines: dict[str, list[str]]) -> str:
+    """Restore lines per table as the text `iptables-restore --noflush` is given."""
+    return "".join(
+        f"*{t}\n" + "".join(f"{line}\n" for line in ls) + "COMMIT\n" for t, ls in lines.items()
+    )
+
+
+def plain_of(fwd: Forward) -> list[str]:
+    """One line per rule: its real target (ACCEPT, not the plan's kind) and what it does."""
+    plan = build_plan(fwd)
+    lines = []
+    for rule in plan.rules:
+        target = split_target(rule.save_line)[0].split(" ")[0] or rule.kind.upper()
+        lines.append(f"{target:<10} {rule.purpose}")
+    return [*lines, plan.plain()[-1]]
 
 
 @dataclass(frozen=True)
@@ -101,16 +152,51 @@ class WizardScreen(Screen[WizardResult | None]):
             "Next",
             priority=True,
             id="wizard.next",
-            tooltip="Next step (on the preview: apply)",
+            tooltip="Next step",
+        ),
+        Binding(
+            "enter",
+            "apply",
+            "Apply",
+            priority=True,
+            id="wizard.apply",
+            tooltip="Apply (on the preview), with the confirm window",
         ),
         Binding("escape", "back", "Back", id="wizard.back", tooltip="Previous step (or leave)"),
+        Binding("tab", "app.focus_next", "Next field", id="wizard.tab", tooltip="Next field"),
+        Binding(
+            "shift+tab",
+            "app.focus_previous",
+            "Prev field",
+            show=False,
+            id="wizard.shift-tab",
+            tooltip="Previous field (or tab)",
+        ),
         Binding("question_mark", "help", "Help", show=False, id="wizard.help", tooltip="Every key"),
     ]
 
-    def __init__(self, addresses: list[tuple[str, str]], confirm_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        engine: EngineAPI,
+        addresses: list[tuple[str, str]],
+        confirm_seconds: float = 30.0,
+        taken: Set[tuple[str, int]] = frozenset(),
+    ) -> None:
         super().__init__()
+        self.engine = engine
         self.addresses = addresses
+        """(address, interface): the default route's interface first."""
         self.confirm_seconds = confirm_seconds
+        self.taken = taken
+        """(proto, port) the box's forwards listen on."""
+        self.port = suggest_port(taken, frozenset())
+        """The suggested port (a real value, not a placeholder)."""
+        self.touched: set[str] = set()
+        """Fields the user typed into (prefills never overwrite them)."""
+        self.apply_lines: dict[str, list[str]] | None = None
+        self._mounted = False
+        self._asking = 0
+        """Engine calls in flight (route lookup, preflight): keys typed ahead wait for them."""
         self.step = 0
         self.derived: Derived | None = None
         self.snat_touched = False
@@ -122,7 +208,7 @@ class WizardScreen(Screen[WizardResult | None]):
     def compose(self) -> ComposeResult:
         local = [a for a, dev in self.addresses if dev != "lo"]
         listed = "   ".join(f"{a} {dev}" for a, dev in self.addresses if dev != "lo")
-        yield Header(icon="»")
+        yield Header(icon="≡")
         yield StepBar(STEPS, id="steps")
         with ContentSwitcher(initial="step-0"):
             with VerticalScroll(id="step-0", classes="step"):
@@ -135,7 +221,7 @@ class WizardScreen(Screen[WizardResult | None]):
                 )
                 yield Static("", id="listen-ip-error", classes="error")
                 yield Label("Port, or a range like 8000-8010")
-                yield Input("", id="listen-port", placeholder="1234")
+                yield Input(self.port, id="listen-port", placeholder="e.g. 1234")
                 yield Static("", id="listen-port-error", classes="error")
                 yield Label("Protocol (arrows, then space)")
                 with RadioSet(id="proto"):
@@ -143,7 +229,7 @@ class WizardScreen(Screen[WizardResult | None]):
                         yield RadioButton(p, value=i == 0, id=f"proto-{p}")
             with VerticalScroll(id="step-1", classes="step"):
                 yield Label("Backend ip:port (the server clients should reach)")
-                yield Input("", id="backend", placeholder="10.0.2.50:80")
+                yield Input("", id="backend", placeholder="e.g. 10.0.2.50:80")
                 yield Static("", id="backend-error", classes="error")
                 yield Static("", id="derived", classes="derived")
                 yield Label("SNAT source (this box's backend-side address, derived from the route)")
@@ -159,7 +245,7 @@ class WizardScreen(Screen[WizardResult | None]):
                 yield Checkbox("MSS clamp", id="mss")
                 yield Static("", id="mss-reason", classes="hint")
                 yield Label("Allowed clients (CIDRs, comma-separated; empty = anyone)")
-                yield Input("", id="sources", placeholder="192.168.1.0/24")
+                yield Input("", id="sources", placeholder="e.g. 192.168.1.0/24")
                 yield Static("", id="sources-error", classes="error")
                 yield Checkbox("Also for this box's own connections (nat OUTPUT)", id="local")
                 yield Checkbox("Enable ip_forward (it is off)", id="enable-forwarding")
@@ -179,9 +265,28 @@ class WizardScreen(Screen[WizardResult | None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.call_after_refresh(self._accept_keys)
         self.title = "add a forward"
+        self.sub_title = "Enter next · Esc back · Tab next field"
         self.query_one("#enable-forwarding", Checkbox).display = False
         self.query_one("#listen-ip", Input).focus()
+        self.read_listening(self.engine)
+
+    def _accept_keys(self) -> None:
+        self._mounted = True
+
+    @work(thread=True, exclusive=True, group="ports", exit_on_error=False, description="Ports")
+    def read_listening(self, engine: EngineAPI) -> None:
+        """The box's listening sockets: the suggested port avoids them too."""
+        listening = engine.listening_ports()
+        self.app.call_from_thread(self._listening, listening)
+
+    def _listening(self, listening: frozenset[tuple[str, int]]) -> None:
+        box = self.query_one("#listen-port", Input)
+        if "listen-port" in self.touched or box.value != self.port:
+            return
+        self.port = suggest_port(self.taken, listening)
+        box.value = self.port
 
     # ---------------------------------------------------------------- validation
 
@@ -225,12 +330,14 @@ class WizardScreen(Screen[WizardResult | None]):
     @on(Input.Changed)
     def _changed(self, event: Input.Changed) -> None:
         id_ = event.input.id or ""
+        if event.input.has_focus:
+            self.touched.add(id_)
         if id_ == "snat" and event.input.has_focus:
             self.snat_touched = True
         if self._value(id_) or id_ in ("sources",):
             self._check(id_)
         if id_ in ("backend", "listen-ip") and self._check_quiet("backend"):
-            self.derive()
+            self._derive()
 
     def _check_quiet(self, id_: str) -> bool:
         try:
@@ -249,15 +356,42 @@ class WizardScreen(Screen[WizardResult | None]):
     @work(
         thread=True, exclusive=True, group="derive", exit_on_error=False, description="Route lookup"
     )
-    def derive(self) -> None:
+    def derive(self, engine: EngineAPI, listen: str, backend_ip: str) -> None:
         """Ask the engine for the SNAT source, interfaces and MTUs (a route lookup)."""
-        listen = self._value("listen-ip")
-        backend = Endpoint.parse(self._value("backend"), "backend")
-        derived = self.app.engine.derive(listen, str(backend.ip))  # type: ignore[attr-defined]
+        derived = engine.derive(listen, backend_ip)
         self.app.call_from_thread(self._derived, derived)
+
+    def _derive(self) -> None:
+        backend = Endpoint.parse(self._value("backend"), "backend")
+        self._asking += 1
+        self.derive(self.engine, self._value("listen-ip"), str(backend.ip))
+
+    @property
+    def accepting_keys(self) -> bool:
+        """Keys typed ahead (NatboxApp holds them) wait until the first field has the focus and the
+        engine has answered: Enter after the backend then finds the derived SNAT source."""
+        return self._mounted and self._asking == 0
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.group in ("derive", "preflight") and event.state in (
+            WorkerState.SUCCESS,
+            WorkerState.ERROR,
+            WorkerState.CANCELLED,
+        ):
+            self._asking = max(0, self._asking - 1)
+            if event.state == WorkerState.ERROR:
+                self.notify(
+                    f"{event.worker.description} failed: {event.worker.error!r}", severity="error"
+                )
 
     def _derived(self, d: Derived) -> None:
         self.derived = d
+        listen = self.query_one("#listen-ip", Input)
+        if "listen-ip" not in self.touched and d.backend_dev and d.listen_dev == d.backend_dev:
+            # The prefilled address is on the backend's side: clients are on another interface.
+            other = next((a for a, dev in self.addresses if dev not in (d.backend_dev, "lo")), None)
+            if other is not None:
+                listen.value = other
         if d.snat is None:
             text = f"⚠ {d.route_error or 'no route to the backend'}"
         else:
@@ -285,6 +419,7 @@ class WizardScreen(Screen[WizardResult | None]):
 
     def _go(self, step: int) -> None:
         self.step = step
+        self.refresh_bindings()
         self.query_one(ContentSwitcher).current = f"step-{step}"
         self.query_one(StepBar).step = step
         if step == 2:
@@ -311,6 +446,17 @@ class WizardScreen(Screen[WizardResult | None]):
     def _proto(self) -> str:
         pressed = self.query_one("#proto", RadioSet).pressed_index
         return PROTOS[pressed if pressed >= 0 else 0]
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Enter is `Next` on the first three steps and `Apply` on the preview (the footer says so)."""
+        if action == "next":
+            return self.step < 3
+        if action == "apply":
+            return self.step == 3
+        return True
+
+    def action_apply(self) -> None:
+        self._apply()
 
     def action_next(self) -> None:
         if self.step == 3:
@@ -365,39 +511,50 @@ class WizardScreen(Screen[WizardResult | None]):
             state.update("Escape goes back to fix it; nothing can be applied yet")
             return
         self.forward = fwd
-        plan = build_plan(fwd)
-        self.query_one("#plain", Static).update("\n".join(plan.plain()))
-        self.query_one("#commands", Static).update("\n".join(plan.command_lines()))
-        self.query_one("#restore", Static).update(plan.restore_text())
+        self.query_one("#plain", Static).update("\n".join(plain_of(fwd)))
+        # Commands and Restore show what apply would commit on this box now (read by the engine):
+        # no -N for a chain that exists, no jump that is there.
+        for id_ in ("commands", "restore"):
+            self.query_one(f"#{id_}", Static).update("reading the rules…")
         self.query_one("#findings", Static).update("checking…")
         state.update("checking the box before apply…")
         self.query_one("#preview-tabs", TabbedContent).focus()
-        self.run_preflight(fwd)
+        self._asking += 1
+        self.run_preflight(self.engine, fwd)
 
     @work(
         thread=True, exclusive=True, group="preflight", exit_on_error=False, description="Preflight"
     )
-    def run_preflight(self, fwd: Forward) -> None:
-        """The engine's preflight findings for this forward."""
+    def run_preflight(self, engine: EngineAPI, fwd: Forward) -> None:
+        """The engine's preflight findings for this forward, and the lines apply would commit."""
+        lines: dict[str, list[str]] | None = None
         try:
-            findings: list[Finding] = self.app.engine.preflight(fwd)  # type: ignore[attr-defined]
+            findings = engine.preflight(fwd)
+            lines = engine.apply_preview(fwd)
         except NatboxError as exc:
             findings = [Finding("preflight", ERROR, exc.message, exc.hint)]
-        self.app.call_from_thread(self._preflighted, fwd, findings)
+        self.app.call_from_thread(self._preflighted, fwd, findings, lines)
 
-    def _preflighted(self, fwd: Forward, findings: list[Finding]) -> None:
+    def _preflighted(
+        self, fwd: Forward, findings: list[Finding], lines: dict[str, list[str]] | None
+    ) -> None:
         if fwd != self.forward:
             return
         self.findings = findings
         self.checked = True
-        from rich.text import Text
-
+        self.apply_lines = lines
+        if lines is not None:
+            self.query_one("#commands", Static).update("\n".join(commands_of(lines, fwd.family)))
+            self.query_one("#restore", Static).update(restore_of(lines))
+        else:
+            for id_ in ("commands", "restore"):
+                self.query_one(f"#{id_}", Static).update("(the rules could not be read)")
         text = Text()
         for f in findings:
             mark = {"error": "×", "warning": "!", "info": "·"}[f.severity]
             text.append(f"{mark} {f.message}\n", style=SEVERITY_STYLE[f.severity])
             if f.severity != "info":
-                text.append(f"  fix: {f.fix}\n", style="dim")
+                text.append(f"  fix: {tui_fix(f.fix)}\n", style="dim")
         if not findings:
             text.append("✓ preflight: nothing in the way", style="green")
         self.query_one("#findings", Static).update(text)

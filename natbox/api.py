@@ -1,0 +1,196 @@
+"""Provides EngineAPI, the contract the TUI sees, and the immutable snapshots it hands over.
+
+`Engine` (the host) and `SampleEngine` (fixed data for tests, snapshots and the demo benchmark) both
+implement it; mypy checks both against it (a typed assignment at the end of engine.py and of
+sample.py), so they cannot drift.
+Every method may block: the TUI calls them from thread workers and passes their results by message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from natbox import conntrack
+from natbox.checks import Finding
+from natbox.model import Chain, Forward, Ruleset
+from natbox.ruleset import ForwardState
+from natbox.system import InterfaceStat
+from natbox.txn import Outcome
+
+__all__ = [
+    "Dashboard",
+    "Derived",
+    "EngineAPI",
+    "FlowSnapshot",
+    "InterfaceStat",
+    "ShownChain",
+]
+
+
+@dataclass(frozen=True)
+class ShownChain:
+    """A chain the dashboard lists: IPv4 or IPv6, its table, the chain with its rules."""
+
+    family: int
+    table: str
+    chain: Chain
+
+    @property
+    def key(self) -> str:
+        """Stable across reads: `4/nat/PREROUTING`."""
+        return f"{self.family}/{self.table}/{self.chain.name}"
+
+    @property
+    def title(self) -> str:
+        """`nat PREROUTING` (IPv4) or `ip6 nat PREROUTING`."""
+        prefix = "ip6 " if self.family == 6 else ""
+        return f"{prefix}{self.table} {self.chain.name}"
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    """One read of the rules (IPv4 and IPv6), forwards, facts and interfaces: all the dashboard needs
+    before flows and health arrive. Frozen: the TUI reads it, never changes it."""
+
+    host: str
+    backend: str
+    read_only: bool
+    ip_forward: bool
+    fill: conntrack.Fill
+    forwards: tuple[ForwardState, ...] = ()
+    chains: tuple[ShownChain, ...] = ()
+    """The watched built-in chains and natbox's own, IPv4 then IPv6, in display order."""
+    interfaces: tuple[InterfaceStat, ...] = ()
+    warnings: tuple[str, ...] = ()
+    error: str | None = None
+    taken_at: float = 0.0
+    saved: frozenset[str] | None = None
+    """Names in the saved set (None: it could not be read)."""
+    recovered: str | None = None
+    """What crash recovery did before this read, if anything."""
+    rulesets: tuple[Ruleset, ...] = field(default=(), compare=False, repr=False)
+    """The rulesets read (IPv4, then IPv6 if any): the health check works on them, not a new read."""
+
+
+@dataclass(frozen=True)
+class Derived:
+    """What natbox works out from the listen and backend addresses (the wizard shows and prefills it)."""
+
+    snat: str | None
+    """The local address the kernel uses to reach the backend."""
+    backend_dev: str | None
+    listen_dev: str | None
+    mtu_listen: int | None
+    mtu_backend: int | None
+    ip_forward: bool
+    route_error: str = ""
+
+    @property
+    def mss_suggested(self) -> bool:
+        """The two sides' MTUs differ: clamp the MSS."""
+        return bool(self.mtu_listen and self.mtu_backend and self.mtu_listen != self.mtu_backend)
+
+
+@dataclass
+class FlowSnapshot:
+    """One read of the conntrack table, with the index that tags flows with forwards."""
+
+    flows: list[conntrack.Flow]
+    index: conntrack.ForwardIndex
+    fill: conntrack.Fill
+    skipped: int = 0
+
+
+class EngineAPI(Protocol):
+    """What the TUI may ask of an engine. Every call may block; errors are NatboxError."""
+
+    @property
+    def read_only(self) -> bool:
+        """Without root nothing can be changed."""
+        ...
+
+    def fingerprint(self) -> Hashable:
+        """Something cheap that changes when the rules may have changed (the nft generation and the
+        conntrack count): the dashboard skips the full read when it is the same as last time."""
+        ...
+
+    def dashboard(self) -> Dashboard:
+        """One read of the rules (both families), forwards, facts and interfaces; no flows, no health."""
+        ...
+
+    def health(self, data: Dashboard) -> Mapping[str, Sequence[Finding]]:
+        """The cheap checks of each forward in `data` (no backend probe, no conntrack read)."""
+        ...
+
+    def flows(self, head: bool = False) -> FlowSnapshot:
+        """One read of the conntrack table, tagged with the forwards of the last dashboard();
+        `head`: only the first screenful or so (the viewer's first look)."""
+        ...
+
+    def local_addresses(self) -> list[tuple[str, str]]:
+        """(address, interface) of this box; the interface of the default route first, lo last."""
+        ...
+
+    def listening_ports(self) -> frozenset[tuple[str, int]]:
+        """(proto, port) bound on this box: the wizard suggests a port outside these."""
+        ...
+
+    def derive(self, listen_ip: str, backend_ip: str) -> Derived:
+        """The SNAT source (route lookup), both sides' interfaces and MTUs, ip_forward."""
+        ...
+
+    def preflight(self, fwd: Forward) -> list[Finding]:
+        """Everything that would make `fwd` fail here."""
+        ...
+
+    def apply_preview(self, fwd: Forward) -> dict[str, list[str]]:
+        """Per table, the exact restore lines apply(fwd) would commit (no chain that exists)."""
+        ...
+
+    def doctor(self, name: str | None = None, probe: bool = True) -> dict[str, list[Finding]]:
+        """Findings for the forwards in the kernel (or one), broken ones included."""
+        ...
+
+    def apply(
+        self, fwd: Forward, *, confirm_seconds: float | None = None, enable_forwarding: bool = False
+    ) -> Outcome:
+        """Apply `fwd`; with `confirm_seconds` it is rolled back unless confirmed in time."""
+        ...
+
+    def confirm(self) -> str:
+        """Keep the change waiting in its confirm window; returns its name."""
+        ...
+
+    def rollback(self) -> str:
+        """Roll back the change waiting in its confirm window; returns its name."""
+        ...
+
+    def preview_remove(self, name: str) -> dict[str, list[str]]:
+        """The exact lines removing `name` would commit."""
+        ...
+
+    def remove(self, name: str) -> Outcome:
+        """Remove a forward (all its rules, or none)."""
+        ...
+
+    def kill(self, flows: list[conntrack.Flow]) -> int:
+        """Delete flows by tuple; returns how many went."""
+        ...
+
+    def kill_forward_flows(self, name: str) -> int:
+        """Delete every flow of forward `name`; returns how many went."""
+        ...
+
+    def save(self, name: str) -> str:
+        """Add forward `name` to the saved set (restored at boot); says what was done."""
+        ...
+
+    def forget(self, name: str) -> str:
+        """Drop forward `name` from the saved set (its rules stay); says what was done."""
+        ...
+
+    def export(self, name: str, fmt: str) -> str:
+        """Forward `name` as `restore`, `commands` or `ansible` text."""
+        ...
