@@ -8,7 +8,8 @@ Every method may block: the TUI calls them from thread workers and passes their 
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -17,6 +18,8 @@ from natbox.checks import Finding
 from natbox.model import Chain, Forward, Ruleset
 from natbox.ruleset import ForwardState
 from natbox.system import InterfaceStat
+from natbox.trace import Result as TraceResult
+from natbox.trace import TracedPacket
 from natbox.txn import Outcome
 
 __all__ = [
@@ -181,6 +184,17 @@ class EngineAPI(Protocol):
 
     def kill_forward_flows(self, name: str) -> int:
         """Delete every flow of forward `name`; returns how many went."""
+        ...
+
+    def trace(
+        self,
+        fwd: Forward,
+        *,
+        timeout: float = 30.0,
+        on_packet: Callable[[TracedPacket], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> TraceResult:
+        """The kernel's path for the forward's next connection (`natbox trace`)."""
         ...
 
     def save(self, name: str) -> str:

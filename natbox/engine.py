@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import replace
 from ipaddress import ip_address
 from typing import TYPE_CHECKING
 
-from natbox import conntrack, export, persist, tables, txn, watchdog
+from natbox import conntrack, converge, export, persist, tables, trace, txn, watchdog
 from natbox.api import Dashboard, Derived, EngineAPI, FlowSnapshot, ShownChain
 from natbox.backends import Backend
 from natbox.backends.detect import choose_backend
@@ -104,7 +105,8 @@ class Engine:
             # Once per session, before the first look: finish what a crashed natbox left behind.
             self._recovered = True
             try:
-                recovered = txn.recover(backend)
+                done = [m for m in (txn.recover(backend), converge.recover_set(backend)) if m]
+                recovered = "; ".join(done) or None
             except NatboxError as exc:
                 recovered = f"recovery failed: {exc.message}"
             if recovered:
@@ -323,6 +325,20 @@ class Engine:
             if state.name == name and state.forward is not None and state.intact:
                 return state.forward
         raise NotFoundError(f"there is no intact forward named {name}", "natbox doctor shows why")
+
+    def trace(
+        self,
+        fwd: Forward,
+        *,
+        timeout: float = 30.0,
+        on_packet: Callable[[trace.TracedPacket], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> trace.Result:
+        """The kernel's path for the forward's next connection (TRACE rules for the moment)."""
+        why = trace.unavailable()
+        if why is not None:
+            raise trace.TraceUnavailable(why, "natbox doctor diagnoses without a trace")
+        return trace.run(fwd, timeout=timeout, on_packet=on_packet, stop=stop)
 
     def save(self, name: str) -> str:
         """Add `name` to the saved set and install the boot-time restore (as `natbox save`)."""

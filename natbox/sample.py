@@ -3,13 +3,14 @@ viewer benchmark. Same interface as Engine; deterministic; changes only its own 
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from typing import TYPE_CHECKING
 
-from natbox import conntrack
+from natbox import conntrack, trace
 from natbox.api import Dashboard, Derived, EngineAPI, FlowSnapshot, ShownChain
 from natbox.checks import Finding, diagnose, preflight
 from natbox.errors import NatboxError, NotFoundError
@@ -345,6 +346,17 @@ class SampleEngine:
         """Forget every flow of forward `name`."""
         index = conntrack.ForwardIndex(self.forwards)
         return self.kill([f for f in self._flows if index(f) == name])
+
+    def trace(
+        self,
+        fwd: Forward,
+        *,
+        timeout: float = 30.0,
+        on_packet: Callable[[trace.TracedPacket], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> trace.Result:
+        """The sample box has no kernel to ask: no packet comes (never touches this host)."""
+        return trace.Result([], timed_out=True)
 
     def save(self, name: str) -> str:
         """Add `name` to the sample's saved set."""

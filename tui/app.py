@@ -38,6 +38,7 @@ PALETTE = [
     ("Export the marked forward", "Restore text, iptables commands, Ansible", "export"),
     ("Doctor the marked forward", "Full diagnosis: probes the backend", "doctor"),
     ("Kill the flows of the marked forward", "After a yes", "kill_flows"),
+    ("Trace the marked forward", "The kernel's path for its next connection", "trace"),
     ("Help", "Every key", "help"),
 ]
 

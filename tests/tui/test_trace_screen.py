@@ -48,3 +48,35 @@ async def test_trace_screen_shows_the_cli_lines() -> None:
         await pilot.press("escape")
         await pilot.pause()
         assert not isinstance(app.screen, TraceScreen)
+
+
+async def test_t_traces_the_marked_forward_through_the_engine() -> None:
+    """`t` on the dashboard opens the trace of the marked forward, asking the engine (the sample
+    engine has no kernel: no packet comes, and this host's firewall is never touched)."""
+    from natbox.sample import SampleEngine
+    from tests.tui.conftest import settle
+    from tui.app import make_app
+
+    engine = SampleEngine()
+    asked: list[Forward] = []
+    real = engine.trace
+
+    def spy(fwd: Forward, **kw: object) -> trace.Result:
+        asked.append(fwd)
+        return real(fwd, **kw)  # type: ignore[arg-type]
+
+    engine.trace = spy  # type: ignore[method-assign]
+    app = make_app(engine)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        marked = app.screen.selected  # type: ignore[attr-defined]
+        await pilot.press("t")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert isinstance(app.screen, TraceScreen)
+        assert [f.name for f in asked] == [marked]
+        status = str(app.screen.query_one("#trace-status", Static).render())
+        assert "no packet" in status
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, TraceScreen)

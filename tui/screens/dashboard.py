@@ -221,6 +221,14 @@ class DashboardScreen(Screen[None]):
             tooltip="Kill every flow of the marked forward (after a yes)",
         ),
         Binding(
+            "t",
+            "trace",
+            "Trace",
+            show=False,
+            id="dashboard.trace",
+            tooltip="Trace the marked forward's next connection through the kernel (nft hosts)",
+        ),
+        Binding(
             "1",
             "tab('rules')",
             "Tabs",
@@ -1090,6 +1098,18 @@ class DashboardScreen(Screen[None]):
         self.post_message(
             HealthChecked({**self.health, **found}, self.data.taken_at if self.data else 0.0)
         )
+
+    def action_trace(self) -> None:
+        name = self._marked("trace (it adds TRACE rules for a moment)")
+        state = self._selected_state()
+        if name is None or state is None:
+            return
+        if state.forward is None:
+            self.say(f"{name} cannot be read back, so it cannot be traced", severity="warning")
+            return
+        from tui.screens.trace import TraceScreen
+
+        self.app.push_screen(TraceScreen(state.forward, tracer=self.engine.trace))
 
     def action_kill_flows(self) -> None:
         name = self._marked("kill flows")
