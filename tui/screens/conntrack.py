@@ -18,9 +18,9 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Header, Input, Static
 
+from natbox.api import EngineAPI, FlowSnapshot
 from natbox.conntrack import Flow, ForwardIndex, locate, select
 from natbox.conntrack.select import DESCENDING, FlowFilter, row_text
-from natbox.engine import FlowSnapshot
 from natbox.errors import NatboxError
 from tui.messages import FlowsRefreshed
 from widgets.flow_table import FlowTable, compact_path
@@ -123,8 +123,10 @@ class ConntrackScreen(Screen[None]):
         Binding("question_mark", "help", "Help", id="flows.help", tooltip="Every key"),
     ]
 
-    def __init__(self, forward: str | None = None) -> None:
+    def __init__(self, engine: EngineAPI, forward: str | None = None) -> None:
         super().__init__()
+        self.engine = engine
+        """What the viewer reads flows from and kills them with."""
         self.forward = forward
         self.paused = False
         self.sort_index = 0
@@ -196,7 +198,7 @@ class ConntrackScreen(Screen[None]):
     ) -> None:
         """Read (or reuse), filter, sort, and locate the highlighted flow, off the UI thread."""
         took = 0.0
-        engine = self.app.engine  # type: ignore[attr-defined]
+        engine = self.engine
         if snap is None:
             # The first look: the table's first flows now, the whole table when it is read.
             try:
@@ -360,7 +362,7 @@ class ConntrackScreen(Screen[None]):
     )
     def _kill(self, flow: Flow) -> None:
         try:
-            n = self.app.engine.kill([flow])  # type: ignore[attr-defined]
+            n = self.engine.kill([flow])
         except NatboxError as exc:
             self.app.call_from_thread(self.notify, exc.one_line(), severity="error")
             return

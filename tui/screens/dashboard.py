@@ -1135,7 +1135,7 @@ class DashboardScreen(Screen[None]):
     def action_conntrack(self, forward: str | None = None) -> None:
         from tui.screens.conntrack import ConntrackScreen
 
-        self.app.push_screen(ConntrackScreen(forward=forward))
+        self.app.push_screen(ConntrackScreen(self.engine, forward=forward))
 
     def action_flows_of_forward(self) -> None:
         if self.selected is None:
