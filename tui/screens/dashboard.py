@@ -943,6 +943,9 @@ class DashboardScreen(Screen[None]):
         self.action_refresh(quiet=True)
         if kept:
             self.select_forward(fwd.name)
+            # The new forward is marked and the forwards table has the focus, whatever had it
+            # before the wizard (the rules table, after 1): Tab, arrows and d then mean one thing.
+            self.set_focus(self.forwards_table)
         return kept
 
     def _named_forward(self, fwd: Forward) -> str:
