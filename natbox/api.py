@@ -71,6 +71,9 @@ class Dashboard:
     taken_at: float = 0.0
     saved: frozenset[str] | None = None
     """Names in the saved set (None: it could not be read)."""
+    drifted: frozenset[str] = frozenset()
+    """Saved forwards whose rules in the kernel are not what was saved (changed or broken behind
+    natbox's back): `natbox diff` shows how, `natbox restore` puts them back."""
     recovered: str | None = None
     """What crash recovery did before this read, if anything."""
     rulesets: tuple[Ruleset, ...] = field(default=(), compare=False, repr=False)

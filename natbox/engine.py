@@ -22,8 +22,8 @@ from natbox.checks import ERROR, Finding, diagnose, preflight
 from natbox.errors import NatboxError, NotFoundError
 from natbox.facts import BoxFacts, box_facts, gather_facts, listeners, prefetch
 from natbox.model import Forward, Ruleset
-from natbox.plan import build_plan
-from natbox.ruleset import ForwardState, forward_states
+from natbox.plan import OWN_CHAINS, build_plan, jump_rule
+from natbox.ruleset import ForwardState, forward_states, tampering
 from natbox.status import display_chains
 from natbox.system import (
     InterfaceStat,
@@ -47,6 +47,40 @@ __all__ = [
 
 def _mtu(stats: dict[str, InterfaceStat], dev: str | None) -> int | None:
     return stats[dev].mtu if dev in stats else None
+
+
+def drift(
+    saved: list[Forward], states: tuple[ForwardState, ...], rulesets: list[Ruleset]
+) -> tuple[frozenset[str], list[str]]:
+    """What changed behind natbox's back: saved forwards whose kernel copy differs or is broken,
+    saved forwards gone from the kernel, natbox jumps no longer first in their chain (a Docker or
+    firewall restart inserts before them)."""
+    by_name = {s.name: s for s in states}
+    drifted = frozenset(
+        f.name
+        for f in saved
+        if f.name in by_name and (not by_name[f.name].intact or by_name[f.name].forward != f)
+    )
+    warnings = [
+        f"saved forward {f.name} is not in the kernel (natbox diff shows it; natbox restore "
+        "puts it back)"
+        for f in saved
+        if f.name not in by_name
+    ]
+    for rs in rulesets:
+        for table, pairs in OWN_CHAINS.items():
+            for builtin, own in pairs:
+                chain = rs.chain(table, builtin)
+                if chain is None or not chain.rules:
+                    continue
+                jump = jump_rule(table, builtin, own).save_line
+                texts = [r.text for r in chain.rules]
+                if jump in texts and texts[0] != jump:
+                    warnings.append(
+                        f"natbox's jump is no longer first in {table} {builtin} (rules were "
+                        f"inserted before it: {chain.rules[0].text[:60]}); natbox restore fixes it"
+                    )
+    return drifted, warnings
 
 
 class Engine:
@@ -121,9 +155,10 @@ class Engine:
                 recovered = supervised
                 rs = backend.read()
         try:
-            saved: frozenset[str] | None = frozenset(f.name for f in persist.load())
+            saved_set = persist.load()
         except NatboxError:
-            saved = None
+            saved_set = None
+        saved = None if saved_set is None else frozenset(f.name for f in saved_set)
         rulesets = [rs]
         v6 = [b for b in txn.families(backend) if b.family == 6]
         if v6:
@@ -133,6 +168,7 @@ class Engine:
                 base = replace(base, error=f"IPv6: {exc.one_line().removeprefix('natbox: ')}")
         forwards = tuple(s for r in rulesets for s in forward_states(r))
         self._forwards = [s.forward for s in forwards if s.forward is not None]
+        drifted, drift_warnings = drift(saved_set or [], forwards, rulesets)
         return replace(
             base,
             backend=backend.label,
@@ -143,9 +179,17 @@ class Engine:
                 for table, chain in display_chains(r)
             ),
             warnings=tuple(
-                dict.fromkeys([*self._warnings, *(w for r in rulesets for w in r.warnings)])
+                dict.fromkeys(
+                    [
+                        *self._warnings,
+                        *(w for r in rulesets for w in r.warnings),
+                        *(w for r in rulesets for w in tampering(r)),
+                        *drift_warnings,
+                    ]
+                )
             ),
             saved=saved,
+            drifted=drifted,
             recovered=recovered,
             rulesets=tuple(rulesets),
         )

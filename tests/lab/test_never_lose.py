@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import sys
 import time
@@ -359,3 +360,40 @@ def test_look_alike_inside_natbox_chain_is_reported_never_deleted(lab: Lab) -> N
     save = lab.save()
     assert '-A NATBOX-FORWARD -s 172.16.7.7/32 -m comment --comment "natbox:web" -j DROP' in save
     assert "-j NATBOX-FORWARD" not in save, "natbox's jump left with web"
+
+
+DASHBOARD = (
+    "from natbox.engine import Engine\n"
+    "d = Engine().dashboard()\n"
+    "print(sorted(d.drifted))\n"
+    "print('\\n'.join(d.warnings))\n"
+)
+
+
+def test_dashboard_marks_drift_behind_natboxs_back(lab: Lab) -> None:
+    """Saved forwards changed or gone behind natbox's back, and a jump no longer first, are what
+    the dashboard's SAVED column (DRIFT) and warnings show."""
+    conf = Path(lab.workdir) / "etc"
+    conf.mkdir(mode=0o755)
+    lab.env["NATBOX_CONFIG_DIR"] = str(conf)
+    try:
+        ok(lab, "add", *SEED, "--name", "web", "--yes")
+        ok(lab, "add", f"{NAT_LAN_IP}:1240", f"{SERVER_IP}:80", "--name", "alt", "--yes")
+        ok(lab, "save", "--yes")
+        out = lab.nat_exec(sys.executable, "-c", DASHBOARD).stdout
+        assert out.startswith("[]"), out
+        # Behind natbox's back: web's FORWARD accept deleted, alt removed whole, a rule before
+        # natbox's jump (as a Docker restart does).
+        save = lab.save()
+        accept = next(
+            line for line in save.splitlines() if "natbox:web" in line and "NATBOX-FORWARD" in line
+        )
+        lab.nat_exec("iptables-nft", "-D", *shlex.split(accept)[1:])
+        ok(lab, "remove", "alt", "--yes")
+        lab.nat_exec("iptables-nft", "-I", "FORWARD", "1", "-s", "192.0.2.1/32", "-j", "ACCEPT")
+        out = lab.nat_exec(sys.executable, "-c", DASHBOARD).stdout
+        assert out.splitlines()[0] == "['web']", out
+        assert "saved forward alt is not in the kernel" in out
+        assert "no longer first in filter FORWARD" in out
+    finally:
+        del lab.env["NATBOX_CONFIG_DIR"]

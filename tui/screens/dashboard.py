@@ -26,7 +26,7 @@ from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPan
 from textual.worker import Worker, WorkerFailed, WorkerState
 
 from natbox.api import Dashboard, EngineAPI, ShownChain
-from natbox.checks import Finding
+from natbox.checks import Finding, worst
 from natbox.errors import NatboxError
 from natbox.model import Forward, Rule
 from natbox.plan import build_plan
@@ -57,17 +57,17 @@ MARK = "▶"
 
 
 def health_cell(findings: Sequence[Finding] | None, intact: bool) -> Text:
-    """ok / N warn / error, for the forwards table (… while it is being checked)."""
+    """The worst severity (ok / warn / error), for the forwards table (… while it is checked):
+    one word however many findings, so a busy host never reads "2000 warn"."""
     if not intact:
         return Text("error", style="bold red")
     if findings is None:
         return Text("…", style="dim")
-    errors = sum(f.severity == "error" for f in findings)
-    warnings = sum(f.severity == "warning" for f in findings)
-    if errors:
+    level = worst(findings)
+    if level == "error":
         return Text("error", style="bold red")
-    if warnings:
-        return Text(f"{warnings} warn", style="yellow")
+    if level == "warning":
+        return Text("warn", style="yellow")
     return Text("ok", style="green")
 
 
@@ -93,6 +93,15 @@ FORWARD_COLUMNS: list[tuple[str, str]] = [
     ("opts", "OPTS"),
 ]
 ALWAYS = {"mark", "name", "path", "health", "flows"}
+
+
+def saved_cell(name: str, known: frozenset[str] | None, drifted: frozenset[str]) -> Cell:
+    """SAVED: yes / no / ? (unreadable), or DRIFT when the kernel no longer holds what was saved."""
+    if known is None:
+        return "?"
+    if name in drifted:
+        return Text("DRIFT", style="bold yellow")
+    return "yes" if name in known else "no"
 
 
 class DashboardScreen(Screen[None]):
@@ -618,7 +627,7 @@ class DashboardScreen(Screen[None]):
             "health": health_cell(self.health.get(state.name), state.intact),
             "flows": "…" if count is None else str(count.flows),
             "bytes": "…" if count is None else human_bytes(count.bytes),
-            "saved": "?" if known is None else ("yes" if state.name in known else "no"),
+            "saved": saved_cell(state.name, known, self.data.drifted),
         }
         if f is None:
             cells.update(path="?", proto="?", snat="?", opts="")
