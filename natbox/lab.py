@@ -361,6 +361,15 @@ class Lab:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=5)
+        # Processes natbox itself started in the lab (a confirm watchdog, a trace) end with it:
+        # they live in the lab's namespaces, and `ip netns pids` names exactly those.
+        for ns in (self.client, self.nat, self.server):
+            pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
         for ns in (self.client, self.nat, self.server):
             sh("ip", "netns", "del", ns, check=False)
         sh("rm", "-rf", str(self.workdir), check=False)
