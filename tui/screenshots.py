@@ -79,6 +79,7 @@ STATES = [
     State("dashboard-80x24", (80, 24)),
     State("dashboard-interfaces-80x24", (80, 24), ("2", "r", "r", "r", "r")),
     State("rules-filter-80x24", (80, 24), ("slash", *"masq"), after=_filter_settled),
+    State("rules-ip6-80x24", (80, 24), ("slash", *"2001:db8"), after=_filter_settled),
     State("dashboard-health-80x24", (80, 24), ("3",)),
     State("remove-confirm-80x24", (80, 24), ("d",)),
     State("help-80x24", (80, 24), ("question_mark",)),

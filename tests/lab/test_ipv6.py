@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import pytest
 
@@ -92,3 +93,21 @@ def test_v6_crash_mid_apply_is_undone(lab: Lab) -> None:
     out = lab.natbox("recover")
     assert out.returncode == 0 and "undid the interrupted apply of tcp6-1234" in out.stdout
     assert save6(lab, "nft") == before
+
+
+def test_dashboard_read_shows_ip6tables_chains_and_foreign_rules(lab: Lab) -> None:
+    """The dashboard's one read per family lists ip6tables chains and foreign IPv6 rules."""
+    lab.nat_exec(
+        "ip6tables-nft-restore",
+        stdin="*nat\n-A PREROUTING -d 2001:db8:1::30/128 -p tcp -m tcp --dport 8443 "
+        "-j DNAT --to-destination [2001:db8:2::60]:443\nCOMMIT\n",
+    )
+    script = (
+        "from natbox.engine import Engine\n"
+        "d = Engine().dashboard()\n"
+        "for c in d.chains:\n"
+        "    print(c.family, c.table, c.chain.name, *[r.text for r in c.chain.rules])\n"
+    )
+    out = lab.nat_exec(sys.executable, "-c", script).stdout
+    v6 = [line for line in out.splitlines() if line.startswith("6 nat PREROUTING")]
+    assert v6 and "--to-destination [2001:db8:2::60]:443" in v6[0], out
