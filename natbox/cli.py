@@ -6,6 +6,7 @@ Every user error is one line on stderr with a hint, and exit code 2. No argument
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import signal
@@ -13,21 +14,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from natbox import (
-    __version__,
-    checks,
-    conntrack,
-    converge,
-    declare,
-    export,
-    persist,
-    tables,
-    trace,
-    txn,
-    watchdog,
-)
+from natbox import __version__, converge, persist, tables, txn, watchdog
 from natbox.backends import Backend
 from natbox.backends.detect import BACKEND_CHOICES, choose_backend
 from natbox.errors import NatboxError, NotFoundError
@@ -37,6 +27,31 @@ from natbox.ruleset import ForwardState, forward_states
 from natbox.runner import Runner
 from natbox.status import snapshot
 from natbox.system import route_to
+
+
+class _OnUse(ModuleType):
+    """A module imported when first used: a command pays only for the parts it runs (the
+    diagnosis, the apply files, the trace and the conntrack reader are most of natbox's import
+    time, and `natbox list` needs none of them)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self._real: ModuleType | None = None
+
+    def __getattr__(self, attr: str) -> Any:
+        if self._real is None:
+            self._real = importlib.import_module(self.__name__)
+        return getattr(self._real, attr)
+
+
+if TYPE_CHECKING:
+    from natbox import checks, conntrack, declare, export, trace
+else:
+    checks = _OnUse("natbox.checks")
+    conntrack = _OnUse("natbox.conntrack")
+    declare = _OnUse("natbox.declare")
+    export = _OnUse("natbox.export")
+    trace = _OnUse("natbox.trace")
 
 
 class UsageError(NatboxError):
