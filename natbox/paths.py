@@ -160,16 +160,8 @@ def read_trusted(path: Path, limit: int = MAX_STATE_BYTES) -> str | None:
             ) from None
         raise StateFileError(f"cannot read {path}: {exc.strerror}", "check the file") from None
     try:
+        check_trusted_fd(fd, path)
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise StateFileError(
-                f"refusing {path}: it is not a regular file", "remove it; natbox writes a new one"
-            )
-        if not _trusted(st):
-            raise StateFileError(
-                f"refusing {path}: it is writable by other users or not owned by root",
-                f"check who changed it, then chown root {path} && chmod 600 {path}",
-            )
         if st.st_size > limit:
             raise StateFileError(
                 f"refusing {path}: {st.st_size} bytes is more than natbox reads ({limit})",
