@@ -210,3 +210,27 @@ async def test_prefills_are_real_values_on_the_clients_side() -> None:
             "10.0.2.40 is on dmz0, the backend's side: clients are on lan0"
         )
         assert wizard.query_one("#listen-port", Input).placeholder == "e.g. 1234"
+
+
+async def test_countdown_shows_the_watchdogs_real_deadline_after_a_slow_apply() -> None:
+    """The watchdog's window starts before the rules go in: a 12 s apply leaves 18 s of 30."""
+    engine = SampleEngine()
+    now = [1000.0]
+    real_apply = engine.apply
+
+    def slow_apply(fwd: object, **kw: object) -> object:
+        now[0] += 12.0  # the apply took 12 s on this (frozen) clock
+        return real_apply(fwd, **kw)  # type: ignore[arg-type]
+
+    engine.apply = slow_apply  # type: ignore[method-assign, assignment]
+    app = make_app(engine, clock=lambda: now[0])
+    async with app.run_test(size=(100, 34)) as pilot:
+        await settle(pilot)
+        await fill(pilot, "8080", "10.0.2.50:80")
+        await pilot.press("enter")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, CountdownScreen)
+        assert screen.seconds == 18.0
+        await pilot.press("y")
+        await settle(pilot)

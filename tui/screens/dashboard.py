@@ -919,6 +919,7 @@ class DashboardScreen(Screen[None]):
 
         engine = self.engine
         window = self.confirm_seconds
+        armed_at = self.clock()  # the watchdog's deadline starts before the rules go in
         self._applying = True
         try:
             await self._in_thread(
@@ -933,8 +934,10 @@ class DashboardScreen(Screen[None]):
         finally:
             self._applying = False
         self.action_refresh(quiet=True)
+        # The countdown shows the watchdog's real deadline: a slow apply has used part of it.
+        left = max(1.0, window - (self.clock() - armed_at))
         answer = await self.app.push_screen_wait(
-            CountdownScreen(fwd.name, path_text(fwd), window, self.clock)
+            CountdownScreen(fwd.name, path_text(fwd), left, self.clock)
         )
         kept = False
         try:
