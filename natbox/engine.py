@@ -166,7 +166,8 @@ class Engine:
                 rulesets.append(v6[0].read())
             except NatboxError as exc:
                 base = replace(base, error=f"IPv6: {exc.one_line().removeprefix('natbox: ')}")
-        forwards = tuple(s for r in rulesets for s in forward_states(r))
+        per_family = [forward_states(r) for r in rulesets]
+        forwards = tuple(s for states in per_family for s in states)
         self._forwards = [s.forward for s in forwards if s.forward is not None]
         drifted, drift_warnings = drift(saved_set or [], forwards, rulesets)
         return replace(
@@ -183,7 +184,11 @@ class Engine:
                     [
                         *self._warnings,
                         *(w for r in rulesets for w in r.warnings),
-                        *(w for r in rulesets for w in tampering(r)),
+                        *(
+                            w
+                            for r, states in zip(rulesets, per_family, strict=True)
+                            for w in tampering(r, states)
+                        ),
                         *drift_warnings,
                     ]
                 )

@@ -297,6 +297,11 @@ class Lab:
         """Run a command on the nat box."""
         return self.exec(self.nat, *argv, check=check, stdin=stdin)
 
+    def natbox_argv(self, *args: str) -> list[str]:
+        """The command line that runs the natbox CLI on the nat box (for callers that start it
+        themselves: several at once, with a fault injected)."""
+        return ["ip", "netns", "exec", self.nat, sys.executable, "-m", "natbox", *args]
+
     def natbox(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run the natbox CLI on the nat box (never checked: tests look at rc and output)."""
         return self.exec(self.nat, sys.executable, "-m", "natbox", *args, check=False, stdin=stdin)

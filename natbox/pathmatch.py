@@ -484,12 +484,11 @@ def client_request(fwd: Forward, proto: str, iif: str | None, listen_local: bool
 
 def forwarded_request(fwd: Forward, proto: str, iif: str | None, oif: str | None) -> Packet:
     """The client's packets after the DNAT, as filter FORWARD sees them."""
-    port_end = fwd.backend.port_end if fwd.backend.is_range else fwd.backend.port
     return Packet(
         proto,
         src=_sources(fwd),
         dst=_host(fwd.backend.ip),
-        dport=(fwd.backend.port, port_end),
+        dport=(fwd.backend.port, fwd.backend.port_end),
         iif=iif,
         oif=oif,
         dst_local=False,
@@ -501,12 +500,11 @@ def forwarded_request(fwd: Forward, proto: str, iif: str | None, oif: str | None
 
 def forwarded_reply(fwd: Forward, proto: str, iif: str | None, oif: str | None) -> Packet:
     """The backend's replies, as filter FORWARD sees them (SNAT undone, DNAT not yet)."""
-    port_end = fwd.backend.port_end if fwd.backend.is_range else fwd.backend.port
     return Packet(
         proto,
         src=_host(fwd.backend.ip),
         dst=_sources(fwd),
-        sport=(fwd.backend.port, port_end),
+        sport=(fwd.backend.port, fwd.backend.port_end),
         iif=iif,
         oif=oif,
         dst_local=False,
@@ -519,12 +517,11 @@ def forwarded_reply(fwd: Forward, proto: str, iif: str | None, oif: str | None) 
 
 def to_backend(fwd: Forward, proto: str, oif: str | None) -> Packet:
     """The client's first packet after the DNAT, as nat POSTROUTING sees it."""
-    port_end = fwd.backend.port_end if fwd.backend.is_range else fwd.backend.port
     return Packet(
         proto,
         src=_sources(fwd),
         dst=_host(fwd.backend.ip),
-        dport=(fwd.backend.port, port_end),
+        dport=(fwd.backend.port, fwd.backend.port_end),
         oif=oif,
         dst_local=False,
         src_local=False,

@@ -298,16 +298,17 @@ def conflicts(rs: Ruleset, fwd: Forward) -> None:
             )
 
 
-def tampering(rs: Ruleset) -> list[str]:
+def tampering(rs: Ruleset, states: list[ForwardState] | None = None) -> list[str]:
     """What in the ruleset imitates or intrudes on natbox: look-alike tags outside natbox's chains,
     rules in natbox's chains that natbox did not write, tables iptables could not show. natbox
-    reports these and never deletes or adopts them."""
+    reports these and never deletes or adopts them. Pass `states` (forward_states(rs)) when the
+    caller has them already: rebuilding every forward twice per refresh is wasted work."""
     out = [
         f"{t} table: iptables cannot show it (native nftables rules): natbox's forwards there "
         f"cannot be verified; see `nft list table ip {t}`"
         for t in rs.incompatible
     ]
-    for state in forward_states(rs):
+    for state in forward_states(rs) if states is None else states:
         out.extend(
             f"a rule tagged natbox:{state.name} is not part of that forward (left alone): {r.text}"
             for r in state.tampered

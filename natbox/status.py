@@ -88,6 +88,7 @@ def snapshot(backend: Backend, det: Detection, rs: Ruleset | None = None) -> dic
         if (chain := rs.chain(t, c)) is not None
     }
     rs6 = _v6_ruleset(backend)
+    v4_states = forward_states(rs)
     v6_states = forward_states(rs6) if rs6 is not None else []
     return {
         "backend": backend.label,
@@ -102,7 +103,7 @@ def snapshot(backend: Backend, det: Detection, rs: Ruleset | None = None) -> dic
             if rs6 is not None and (chain := rs6.chain(t, c)) is not None
         },
         "chains": [*_chains(rs, 4), *(_chains(rs6, 6) if rs6 is not None else [])],
-        "forwards": [_forward_dict(s) for s in [*forward_states(rs), *v6_states]],
+        "forwards": [_forward_dict(s) for s in [*v4_states, *v6_states]],
         "foreign": [{**_rule_dict(r), "family": 4} for r in foreign_rules(rs)]
         + [{**_rule_dict(r), "family": 6} for r in (foreign_rules(rs6) if rs6 else [])],
         "warnings": list(
@@ -110,9 +111,9 @@ def snapshot(backend: Backend, det: Detection, rs: Ruleset | None = None) -> dic
                 [
                     *det.warnings,
                     *rs.warnings,
-                    *tampering(rs),
+                    *tampering(rs, v4_states),
                     *(rs6.warnings if rs6 else []),
-                    *(tampering(rs6) if rs6 else []),
+                    *(tampering(rs6, v6_states) if rs6 else []),
                 ]
             )
         ),

@@ -29,18 +29,7 @@ JUMPS = (
 
 def _natbox(lab: Lab, backend: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            lab.nat,
-            sys.executable,
-            "-m",
-            "natbox",
-            "--backend",
-            backend,
-            *args,
-        ],
+        lab.natbox_argv("--backend", backend, *args),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

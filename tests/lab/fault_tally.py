@@ -6,7 +6,6 @@ backends, recover, and count the runs that left a state other than before or aft
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
 from natbox.lab import DEMO_FOREIGN, NAT_LAN_IP, SERVER_IP, Lab
@@ -29,18 +28,7 @@ def _nb(lab: Lab, backend: str, *args: str, fault: str | None = None) -> int:
     import subprocess
 
     proc = subprocess.run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            lab.nat,
-            sys.executable,
-            "-m",
-            "natbox",
-            "--backend",
-            backend,
-            *args,
-        ],
+        lab.natbox_argv("--backend", backend, *args),
         capture_output=True,
         text=True,
         env=env,
