@@ -16,9 +16,12 @@ from natbox.conntrack import Fill, Flow
 class DashboardLoaded(Message):
     """A fresh read of rules, forwards, facts and interfaces (no flows, no health yet)."""
 
-    def __init__(self, data: Dashboard, fingerprint: Hashable) -> None:
+    def __init__(self, data: Dashboard, fingerprint: Hashable, seq: int = 0) -> None:
         self.data = data
         self.fingerprint = fingerprint
+        self.seq = seq
+        """Which read this is: a read that ends after a newer one (or after a change the screen made
+        itself) is stale and is dropped."""
         super().__init__()
 
 

@@ -225,7 +225,6 @@ def test_whole_wizard_in_one_burst_without_colour(lab: Lab) -> None:
         tmux.kill()
 
 
-@pytest.mark.flaky(reruns=1)  # known: a state-dependent focus/layout bug under load (#14 note)
 def test_window_running_out_and_the_marked_forward(lab: Lab) -> None:
     """The watchdog rolls back an unanswered forward and the TUI says so; after keeping a forward,
     the mark is on it and d offers to remove exactly that one, named with listen → backend."""
@@ -272,7 +271,6 @@ def _demo_left() -> list[str]:
     return [line.split()[0] for line in listed.splitlines() if line.startswith("natbox-demo-")]
 
 
-@pytest.mark.flaky(reruns=1)  # known: a state-dependent focus/layout bug under load (#14 note)
 @pytest.mark.parametrize("how", ["hangup", "terminate"])
 def test_demo_ends_with_its_terminal(how: str, tmp_path: object) -> None:
     """`natbox demo` killed with its terminal (tmux kill-session, a dropped SSH) or by SIGTERM tears

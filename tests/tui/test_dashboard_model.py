@@ -238,3 +238,62 @@ async def test_save_forget_export_doctor_and_kill_the_marked_forward() -> None:
         assert len(engine.flows().flows) < before
         commands = [c.help for c in app.get_system_commands(screen)]
         assert any("Restored at boot" in h for h in commands)
+
+
+async def test_a_read_overtaken_by_a_change_never_moves_the_mark(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """#14 item 1 under load: a poll's read that started before a new forward was kept ends after
+    it. Showing that old read would move the mark (and `d`) back to `web`; it is dropped."""
+    import threading
+
+    monkeypatch.setattr(dashboard_module, "RULES_EVERY", 0.05)
+    engine = SampleEngine()
+    engine.fingerprint = object  # type: ignore[method-assign]  # every poll reads anew
+    real = engine.dashboard
+    slow = threading.Event()
+    started = threading.Event()
+    release = threading.Event()
+
+    def dashboard() -> Dashboard:
+        data = real()  # the firewall as it is when the read starts
+        if slow.is_set():
+            slow.clear()
+            started.set()
+            release.wait(10)  # ... and the read ends late
+        return data
+
+    engine.dashboard = dashboard  # type: ignore[method-assign]
+    app = make_app(engine, confirm_seconds=30)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        await pilot.press("down")
+        assert screen.selected == "web"
+        slow.set()
+        for _ in range(100):
+            if started.is_set():
+                break
+            await asyncio.sleep(0.02)
+        assert started.is_set(), "a poll read is under way"
+        await pilot.press("a", "tab", *"8082", "enter", *"10.0.2.50:80")
+        await settle(pilot)
+        await pilot.press("enter", "enter")
+        await settle(pilot)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert isinstance(app.screen, CountdownScreen)
+        await pilot.press("y")
+        await settle(pilot)
+        assert screen.selected == "tcp-8082"
+        release.set()  # the old read (no tcp-8082 in it) ends now
+        await asyncio.sleep(0.3)
+        await settle(pilot)
+        assert screen.selected == "tcp-8082", "the overtaken read moved the mark"
+        assert screen.forwards_table.cursor_key == "tcp-8082"
+        await pilot.press("tab", "down", "down", "d")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        question = str(app.screen.query_one("#question").render())
+        assert "Remove forward tcp-8082 (192.168.1.30:8082 → 10.0.2.50:80)?" in question, question

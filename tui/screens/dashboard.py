@@ -48,6 +48,8 @@ from widgets.status_bar import StatusBar
 RULES_EVERY = 3.0
 FLOWS_EVERY = 1.0
 FULL_READ_EVERY = 20
+FORWARD_ROWS = 7
+"""Forward rows shown at once (more scroll): the rules below keep most of the screen."""
 """Polls: even when the fingerprint is unchanged, read everything every 20th (a minute: counters)."""
 OWNER_STYLE = {"docker": "cyan", "kube": "magenta", "other": "", "natbox": "green"}
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
@@ -109,8 +111,7 @@ class DashboardScreen(Screen[None]):
 
     DEFAULT_CSS = """
     DashboardScreen #forwards {
-        height: auto;
-        max-height: 9;
+        height: 3;
     }
     DashboardScreen #forwards-empty {
         height: auto;
@@ -313,6 +314,13 @@ class DashboardScreen(Screen[None]):
         self._applying = False
         self._want: str | None = None
         """A forward to mark as soon as a read shows it (one just added)."""
+        self._reads = 0
+        """Rule reads started (each read's seq)."""
+        self._fresh_from = 0
+        """The oldest read that may still be shown: reads started before this screen's own last
+        change (an apply, a confirm, a remove) are stale when they end, however late."""
+        self._shown = 0
+        """The seq of the read on screen: an older read that ends later never replaces it."""
 
     def compose(self) -> ComposeResult:
         yield Header(icon="≡")
@@ -351,7 +359,7 @@ class DashboardScreen(Screen[None]):
         # Tab goes from the forwards straight to the rules (1-4 switch tabs; no stop on the tab bar).
         self.query_one("#tabs", TabbedContent).query_one(Tabs).can_focus = False
         self.forwards_table.focus()
-        self.read_rules(self.engine, None)
+        self._read_rules(None)
         self.count_flows(self.engine, None)
 
     # ---------------------------------------------------------------- workers
@@ -359,7 +367,9 @@ class DashboardScreen(Screen[None]):
     @work(
         thread=True, exclusive=True, group="rules", exit_on_error=False, description="reading rules"
     )
-    def read_rules(self, engine: EngineAPI, last: Hashable, interfaces: bool = False) -> None:
+    def read_rules(
+        self, engine: EngineAPI, last: Hashable, interfaces: bool = False, seq: int = 0
+    ) -> None:
         """Read rules and forwards unless the fingerprint says nothing changed since `last`."""
         fingerprint = engine.fingerprint()
         if last is not None and fingerprint == last:
@@ -368,7 +378,15 @@ class DashboardScreen(Screen[None]):
                 ifaces = engine.dashboard().interfaces
             self.post_message(DashboardUnchanged(ifaces, time.time()))
             return
-        self.post_message(DashboardLoaded(engine.dashboard(), fingerprint))
+        self.post_message(DashboardLoaded(engine.dashboard(), fingerprint, seq))
+
+    def _read_rules(self, last: Hashable, interfaces: bool = False, fresh: bool = False) -> None:
+        """Start a rule read; `fresh`: every read started before this one is stale (the screen has
+        just changed the firewall, so an older read would show the firewall as it was)."""
+        self._reads += 1
+        if fresh:
+            self._fresh_from = self._reads
+        self.read_rules(self.engine, last, interfaces, self._reads)
 
     @work(
         thread=True,
@@ -436,7 +454,7 @@ class DashboardScreen(Screen[None]):
         self._unchanged_polls += 1
         last = self._rules_fingerprint if self._unchanged_polls < FULL_READ_EVERY else None
         tabs = self.query_one("#tabs", TabbedContent)
-        self.read_rules(self.engine, last, tabs.active == "interfaces")
+        self._read_rules(last, tabs.active == "interfaces")
 
     def _poll_flows(self) -> None:
         if self._polling_paused():
@@ -448,6 +466,11 @@ class DashboardScreen(Screen[None]):
 
     @on(DashboardLoaded)
     def _loaded(self, message: DashboardLoaded) -> None:
+        if message.seq < max(self._fresh_from, self._shown):
+            # A thread worker cannot be stopped: a read that was overtaken still ends, and showing it
+            # would move the mark off a forward that a newer read already showed (#14, item 1).
+            return
+        self._shown = message.seq
         data = message.data
         self.data = data
         self._rules_fingerprint = message.fingerprint
@@ -495,6 +518,8 @@ class DashboardScreen(Screen[None]):
     @on(KeyedTable.RowHighlighted, "#forwards")
     def _forward_highlighted(self, event: KeyedTable.RowHighlighted) -> None:
         name = str(event.row_key.value) if event.row_key is not None else None
+        if name != self.forwards_table.cursor_key:
+            return  # posted before a later move of the cursor (a refresh's): the cursor moved on
         if name != self.selected:
             self._select(name)
 
@@ -688,6 +713,9 @@ class DashboardScreen(Screen[None]):
             )
         has_rows = bool(self.data.forwards)
         table.display = bool(states)
+        # The height follows the rows, set here rather than left to `height: auto`: under load an
+        # auto-height table could be laid out before its first rows were measured, and stayed blank.
+        table.styles.height = min(len(states), FORWARD_ROWS) + 2  # + header and the bottom border
         empty = self.query_one("#forwards-empty", Static)
         if not has_rows:
             empty.update("no natbox forwards yet — press a to add one")
@@ -1159,7 +1187,7 @@ class DashboardScreen(Screen[None]):
         self.action_conntrack(self.selected)
 
     def action_refresh(self, quiet: bool = False) -> None:
-        self.read_rules(self.engine, None)
+        self._read_rules(None, fresh=True)
         self.count_flows(self.engine, None)
         if not quiet:
             self.notify("reading", timeout=1)
