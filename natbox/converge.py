@@ -30,9 +30,8 @@ from natbox import journal, lock, tables
 from natbox.backends import Backend
 from natbox.backends.restore import RestoreBackend
 from natbox.errors import BackendError, NatboxError
-from natbox.model import Forward, Rule, Ruleset
+from natbox.model import Forward, Rule, Ruleset, forward_from_dict
 from natbox.paths import read_json, remove, state_dir, write_json
-from natbox.persist import forward_from_dict
 from natbox.plan import OWN_CHAINS, TABLE_ORDER, build_plan, jump_rule
 from natbox.ruleset import ForwardState, forward_states
 from natbox.txn import families, trusted_read
