@@ -128,6 +128,15 @@ def write(forwards: list[Forward]) -> Path:
     return write_json(saved_path(), body, dir_mode=0o755)
 
 
+def follow(old: str, new: Forward) -> bool:
+    """An edit of `old` was kept: its saved entry becomes `new`, in its place (False: not saved)."""
+    saved = load()
+    if old not in {f.name for f in saved}:
+        return False
+    write([new if f.name == old else f for f in saved])
+    return True
+
+
 def unit_text() -> str:
     """The systemd unit that restores the saved forwards at boot."""
     env = "".join(
