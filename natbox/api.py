@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from natbox import conntrack
-from natbox.checks import Finding
+from natbox.checks import ERROR, Finding
 from natbox.model import Chain, Forward, Ruleset
 from natbox.ruleset import ForwardState
 from natbox.system import InterfaceStat
@@ -23,6 +23,7 @@ from natbox.trace import TracedPacket
 from natbox.txn import Outcome
 
 __all__ = [
+    "ChangePreview",
     "Dashboard",
     "Derived",
     "EngineAPI",
@@ -76,8 +77,40 @@ class Dashboard:
     natbox's back): `natbox diff` shows how, `natbox restore` puts them back."""
     recovered: str | None = None
     """What crash recovery did before this read, if anything."""
+    disabled: tuple[Forward, ...] = ()
+    """Forwards taken out by `natbox disable`, remembered whole (`enable` puts them back); none of
+    them is in `forwards`."""
     rulesets: tuple[Ruleset, ...] = field(default=(), compare=False, repr=False)
     """The rulesets read (IPv4, then IPv6 if any): the health check works on them, not a new read."""
+
+
+@dataclass(frozen=True)
+class ChangePreview:
+    """What an edit, disable or enable of one forward would do, before it is done: the forward before
+    and after, the exact restore lines (old rules out and new ones in, one transaction per table)
+    and the preflight findings of what comes in (errors stop the change)."""
+
+    action: str
+    """"edit", "disable" or "enable"."""
+    name: str
+    before: Forward | None
+    """The forward as it is now (for enable: as it was disabled)."""
+    after: Forward | None
+    """What it becomes (None: disabled)."""
+    lines: dict[str, list[str]]
+    """Per table (`ip6 nat` when the change spans both IP versions), the lines committed."""
+    findings: tuple[Finding, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything would be committed."""
+        return any(self.lines.values())
+
+    @property
+    def blocked(self) -> bool:
+        """Whether a preflight error stops the change."""
+        return any(f.severity == ERROR for f in self.findings)
 
 
 @dataclass(frozen=True)
@@ -178,7 +211,42 @@ class EngineAPI(Protocol):
         ...
 
     def remove(self, name: str) -> Outcome:
-        """Remove a forward (all its rules, or none)."""
+        """Remove a forward (all its rules, or none); a disabled forward is forgotten."""
+        ...
+
+    def preview_edit(self, name: str, fwd: Forward) -> ChangePreview:
+        """What replacing forward `name` by `fwd` would commit (fwd.name may be a new name)."""
+        ...
+
+    def edit(
+        self,
+        name: str,
+        fwd: Forward,
+        *,
+        confirm_seconds: float | None = None,
+        enable_forwarding: bool = False,
+    ) -> Outcome:
+        """Replace forward `name` by `fwd` in one transaction; with `confirm_seconds` the old one comes
+        back unless confirmed in time. A saved forward's entry follows the edit once it is kept."""
+        ...
+
+    def preview_disable(self, name: str) -> ChangePreview:
+        """What disabling forward `name` would commit."""
+        ...
+
+    def disable(self, name: str, *, confirm_seconds: float | None = None) -> Outcome:
+        """Take forward `name` out of the kernel and remember it whole (enable puts it back)."""
+        ...
+
+    def preview_enable(self, name: str) -> ChangePreview:
+        """What enabling the disabled forward `name` would commit, with its preflight findings."""
+        ...
+
+    def enable(
+        self, name: str, *, confirm_seconds: float | None = None, enable_forwarding: bool = False
+    ) -> Outcome:
+        """Put the disabled forward `name` back (preflight, apply, read back); with
+        `confirm_seconds` it is disabled again unless confirmed in time."""
         ...
 
     def kill(self, flows: list[conntrack.Flow]) -> int:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from natbox import __version__, converge, persist, tables, txn, watchdog
+from natbox import __version__, converge, disabled, persist, tables, txn, watchdog
 from natbox.backends import Backend
 from natbox.backends.detect import BACKEND_CHOICES, choose_backend
 from natbox.errors import NatboxError, NotFoundError
@@ -45,12 +45,13 @@ class _OnUse(ModuleType):
 
 
 if TYPE_CHECKING:
-    from natbox import checks, conntrack, declare, export, trace
+    from natbox import checks, conntrack, declare, export, modify, trace
 else:
     checks = _OnUse("natbox.checks")
     conntrack = _OnUse("natbox.conntrack")
     declare = _OnUse("natbox.declare")
     export = _OnUse("natbox.export")
+    modify = _OnUse("natbox.modify")
     trace = _OnUse("natbox.trace")
 
 
@@ -146,6 +147,28 @@ def _add_forward_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_change_args(p: argparse.ArgumentParser, preflight: bool = True) -> None:
+    """What add, edit, enable (and, without the preflight's, disable) take to go ahead."""
+    if preflight:
+        p.add_argument(
+            "--enable-forwarding",
+            action="store_true",
+            help="turn on net.ipv4.ip_forward if it is off",
+        )
+    p.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
+    p.add_argument(
+        "--confirm",
+        type=_window,
+        metavar="SECONDS",
+        help="roll back after SECONDS (5-3600) unless `natbox confirm` (survives a dropped SSH "
+        "session)",
+    )
+    if preflight:
+        p.add_argument("--force", action="store_true", help="apply despite preflight errors")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask")
+    p.add_argument("--json", action="store_true")
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     """Print the rule set a forward needs, changing nothing."""
     plan = build_plan(forward_from_args(args))
@@ -196,6 +219,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     fwd = forward_from_args(args)
     if not args.dry_run:
         txn.require_root()
+    txn.refuse_disabled_name(fwd.name)  # before the question (apply checks again under the lock)
     engine = Engine(args.backend_choice)
     backend = engine.backend()
     if not args.dry_run:
@@ -245,7 +269,24 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    """Remove a forward: show exactly the rules that go (asking first unless --yes), delete them."""
+    """Remove a forward: show exactly the rules that go (asking first unless --yes), delete them.
+    A disabled forward (nothing in the kernel) is forgotten."""
+    try:
+        return _remove(args)
+    except NotFoundError:
+        if disabled.find(args.name) is None:
+            raise
+    if args.dry_run:
+        print(f"would forget the disabled {args.name} (nothing in the kernel changes)")
+        return 0
+    _confirm(args, f"Forget the disabled forward {args.name}?")
+    if not modify.discard(args.name):
+        raise NotFoundError(f"there is no forward named {args.name}", "natbox list shows them")
+    print(f"forgot the disabled {args.name} (nothing in the kernel changed)")
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
     if not args.dry_run:
         txn.require_root()
     backend = _backend(args)
@@ -269,6 +310,90 @@ def cmd_remove(args: argparse.Namespace) -> int:
         _print_lines(outcome.lines)
     print(f"removed {args.name} ({outcome.seconds * 1000:.0f} ms)")
     return 0
+
+
+def _modify(args: argparse.Namespace, plan: Callable[[Backend, list[str]], modify.Planned]) -> int:
+    """edit, disable, enable: plan (reads only), show, ask, carry out as one transaction."""
+    if not args.dry_run:
+        txn.require_root()
+    backend, det = choose_backend(args.backend_choice)
+    if not args.dry_run:
+        _recover(backend)  # a crashed natbox's half-finished change first
+    planned = plan(backend, _other_side(det.warnings))
+    report = planned.report
+    blocked = declare.blocking(report) if report.changed and not args.force else None
+    if args.dry_run or not report.changed:
+        if args.json:
+            print(json.dumps(planned.to_dict(), indent=2))
+        else:
+            print("\n".join(planned.render()))
+        if blocked is not None:
+            raise blocked
+        return 0
+    if not args.json:
+        print("\n".join(planned.render()))
+    if blocked is not None:
+        raise blocked
+    _confirm(args, f"{planned.action.capitalize()} forward {planned.name}?")
+    outcome = modify.carry(
+        backend,
+        planned,
+        force=args.force,
+        enable_forwarding=args.enable_forwarding,
+        confirm_seconds=args.confirm,
+        backend_choice=args.backend_choice,
+    )
+    if args.json:
+        print(json.dumps({**planned.to_dict(), "notes": outcome.notes}, indent=2))
+    else:
+        for note in outcome.notes:
+            print(f"note: {note}")
+        print(
+            f"{planned.action.removesuffix('e')}ed {planned.name} ({outcome.seconds * 1000:.0f} ms)"
+        )
+    return 0
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    """Change a forward: the old rules out and the new ones in, one transaction per table."""
+    edits = modify.parse(  # the whole edit is checked before anything is read
+        modify.Edits(
+            listen=args.listen,
+            backend=args.new_backend,
+            proto=args.proto,
+            name=args.new_name,
+            snat=args.snat,
+            masquerade=args.masquerade,
+            mss_clamp=args.mss_clamp,
+            local=args.local,
+            sources=tuple(args.sources) if args.sources is not None else None,
+        )
+    )
+    return _modify(
+        args,
+        lambda backend, other_side: modify.plan_edit(
+            backend,
+            args.name,
+            edits,
+            other_side=other_side,
+            enable_forwarding=args.enable_forwarding,
+        ),
+    )
+
+
+def cmd_disable(args: argparse.Namespace) -> int:
+    """Take a forward's rules out and remember it whole (natbox enable puts it back)."""
+    return _modify(args, lambda backend, _other_side: modify.plan_disable(backend, args.name))
+
+
+def cmd_enable(args: argparse.Namespace) -> int:
+    """Put a disabled forward back: preflight, apply, read back."""
+    return _modify(
+        args,
+        lambda backend, other_side: modify.plan_enable(
+            backend, args.name, other_side=other_side, enable_forwarding=args.enable_forwarding
+        ),
+    )
 
 
 def _print_findings(findings: list[checks.Finding], indent: str = "") -> None:
@@ -408,6 +533,14 @@ def cmd_save(args: argparse.Namespace) -> int:
             f"forward {broken[0]} is broken, not saving it", f"natbox doctor {broken[0]}"
         )
     forwards = [s.forward for s in states if s.forward is not None]
+    held = {f.name for f in disabled.load()} - {f.name for f in forwards}
+    if held:  # a disabled forward keeps its saved entry (restore skips it until it is enabled)
+        kept = [f for f in persist.load() if f.name in held]
+        forwards += kept
+        if kept:
+            print(
+                f"keeping the saved entries of disabled forwards: {', '.join(f.name for f in kept)}"
+            )
     names = ", ".join(f.name for f in forwards) or "none"
     print(f"saving forwards: {names} -> {persist.saved_path()}")
     _confirm(args, "Write them and install the boot-time restore?")
@@ -441,6 +574,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
     saved = persist.load()  # validated whole before anything is touched
     backend = _backend(args)
     _recover(backend)
+    held = {f.name for f in disabled.load()}  # disabled: not restored until enabled
+    skipped = [f.name for f in saved if f.name in held]
+    saved = [f for f in saved if f.name not in held]
     # The whole saved set is one transaction (all of it or nothing), as `natbox apply` does it:
     # missing forwards are added, broken or different copies replaced, others left as they are.
     wanted = declare.Wanted(str(persist.saved_path()), [declare.Entry(f, 0) for f in saved])
@@ -450,6 +586,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     applied = [f.name for f in change.added] + [new.name for _, new in change.replaced]
     kept = len(saved) - len(applied)
     print(f"restored {', '.join(applied) or 'nothing'}; {kept} already there")
+    if skipped:
+        print(f"skipped disabled: {', '.join(skipped)} (natbox enable NAME puts one back)")
     return 0
 
 
@@ -541,8 +679,15 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if args.file is None and not persist.saved_path().exists():
         raise NatboxError(f"{path} does not exist", "natbox save first, or give a FILE")
     wanted = declare.load(path)
+    skipped: list[str] = []
+    if args.file is None:  # the saved set: a disabled forward is meant to be out of the kernel
+        held = {f.name for f in disabled.load()}
+        skipped = [e.forward.name for e in wanted.entries if e.forward.name in held]
+        wanted.entries = [e for e in wanted.entries if e.forward.name not in held]
     backend, _det = choose_backend(args.backend_choice)
     report = declare.plan(backend, wanted, diagnose=False)
+    if skipped:
+        report.notes.append(f"disabled, not compared: {', '.join(skipped)}")
     if args.json:
         print(json.dumps(report.to_dict(diff=True), indent=2))
     else:
@@ -596,13 +741,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     assert isinstance(forwards, list)
     print(f"\nforwards ({len(forwards)})")
     for f in forwards:
-        health = "ok" if f["intact"] else "BROKEN: " + "; ".join(f["problems"])
-        snat = "masquerade" if f.get("masquerade") else f"snat {f.get('snat')}"
-        opts = " mss-clamp" if f.get("mss_clamp") else ""
-        print(
-            f"  {f['name']:<16} {f.get('proto', '?'):<4} {f.get('listen', '?')} → {f.get('backend', '?')}"
-            f"  {snat}{opts}  {health}"
-        )
+        _print_forward(f, "ok" if f["intact"] else "BROKEN: " + "; ".join(f["problems"]))
+    held = snap["disabled"]
+    assert isinstance(held, list)
+    if held:
+        print(f"\ndisabled ({len(held)})")
+        for f in held:
+            _print_forward(f, f"disabled (natbox enable {f['name']})")
     foreign = snap["foreign"]
     assert isinstance(foreign, list)
     print(f"\nforeign NAT and FORWARD rules ({len(foreign)})")
@@ -614,6 +759,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     for w in warnings:
         print(f"warning: {w}")
     return 0
+
+
+def _print_forward(f: dict[str, Any], state: str) -> None:
+    snat = "masquerade" if f.get("masquerade") else f"snat {f.get('snat')}"
+    opts = " mss-clamp" if f.get("mss_clamp") else ""
+    print(
+        f"  {f['name']:<16} {f.get('proto', '?'):<4} {f.get('listen', '?')} → {f.get('backend', '?')}"
+        f"  {snat}{opts}  {state}"
+    )
 
 
 def _flows_with_forwards(
@@ -795,26 +949,59 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("add", help="add a forward (all four rules, or none)")
     _add_forward_args(p)
-    p.add_argument(
-        "--enable-forwarding", action="store_true", help="turn on net.ipv4.ip_forward if it is off"
-    )
-    p.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
-    p.add_argument(
-        "--confirm",
-        type=_window,
-        metavar="SECONDS",
-        help="roll back after SECONDS (5-3600) unless `natbox confirm` (survives a dropped SSH "
-        "session)",
-    )
-    p.add_argument("--force", action="store_true", help="apply despite preflight errors")
+    _add_change_args(p)
     p.add_argument(
         "--adopt",
         action="store_true",
         help="use natbox's chains even though they hold rules natbox did not write",
     )
-    p.add_argument("--yes", "-y", action="store_true", help="do not ask")
-    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_add)
+
+    p = sub.add_parser(
+        "edit", help="change a forward: its old rules out, the new ones in (one transaction)"
+    )
+    p.add_argument("name", help="the forward to change")
+    p.add_argument("--listen", metavar="IP:PORT", help="new client-facing ip:port (or ip:lo-hi)")
+    p.add_argument("--backend", dest="new_backend", metavar="IP:PORT", help="new backend ip:port")
+    p.add_argument("--proto", choices=PROTOS, help="new protocol")
+    p.add_argument("--name", dest="new_name", metavar="NEW", help="rename it (default: keep)")
+    snat = p.add_mutually_exclusive_group()
+    snat.add_argument(
+        "--snat",
+        metavar="ADDR",
+        help="SNAT source (default: as it is; re-derived from the route if the backend address "
+        "changes)",
+    )
+    snat.add_argument("--masquerade", action="store_true", help="SNAT to the outgoing address")
+    p.add_argument(
+        "--mss-clamp", action=argparse.BooleanOptionalAction, help="clamp TCP MSS (or not)"
+    )
+    p.add_argument(
+        "--local",
+        action=argparse.BooleanOptionalAction,
+        help="also forward this box's own connections (or not)",
+    )
+    p.add_argument(
+        "--from",
+        dest="sources",
+        action="append",
+        metavar="CIDR",
+        help="only clients from CIDR (repeatable; replaces the list; `--from any`: everyone)",
+    )
+    _add_change_args(p)
+    p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser(
+        "disable", help="take a forward's rules out but remember it (natbox enable NAME)"
+    )
+    p.add_argument("name")
+    _add_change_args(p, preflight=False)
+    p.set_defaults(func=cmd_disable, force=False, enable_forwarding=False)
+
+    p = sub.add_parser("enable", help="put a disabled forward back (preflight, apply, read back)")
+    p.add_argument("name")
+    _add_change_args(p)
+    p.set_defaults(func=cmd_enable)
 
     p = sub.add_parser("check", help="diagnose a forward before adding it (exit 1 on findings)")
     _add_forward_args(p)

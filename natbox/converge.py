@@ -16,23 +16,26 @@ first, commit in order, undo the committed on failure, journal fault points) acr
 under the same natbox lock and trusted read.
 
 A set operation's intent goes to its own journal entry (journal.begin_set), which recover_set()
-finishes or undoes; the confirm window's rollback (watchdog) converges back to `before`.
+finishes or undoes; the confirm window's rollback (watchdog) converges back to `before`. A change may
+also take forwards out as disabled (natbox disable) or put disabled ones back (natbox enable, or a
+file that lists them): the disabled list before and after goes into the same journal entry and is
+written after the read-back, so recovery leaves a forward in the kernel or in the list, never in
+neither. An edit's saved-set entry (forwards.json) follows it once the change is kept.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from natbox import journal, lock, tables
+from natbox import disabled, journal, lock, persist, tables
 from natbox.backends import Backend
 from natbox.backends.restore import RestoreBackend
-from natbox.errors import BackendError, NatboxError
-from natbox.model import Forward, Rule, Ruleset
+from natbox.errors import BackendError, NatboxError, ValidationError
+from natbox.model import Forward, Rule, Ruleset, forward_from_dict
 from natbox.paths import read_json, remove, state_dir, write_json
-from natbox.persist import forward_from_dict
 from natbox.plan import OWN_CHAINS, TABLE_ORDER, build_plan, jump_rule
 from natbox.ruleset import ForwardState, forward_states
 from natbox.txn import families, trusted_read
@@ -68,6 +71,12 @@ class Change:
     wanted: Target = field(default_factory=dict)
     """The target this change was planned for."""
     repair: bool = True
+    disable: list[Forward] = field(default_factory=list)
+    """Forwards this change takes out and remembers as disabled (as the kernel has them)."""
+    enable: list[str] = field(default_factory=list)
+    """Disabled forwards this change puts back: they leave the disabled list with it."""
+    follow: tuple[str, Forward] | None = None
+    """(old name, new forward): the saved set's entry of an edited forward, once the edit is kept."""
 
     @property
     def changed(self) -> bool:
@@ -97,11 +106,28 @@ def read_states(backend: Backend) -> tuple[dict[int, Backend], dict[int, Ruleset
     return bound, {fam: trusted_read(b, natbox_only=False) for fam, b in bound.items()}
 
 
-def plan_change(backend: Backend, target: Target, *, repair: bool = True) -> Change:
-    """Compare the kernel with `target` and compose the restore lines, without committing."""
+def plan_change(
+    backend: Backend,
+    target: Target,
+    *,
+    repair: bool = True,
+    disable: Collection[str] = (),
+    follow: tuple[str, Forward] | None = None,
+) -> Change:
+    """Compare the kernel with `target` and compose the restore lines, without committing.
+
+    `disable`: names the target takes out (None) that are remembered as disabled, as the kernel has
+    them. A forward the target puts in whose name is disabled leaves the disabled list.
+    """
     bound, rulesets = read_states(backend)
     states = {s.name: (fam, s) for fam, rs in rulesets.items() for s in forward_states(rs)}
-    change = Change(before=rulesets, wanted=dict(target), repair=repair)
+    change = Change(before=rulesets, wanted=dict(target), repair=repair, follow=follow)
+    held = {f.name for f in disabled.load()}
+    change.enable = [n for n, want in target.items() if want is not None and n in held]
+    for name in disable:
+        found = states.get(name)
+        if target.get(name, 0) is None and found is not None and found[1].forward is not None:
+            change.disable.append(found[1].forward)
     remove_names: dict[int, set[str]] = {fam: set() for fam in bound}
     adds: dict[int, list[Forward]] = {fam: [] for fam in bound}
     for name, want in target.items():
@@ -288,31 +314,78 @@ def mismatches(backend: Backend, target: Target) -> list[str]:
     return out
 
 
-def _journal_body(change: Change, backend: Backend) -> dict[str, object]:
-    def dump(t: Target) -> dict[str, object]:
-        return {n: (f.to_dict() if f is not None else None) for n, f in t.items()}
-
-    return {"target": dump(change.target()), "before": dump(change.before_target())}
+def _dump(t: Target) -> dict[str, object]:
+    return {n: (f.to_dict() if f is not None else None) for n, f in t.items()}
 
 
-def execute(backend: Backend, change: Change) -> float:
+def _journal_body(change: Change, keep: bool) -> dict[str, object]:
+    """The set journal's entry: the target and the state before, and (when the change has them) the
+    disabled list before and after and the saved-set entry that follows the change."""
+    body: dict[str, object] = {
+        "target": _dump(change.target()),
+        "before": _dump(change.before_target()),
+    }
+    before = disabled.load()
+    going = set(change.enable) | {f.name for f in change.disable}
+    after = [f for f in before if f.name not in going] + change.disable
+    if after != before:
+        body["disabled"] = {"before": disabled.dump(before), "after": disabled.dump(after)}
+    if keep and change.follow is not None:
+        body["saved"] = {"from": change.follow[0], "to": change.follow[1].to_dict()}
+    return body
+
+
+def _settle(body: dict[str, object], finished: bool) -> None:
+    """What goes with the kernel change besides its rules: the disabled list as it is after the
+    change (or before, when it was undone) and, once finished, the saved set's edited entry."""
+    try:
+        marks = body.get("disabled")
+        if marks is not None:
+            if not isinstance(marks, dict):
+                raise ValidationError("its disabled list is not an object", "")
+            disabled.write(disabled.parse(marks["after" if finished else "before"]))
+        saved = body.get("saved")
+        if finished and saved is not None:
+            if not isinstance(saved, dict) or not isinstance(saved.get("to"), dict):
+                raise ValidationError("its saved entry is not an object", "")
+            persist.follow(str(saved["from"]), forward_from_dict(saved["to"]))
+    except (ValidationError, KeyError) as exc:
+        raise NatboxError(
+            f"{journal.set_path()} is not a journal natbox understands ({exc})",
+            f"look at it, then delete {journal.set_path()}",
+        ) from None
+
+
+def execute(backend: Backend, change: Change, *, keep: bool = True) -> float:
     """Commit `change` as one transaction with the crash journal, then prove it by reading back.
 
     Under the natbox lock the plan is made again and must be the same (the firewall may have moved
     while the user read it). Returns the seconds it took. On any failure the kernel is as before
-    and BackendError says so.
+    and BackendError says so. `keep=False` (a confirm window): an edit's saved-set entry follows
+    only when the change is confirmed (kept()).
     """
     start = time.perf_counter()
     if not change.units:
         return 0.0
     with lock.held("apply"), tables.tracked(backend):
-        fresh = plan_change(backend, change.wanted, repair=change.repair)
-        if fresh.units != change.units:
+        fresh = plan_change(
+            backend,
+            change.wanted,
+            repair=change.repair,
+            disable=[f.name for f in change.disable],
+            follow=change.follow,
+        )
+        if (fresh.units, fresh.disable, fresh.enable) != (
+            change.units,
+            change.disable,
+            change.enable,
+        ):
             raise NatboxError(
                 "the firewall changed since the plan was made; nothing was changed",
-                "run natbox apply again",
+                "run natbox again",
             )
-        journal.begin_set(_journal_body(change, backend))
+        body = _journal_body(change, keep)
+        journal.begin_set(body)
         journal.fault("set-journal-written")
         try:
             commit(backend, change.units)
@@ -324,14 +397,15 @@ def execute(backend: Backend, change: Change) -> float:
             undone = _undo(_writers(backend, change.units), _order(change.units))
             journal.end_set()
             raise BackendError(f"the kernel did not keep the change: {wrong[0]}", undone)
+        _settle(body, finished=True)
         journal.fault("set-before-journal-end")
         journal.end_set()
     return time.perf_counter() - start
 
 
-def converge(backend: Backend, target: Target) -> Change:
+def converge(backend: Backend, target: Target, *, disable: Collection[str] = ()) -> Change:
     """Make the named forwards what `target` says (plan, commit, read back): one transaction."""
-    change = plan_change(backend, target)
+    change = plan_change(backend, target, disable=disable)
     execute(backend, change)
     return change
 
@@ -352,11 +426,15 @@ def recover_set(backend: Backend) -> str | None:
             return None
         target, before = _load_target(entry.get("target")), _load_target(entry.get("before"))
         if not mismatches(backend, target):
+            _settle(entry, finished=True)
             journal.end_set()
             return (
                 f"the interrupted apply of {', '.join(target) or 'nothing'} had finished: kept it"
             )
         with tables.tracked(backend):
+            # The disabled list as before first: planning back to `before` must not take a forward
+            # the change was enabling for one to enable (it is, again, the one to leave out).
+            _settle(entry, finished=False)
             change = plan_change(backend, before, repair=False)
             if change.units:
                 commit(backend, change.units)
@@ -368,11 +446,46 @@ def _rollback_path() -> Path:
     return state_dir() / "apply-rollback.json"
 
 
-def save_rollback(before: Target) -> None:
-    """Keep what the confirm window's rollback puts back (written before the watchdog is armed)."""
+SET_PREFIXES = ("apply:", "edit:", "enable:", "disable:")
+"""How a pending change handled here is named (forward names have no colon)."""
+
+
+def is_set_change(label: str) -> bool:
+    """Whether the pending change `label` is a converge change (rolled back by rollback_saved)."""
+    return label.startswith(SET_PREFIXES)
+
+
+def save_rollback(change: Change) -> None:
+    """Keep what the confirm window's rollback puts back: the forwards as before, the forwards it
+    enabled disabled again; and what keeping it does (an edit's saved-set entry follows). Written
+    before the watchdog is armed."""
     write_json(
-        _rollback_path(), {n: (f.to_dict() if f is not None else None) for n, f in before.items()}
+        _rollback_path(),
+        {
+            "version": 2,
+            "target": _dump(change.before_target()),
+            "disable": list(change.enable),
+            "keep": (
+                {"from": change.follow[0], "to": change.follow[1].to_dict()}
+                if change.follow is not None
+                else None
+            ),
+        },
     )
+
+
+def _load_rollback(data: object) -> tuple[Target, list[str], dict[str, object] | None]:
+    """(target, names to disable again, what keeping does) from a rollback record; the flat
+    {name: forward} of an older natbox is a target alone."""
+    if isinstance(data, dict) and data.get("version") == 2:
+        names = data.get("disable")
+        keep = data.get("keep")
+        return (
+            _load_target(data.get("target")),
+            [str(n) for n in names] if isinstance(names, list) else [],
+            keep if isinstance(keep, dict) else None,
+        )
+    return _load_target(data), [], None
 
 
 def rollback_pending() -> bool:
@@ -385,11 +498,23 @@ def forget_rollback() -> None:
     remove(_rollback_path())
 
 
+def kept() -> None:
+    """The change in the confirm window was kept: an edit's saved-set entry follows it, and the
+    rollback record goes. A saved set that cannot be read is one error (the change stays kept)."""
+    data = read_json(_rollback_path())
+    _target, _disable, keep = _load_rollback(data)
+    forget_rollback()
+    if keep is not None:
+        _settle({"saved": keep}, finished=True)
+
+
 def rollback_saved(backend: Backend) -> str:
-    """The confirm window ran out: put the forwards the apply touched back as they were."""
+    """The confirm window ran out: put the forwards the apply touched back as they were (and the
+    forwards it enabled back among the disabled)."""
     data = read_json(_rollback_path())
     if data is None:
         return "no record of the apply to roll back"
-    change = converge(backend, _load_target(data))
+    target, disable, _keep = _load_rollback(data)
+    change = converge(backend, target, disable=disable)
     remove(_rollback_path())
     return f"rolled back the apply ({len(change.units)} tables)"

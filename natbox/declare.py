@@ -441,27 +441,33 @@ class Report:
             "findings": [
                 {"forward": name, **f.to_dict()} for name, fs in self.findings.items() for f in fs
             ],
-            "lines": {f"ipv{u.family}": {} for u in c.units},
+            "lines": unit_lines(c),
             "notes": self.notes,
             "seconds": round(self.seconds, 4),
         }
-        lines = doc["lines"]
-        assert isinstance(lines, dict)
-        for u in c.units:
-            lines[f"ipv{u.family}"][u.table] = list(u.lines)
         if diff:
             doc["diff"] = save_diff(c)
         return doc
 
 
-def _describe(f: Forward) -> str:
+def unit_lines(change: converge.Change) -> dict[str, dict[str, list[str]]]:
+    """The restore lines per IP version and table: {"ipv4": {"filter": [...], "nat": [...]}}."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for u in change.units:
+        out.setdefault(f"ipv{u.family}", {})[u.table] = list(u.lines)
+    return out
+
+
+def describe(f: Forward) -> str:
+    """A forward on one line: `tcp 192.168.1.30:1234 → 10.0.2.50:80  snat 10.0.2.40`."""
     snat = "masquerade" if f.masquerade else f"snat {f.snat}"
     opts = "".join(f" {o}" for o, on in (("mss-clamp", f.mss_clamp), ("local", f.local)) if on)
     src = f" from {','.join(n.with_prefixlen for n in f.sources)}" if f.sources else ""
     return f"{f.proto} {f.listen} → {f.backend}  {snat}{opts}{src}"
 
 
-def _what_changed(old: ForwardState, new: Forward) -> str:
+def what_changed(old: ForwardState, new: Forward) -> str:
+    """What differs between a forward in the kernel and what it becomes, field by field."""
     if old.forward is None or not old.intact:
         return "broken in the kernel: " + (old.problems[0] if old.problems else "?")
     a, b = old.forward.to_dict(), new.to_dict()
@@ -487,34 +493,48 @@ def render(report: Report, *, diff: bool = False, drift: bool = False) -> list[s
     out.append(f"natbox apply {report.source} via {report.backend}: {counts}")
     for f in c.added:
         label = "missing" if drift else "add"
-        out.append(f"  + {f.name:<16} {label:<8} {_describe(f)}")
+        out.append(f"  + {f.name:<16} {label:<8} {describe(f)}")
     for old, new in c.replaced:
         label = "drifted" if drift else "replace"
-        out.append(f"  ~ {new.name:<16} {label:<8} {_what_changed(old, new)}")
+        out.append(f"  ~ {new.name:<16} {label:<8} {what_changed(old, new)}")
     for s in c.removed:
-        desc = _describe(s.forward) if s.forward else "broken"
+        desc = describe(s.forward) if s.forward else "broken"
         out.append(f"  - {s.name:<16} {'remove':<8} {desc}")
     for f in c.unchanged:
-        out.append(f"  = {f.name:<16} {'ok':<8} {_describe(f)}")
+        out.append(f"  = {f.name:<16} {'ok':<8} {describe(f)}")
     for name in report.kept:
         out.append(f"    {name:<16} {'kept':<8} not in the file (--prune removes it)")
     for r in c.repairs:
         out.append(f"  ! {r}")
-    for name, findings in report.findings.items():
-        for finding in findings:
-            out.append(f"  {finding.severity:<8} {name}: {finding.message}")
-            if finding.severity != "info":
-                out.append(f"  {'':<8} fix: {finding.fix}")
+    out.extend(render_findings(report.findings))
     if c.units:
         out.append(f"{'rules natbox ' + verb + ' commit' if not drift else 'the fix commits'}:")
-        for u in c.units:
-            out.append(f"  *{u.table} (IPv{u.family})")
-            out.extend(f"  {line}" for line in u.lines)
+        out.extend(render_units(c))
     if diff and c.units:
         out.append(save_diff(c).rstrip("\n"))
     if not c.units:
         out.append("nothing to change: the kernel matches the file")
     out.extend(f"note: {n}" for n in report.notes)
+    return out
+
+
+def render_findings(findings: dict[str, list[Finding]]) -> list[str]:
+    """Preflight findings per forward, each with its fix."""
+    out: list[str] = []
+    for name, found in findings.items():
+        for finding in found:
+            out.append(f"  {finding.severity:<8} {name}: {finding.message}")
+            if finding.severity != "info":
+                out.append(f"  {'':<8} fix: {finding.fix}")
+    return out
+
+
+def render_units(change: converge.Change) -> list[str]:
+    """The restore lines of a change, table by table, as the plan shows them."""
+    out: list[str] = []
+    for u in change.units:
+        out.append(f"  *{u.table} (IPv{u.family})")
+        out.extend(f"  {line}" for line in u.lines)
     return out
 
 
@@ -606,6 +626,15 @@ def target_of(
     return target, kept
 
 
+def without(rs: Ruleset, names: set[str]) -> Ruleset:
+    """A copy of `rs` without the rules of the forwards `names` (as it is once they are gone)."""
+    out = copy.deepcopy(rs)
+    for t in out.tables.values():
+        for c in t.chains.values():
+            c.rules = [r for r in c.rules if r.forward_name not in names]
+    return out
+
+
 def diagnose_change(
     change: converge.Change, other_side: list[str], enable_forwarding: bool
 ) -> dict[str, list[Finding]]:
@@ -618,10 +647,7 @@ def diagnose_change(
     box = box_facts(flows=True)
     out: dict[str, list[Finding]] = {}
     for fwd in incoming:
-        rs = copy.deepcopy(change.before[fwd.family])
-        for t in rs.tables.values():
-            for c in t.chains.values():
-                c.rules = [r for r in c.rules if r.forward_name not in going]
+        rs = without(change.before[fwd.family], going)
         # No TCP probe of the backend: --check (Ansible's check mode) must not send a packet, whose
         # connection would move natbox's own counters; `natbox doctor` probes afterwards.
         facts = gather_facts(fwd, other_side=other_side, box=box, probe=False)
@@ -673,8 +699,10 @@ def carry_out(
     enable_forwarding: bool = False,
     confirm_seconds: float | None = None,
     backend_choice: str | None = None,
+    label: str | None = None,
 ) -> Report:
-    """Commit the planned change as one transaction (in the confirm window if asked)."""
+    """Commit the planned change as one transaction (in the confirm window if asked, which names
+    it `label`: `apply:NAMES` by default)."""
     report.check = False
     change = report.change
     if not change.changed:
@@ -695,11 +723,13 @@ def carry_out(
         # Armed first: arm() refuses while another change waits, and that change's rollback
         # record must not be overwritten by one that never starts.
         armed = watchdog.arm(
-            (ROLLBACK_PREFIX + ",".join(change.target()))[:80], confirm_seconds, backend_choice
+            label or (ROLLBACK_PREFIX + ",".join(change.target()))[:80],
+            confirm_seconds,
+            backend_choice,
         )
-        converge.save_rollback(change.before_target())
+        converge.save_rollback(change)
     try:
-        report.seconds = converge.execute(backend, change)
+        report.seconds = converge.execute(backend, change, keep=confirm_seconds is None)
     except BaseException:
         if armed is not None:
             watchdog.disarm(armed)

@@ -14,8 +14,19 @@ from dataclasses import replace
 from ipaddress import ip_address
 from typing import TYPE_CHECKING
 
-from natbox import conntrack, converge, export, persist, tables, trace, txn, watchdog
-from natbox.api import Dashboard, Derived, EngineAPI, FlowSnapshot, ShownChain
+from natbox import (
+    conntrack,
+    converge,
+    disabled,
+    export,
+    modify,
+    persist,
+    tables,
+    trace,
+    txn,
+    watchdog,
+)
+from natbox.api import ChangePreview, Dashboard, Derived, EngineAPI, FlowSnapshot, ShownChain
 from natbox.backends import Backend
 from natbox.backends.detect import choose_backend
 from natbox.checks import ERROR, Finding, diagnose, preflight
@@ -24,7 +35,7 @@ from natbox.facts import BoxFacts, box_facts, gather_facts, listeners, prefetch
 from natbox.model import Forward, Ruleset
 from natbox.plan import OWN_CHAINS, build_plan, jump_rule
 from natbox.ruleset import ForwardState, forward_states, tampering
-from natbox.status import display_chains
+from natbox.status import disabled_forwards, display_chains
 from natbox.system import (
     InterfaceStat,
     default_route_dev,
@@ -50,11 +61,14 @@ def _mtu(stats: dict[str, InterfaceStat], dev: str | None) -> int | None:
 
 
 def drift(
-    saved: list[Forward], states: tuple[ForwardState, ...], rulesets: list[Ruleset]
+    saved: list[Forward],
+    states: tuple[ForwardState, ...],
+    rulesets: list[Ruleset],
+    held: frozenset[str] = frozenset(),
 ) -> tuple[frozenset[str], list[str]]:
     """What changed behind natbox's back: saved forwards whose kernel copy differs or is broken,
-    saved forwards gone from the kernel, natbox jumps no longer first in their chain (a Docker or
-    firewall restart inserts before them)."""
+    saved forwards gone from the kernel (but those disabled, `held`: they are meant to be gone),
+    natbox jumps no longer first in their chain (a Docker or firewall restart inserts before them)."""
     by_name = {s.name: s for s in states}
     drifted = frozenset(
         f.name
@@ -65,7 +79,7 @@ def drift(
         f"saved forward {f.name} is not in the kernel (natbox diff shows it; natbox restore "
         "puts it back)"
         for f in saved
-        if f.name not in by_name
+        if f.name not in by_name and f.name not in held
     ]
     for rs in rulesets:
         for table, pairs in OWN_CHAINS.items():
@@ -169,7 +183,10 @@ class Engine:
         per_family = [forward_states(r) for r in rulesets]
         forwards = tuple(s for states in per_family for s in states)
         self._forwards = [s.forward for s in forwards if s.forward is not None]
-        drifted, drift_warnings = drift(saved_set or [], forwards, rulesets)
+        held, held_warnings = disabled_forwards({s.name for s in forwards})
+        drifted, drift_warnings = drift(
+            saved_set or [], forwards, rulesets, frozenset(f.name for f in held)
+        )
         return replace(
             base,
             backend=backend.label,
@@ -190,6 +207,7 @@ class Engine:
                             for w in tampering(r, states)
                         ),
                         *drift_warnings,
+                        *held_warnings,
                     ]
                 )
             ),
@@ -197,6 +215,7 @@ class Engine:
             drifted=drifted,
             recovered=recovered,
             rulesets=tuple(rulesets),
+            disabled=tuple(held),
         )
 
     def health(self, data: Dashboard) -> dict[str, list[Finding]]:
@@ -352,13 +371,92 @@ class Engine:
         return watchdog.rollback()
 
     def preview_remove(self, name: str) -> dict[str, list[str]]:
-        """The exact lines removing `name` would commit."""
-        return txn.preview_remove(self.backend(), name)
+        """The exact lines removing `name` would commit (none for a disabled forward)."""
+        try:
+            return txn.preview_remove(self.backend(), name)
+        except NotFoundError:
+            if disabled.find(name) is None:
+                raise
+            return {}
 
     def remove(self, name: str) -> txn.Outcome:
-        """Remove a forward (all its rules, or none); an nft table natbox created goes if empty."""
-        with tables.tracked(self.backend()):
-            return txn.remove(self.backend(), name)
+        """Remove a forward (all its rules, or none); an nft table natbox created goes if empty.
+        A disabled forward is forgotten (nothing in the kernel changes)."""
+        try:
+            with tables.tracked(self.backend()):
+                return txn.remove(self.backend(), name)
+        except NotFoundError:
+            if not modify.discard(name):
+                raise
+            return txn.Outcome(
+                "forget", name, self.backend().label, notes=[f"forgot the disabled {name}"]
+            )
+
+    def _modified(
+        self,
+        planned: modify.Planned,
+        confirm_seconds: float | None,
+        enable_forwarding: bool = False,
+    ) -> txn.Outcome:
+        # Preflight errors stop it (carry_out, without force), as the preview showed them; an nft
+        # table the change creates or empties is looked after by converge.execute.
+        return modify.carry(
+            self.backend(),
+            planned,
+            enable_forwarding=enable_forwarding,
+            confirm_seconds=confirm_seconds,
+            backend_choice=self._choice,
+        )
+
+    def preview_edit(self, name: str, fwd: Forward) -> ChangePreview:
+        """What replacing forward `name` by `fwd` would commit, with the preflight findings of `fwd`
+        (against the ruleset without the old forward)."""
+        return modify.plan_edit(self.backend(), name, fwd, other_side=self._other_side()).preview()
+
+    def edit(
+        self,
+        name: str,
+        fwd: Forward,
+        *,
+        confirm_seconds: float | None = None,
+        enable_forwarding: bool = False,
+    ) -> txn.Outcome:
+        """Replace forward `name` by `fwd`: one transaction per table, journaled; with
+        `confirm_seconds` the watchdog puts the old one back unless confirmed. Preflight errors
+        stop it (as the preview shows them)."""
+        planned = modify.plan_edit(
+            self.backend(),
+            name,
+            fwd,
+            other_side=self._other_side(),
+            enable_forwarding=enable_forwarding,
+        )
+        return self._modified(planned, confirm_seconds, enable_forwarding)
+
+    def preview_disable(self, name: str) -> ChangePreview:
+        """What disabling `name` would commit."""
+        return modify.plan_disable(self.backend(), name).preview()
+
+    def disable(self, name: str, *, confirm_seconds: float | None = None) -> txn.Outcome:
+        """Take forward `name` out and remember it (natbox disable)."""
+        planned = modify.plan_disable(self.backend(), name)
+        return self._modified(planned, confirm_seconds)
+
+    def preview_enable(self, name: str) -> ChangePreview:
+        """What enabling the disabled `name` would commit, with its preflight findings."""
+        return modify.plan_enable(self.backend(), name, other_side=self._other_side()).preview()
+
+    def enable(
+        self, name: str, *, confirm_seconds: float | None = None, enable_forwarding: bool = False
+    ) -> txn.Outcome:
+        """Put the disabled forward `name` back (natbox enable); preflight errors stop it."""
+        planned = modify.plan_enable(
+            self.backend(),
+            name,
+            other_side=self._other_side(),
+            enable_forwarding=enable_forwarding,
+        )
+        return self._modified(planned, confirm_seconds, enable_forwarding)
 
     def kill(self, flows: list[conntrack.Flow]) -> int:
         """Delete flows by tuple."""

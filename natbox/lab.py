@@ -254,24 +254,38 @@ class Lab:
         self.procs.append(proc)
         return proc
 
-    def _wait_for_http(self) -> None:
+    def _wait_for_http(self, url: str = f"http://{SERVER_IP}/") -> None:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if (
                 self.exec(
-                    self.server,
-                    sys.executable,
-                    "-c",
-                    _HTTP_GET,
-                    f"http://{SERVER_IP}/",
-                    "1",
-                    check=False,
+                    self.server, sys.executable, "-c", _HTTP_GET, url, "1", check=False
                 ).returncode
                 == 0
             ):
                 return
             time.sleep(0.05)
         raise RuntimeError("the lab's HTTP server did not come up")
+
+    def add_backend(self, ip: str, token: str, port: int = 80) -> None:
+        """Another backend on the server's side: `ip` (10.0.2.0/24) on the server, with an HTTP
+        server on ip:port whose page is `token` (to tell which backend a client reached)."""
+        self.exec(self.server, "ip", "addr", "add", f"{ip}/24", "dev", "eth0")
+        www = self.workdir / f"www-{ip}-{port}"
+        www.mkdir()
+        (www / "index.html").write_text(token + "\n")
+        self.spawn(
+            self.server,
+            sys.executable,
+            "-m",
+            "http.server",
+            str(port),
+            "--bind",
+            ip,
+            "--directory",
+            str(www),
+        )
+        self._wait_for_http(f"http://{ip}:{port}/")
 
     # -- using ----------------------------------------------------------------------------
     def exec(

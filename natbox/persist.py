@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from natbox.errors import NatboxError, ValidationError, shown
-from natbox.model import Forward
+from natbox.model import Forward, forward_from_dict
 from natbox.paths import (
     StateFileError,
     config_dir,
@@ -29,75 +29,10 @@ UNIT_NAME = "natbox-restore.service"
 SYSCTL_NAME = "90-natbox.conf"
 FILE_VERSION = 1
 
-_FORWARD_KEYS: dict[str, tuple[type, ...]] = {
-    "name": (str,),
-    "proto": (str,),
-    "listen": (str,),
-    "backend": (str,),
-    "snat": (str, type(None)),
-    "masquerade": (bool,),
-    "mss_clamp": (bool,),
-    "local": (bool,),
-    "sources": (list,),
-}
-_REQUIRED = ("name", "listen", "backend")
-_TYPE_NAMES = {str: "a string", bool: "true or false", list: "a list", type(None): "null"}
-
 
 def saved_path() -> Path:
     """The saved set."""
     return config_dir() / "forwards.json"
-
-
-def forward_from_dict(data: dict[str, object]) -> Forward:
-    """The inverse of Forward.to_dict(), validated like user input and typed exactly:
-    booleans are booleans, names are strings, unknown keys are refused."""
-    unknown = sorted(set(data) - set(_FORWARD_KEYS))
-    if unknown:
-        raise ValidationError(
-            f"unknown key {shown(unknown[0])}", f"known keys: {', '.join(_FORWARD_KEYS)}"
-        )
-    for key in _REQUIRED:
-        if key not in data:
-            raise ValidationError(
-                f'missing "{key}"', 'each forward needs "name", "listen", "backend"'
-            )
-    for key, kinds in _FORWARD_KEYS.items():
-        if key in data and not (
-            isinstance(data[key], kinds) and not (bool not in kinds and isinstance(data[key], bool))
-        ):
-            want = " or ".join(_TYPE_NAMES[k] for k in kinds)
-            raise ValidationError(
-                f'"{key}" must be {want}, not {shown(json.dumps(data[key]))}',
-                f"write it like {json.dumps(_example(key))}",
-            )
-    sources = data.get("sources") or []
-    assert isinstance(sources, list)
-    if not all(isinstance(s, str) for s in sources):
-        raise ValidationError('"sources" must be a list of strings', 'like ["192.168.1.0/24"]')
-    snat = data.get("snat")
-    return Forward.from_text(
-        str(data["listen"]),
-        str(data["backend"]),
-        proto=str(data.get("proto", "tcp")),
-        name=str(data["name"]),
-        snat=str(snat) if snat else None,
-        masquerade=data.get("masquerade") is True,
-        mss_clamp=data.get("mss_clamp") is True,
-        local=data.get("local") is True,
-        sources=[str(s) for s in sources],
-    )
-
-
-def _example(key: str) -> object:
-    return {
-        "name": "web",
-        "proto": "tcp",
-        "listen": "192.168.1.30:1234",
-        "backend": "10.0.2.50:80",
-        "snat": None,
-        "sources": [],
-    }.get(key, False)
 
 
 def _line_index(text: str) -> dict[str, int]:
@@ -191,6 +126,15 @@ def write(forwards: list[Forward]) -> Path:
     """Write the saved set (root-only, atomically)."""
     body = {"version": FILE_VERSION, "forwards": [f.to_dict() for f in forwards]}
     return write_json(saved_path(), body, dir_mode=0o755)
+
+
+def follow(old: str, new: Forward) -> bool:
+    """An edit of `old` was kept: its saved entry becomes `new`, in its place (False: not saved)."""
+    saved = load()
+    if old not in {f.name for f in saved}:
+        return False
+    write([new if f.name == old else f for f in saved])
+    return True
 
 
 def unit_text() -> str:

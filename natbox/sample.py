@@ -11,8 +11,8 @@ from ipaddress import ip_address
 from typing import TYPE_CHECKING
 
 from natbox import conntrack, trace
-from natbox.api import Dashboard, Derived, EngineAPI, FlowSnapshot, ShownChain
-from natbox.checks import Finding, diagnose, preflight
+from natbox.api import ChangePreview, Dashboard, Derived, EngineAPI, FlowSnapshot, ShownChain
+from natbox.checks import ERROR, Finding, diagnose, preflight
 from natbox.errors import NatboxError, NotFoundError
 from natbox.export import export as export_forwards
 from natbox.facts import Facts
@@ -153,6 +153,11 @@ class SampleEngine:
     """Bumped by every change, like the nft ruleset generation."""
     saved: set[str] = field(default_factory=lambda: {"web"})
     """Names in the sample's saved set."""
+    disabled: list[Forward] = field(default_factory=list)
+    """Forwards taken out by disable(), remembered whole."""
+    before: tuple[list[Forward], list[Forward], set[str]] | None = None
+    """Forwards, disabled and saved as they were before the edit, disable or enable waiting in its
+    confirm window (rollback() puts them back)."""
 
     def __post_init__(self) -> None:
         self._text = sample_flows(self.flow_count)
@@ -209,6 +214,7 @@ class SampleEngine:
             taken_at=1_700_000_000.0 + 3 * self.reads,
             saved=frozenset(self.saved),
             rulesets=(rs,),
+            disabled=tuple(self.disabled),
         )
 
     def health(self, data: Dashboard) -> dict[str, list[Finding]]:
@@ -315,32 +321,118 @@ class SampleEngine:
         """Keep the waiting forward."""
         if self.waiting is None:
             raise NatboxError("no change waits for confirmation", "")
-        name, self.waiting = self.waiting, None
+        name, self.waiting, self.before = self.waiting, None, None
         return name
 
     def rollback(self) -> str:
-        """Remove the waiting forward."""
+        """Remove the waiting forward (or put back what the waiting edit, disable or enable changed)."""
         if self.waiting is None:
             raise NatboxError("no change waits for confirmation", "")
         name, self.waiting = self.waiting, None
-        self.forwards = [f for f in self.forwards if f.name != name]
+        if self.before is not None:
+            self.forwards, self.disabled, self.saved = self.before
+            self.before = None
+        else:
+            self.forwards = [f for f in self.forwards if f.name != name]
         self.generation += 1
         return name
 
     def preview_remove(self, name: str) -> dict[str, list[str]]:
-        """What removing `name` would commit on the sample box."""
+        """What removing `name` would commit on the sample box (nothing for a disabled one)."""
         lines = remove_lines(parse_save(sample_save(self.forwards)), name)
-        if not lines:
+        if not lines and all(f.name != name for f in self.disabled):
             raise NotFoundError(f"there is no forward named {name}", "natbox list shows them")
         return lines
 
     def remove(self, name: str) -> Outcome:
-        """Drop the forward from the sample box."""
+        """Drop the forward from the sample box (a disabled one is forgotten)."""
         lines = self.preview_remove(name)
         self.forwards = [f for f in self.forwards if f.name != name]
+        self.disabled = [f for f in self.disabled if f.name != name]
         self.removed.append(name)
         self.generation += 1
         return Outcome("remove", name, "restore (nft)", lines, seconds=0.05)
+
+    def _lines(self, name: str | None, fwd: Forward | None) -> dict[str, list[str]]:
+        """The old forward's rules out, then the new one's in, per table."""
+        out: dict[str, list[str]] = {}
+        if name is not None:
+            for table, lines in remove_lines(parse_save(sample_save(self.forwards)), name).items():
+                out.setdefault(table, []).extend(lines)
+        if fwd is not None:
+            others = parse_save(sample_save([f for f in self.forwards if f.name != name]))
+            for table, lines in apply_lines(others, build_plan(fwd)).items():
+                out.setdefault(table, []).extend(lines)
+        return out
+
+    def _preview(self, action: str, name: str, old: Forward, new: Forward | None) -> ChangePreview:
+        others = [f for f in self.forwards if f.name != name]
+        findings: tuple[Finding, ...] = ()
+        if new is not None:
+            rs = parse_save(sample_save(others))
+            conflicts(rs, new)
+            findings = tuple(preflight(new, rs, self._facts(new)))
+        live = name if action != "enable" else None
+        return ChangePreview(action, name, old, new, self._lines(live, new), findings)
+
+    def _change(self, preview: ChangePreview, confirm_seconds: float | None) -> Outcome:
+        if preview.blocked:
+            first = next(f for f in preview.findings if f.severity == ERROR)
+            raise NatboxError(first.message, first.fix)
+        if confirm_seconds is not None:
+            self.before = (list(self.forwards), list(self.disabled), set(self.saved))
+            self.waiting = f"{preview.action}:{preview.name}"
+        old, new = preview.before, preview.after
+        live = [f for f in self.forwards if f.name != preview.name]
+        if preview.action == "edit" and new is not None:
+            at = [f.name for f in self.forwards].index(preview.name)
+            self.forwards = [*live[:at], new, *live[at:]]
+            if preview.name in self.saved:  # the saved entry follows the edit
+                self.saved = (self.saved - {preview.name}) | {new.name}
+        elif preview.action == "disable" and old is not None:
+            self.forwards = live
+            self.disabled.append(old)
+        elif new is not None:
+            self.forwards = [*live, new]
+            self.disabled = [f for f in self.disabled if f.name != preview.name]
+        self.generation += 1
+        return Outcome(preview.action, preview.name, "restore (nft)", preview.lines, seconds=0.05)
+
+    def preview_edit(self, name: str, fwd: Forward) -> ChangePreview:
+        """What replacing `name` by `fwd` would commit on the sample box."""
+        return self._preview("edit", name, self._named(name), fwd)
+
+    def edit(
+        self,
+        name: str,
+        fwd: Forward,
+        *,
+        confirm_seconds: float | None = None,
+        enable_forwarding: bool = False,
+    ) -> Outcome:
+        """Replace `name` by `fwd` on the sample box, in its place."""
+        return self._change(self.preview_edit(name, fwd), confirm_seconds)
+
+    def preview_disable(self, name: str) -> ChangePreview:
+        """What disabling `name` would commit on the sample box."""
+        return self._preview("disable", name, self._named(name), None)
+
+    def disable(self, name: str, *, confirm_seconds: float | None = None) -> Outcome:
+        """Take `name` out of the sample box and remember it."""
+        return self._change(self.preview_disable(name), confirm_seconds)
+
+    def preview_enable(self, name: str) -> ChangePreview:
+        """What enabling the disabled `name` would commit on the sample box."""
+        fwd = next((f for f in self.disabled if f.name == name), None)
+        if fwd is None:
+            raise NotFoundError(f"there is no disabled forward named {name}", "natbox list")
+        return self._preview("enable", name, fwd, fwd)
+
+    def enable(
+        self, name: str, *, confirm_seconds: float | None = None, enable_forwarding: bool = False
+    ) -> Outcome:
+        """Put the disabled `name` back on the sample box."""
+        return self._change(self.preview_enable(name), confirm_seconds)
 
     def kill_forward_flows(self, name: str) -> int:
         """Forget every flow of forward `name`."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from natbox import disabled
 from natbox.backends import Backend
 from natbox.backends.detect import Detection
-from natbox.model import Chain, Rule, Ruleset
+from natbox.errors import NatboxError
+from natbox.model import Chain, Forward, Rule, Ruleset
 from natbox.ruleset import ForwardState, forward_states, tampering
 from natbox.system import ip_forward_enabled
 
@@ -78,6 +80,16 @@ def _chains(rs: Ruleset, family: int) -> list[dict[str, object]]:
     ]
 
 
+def disabled_forwards(live: set[str]) -> tuple[list[Forward], list[str]]:
+    """The disabled forwards (those not back in the kernel under their name), and a warning when
+    the list cannot be read."""
+    try:
+        return [f for f in disabled.load() if f.name not in live], []
+    except (NatboxError, OSError) as exc:
+        why = exc.one_line().removeprefix("natbox: ") if isinstance(exc, NatboxError) else str(exc)
+        return [], [f"the disabled forwards cannot be read: {why}"]
+
+
 def snapshot(backend: Backend, det: Detection, rs: Ruleset | None = None) -> dict[str, object]:
     """Everything `natbox list --json` reports."""
     rs = rs if rs is not None else backend.read()
@@ -90,6 +102,7 @@ def snapshot(backend: Backend, det: Detection, rs: Ruleset | None = None) -> dic
     rs6 = _v6_ruleset(backend)
     v4_states = forward_states(rs)
     v6_states = forward_states(rs6) if rs6 is not None else []
+    held, held_warnings = disabled_forwards({s.name for s in [*v4_states, *v6_states]})
     return {
         "backend": backend.label,
         "iptables": det.active,
@@ -104,6 +117,7 @@ def snapshot(backend: Backend, det: Detection, rs: Ruleset | None = None) -> dic
         },
         "chains": [*_chains(rs, 4), *(_chains(rs6, 6) if rs6 is not None else [])],
         "forwards": [_forward_dict(s) for s in [*v4_states, *v6_states]],
+        "disabled": [{**f.to_dict(), "disabled": True} for f in held],
         "foreign": [{**_rule_dict(r), "family": 4} for r in foreign_rules(rs)]
         + [{**_rule_dict(r), "family": 6} for r in (foreign_rules(rs6) if rs6 else [])],
         "warnings": list(
@@ -114,6 +128,7 @@ def snapshot(backend: Backend, det: Detection, rs: Ruleset | None = None) -> dic
                     *tampering(rs, v4_states),
                     *(rs6.warnings if rs6 else []),
                     *(tampering(rs6, v6_states) if rs6 else []),
+                    *held_warnings,
                 ]
             )
         ),

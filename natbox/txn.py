@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from natbox import journal, lock
+from natbox import disabled, journal, lock
 from natbox.backends import Backend
 from natbox.errors import BackendError, ConflictError, NatboxError, NotFoundError, NotRootError
 from natbox.model import Forward, Rule, Ruleset
@@ -440,6 +440,7 @@ def apply(
             "pass --enable-forwarding (turns it on until reboot)",
         )
     with lock.held(f"adding {fwd.name}"):
+        refuse_disabled_name(fwd.name)
         for other in families(backend):
             # Forwards live only in natbox's chains: those few chains answer the name question.
             names = (
@@ -564,8 +565,19 @@ def preview_remove(backend: Backend, name: str) -> dict[str, list[str]]:
     return remove_lines(found[1], name)
 
 
+def refuse_disabled_name(name: str) -> None:
+    """A new forward cannot take a disabled forward's name (`natbox enable` puts that one back)."""
+    if disabled.find(name) is not None:
+        raise ConflictError(
+            f"a disabled forward is named {name}",
+            f"natbox enable {name} puts it back; pick another --name, or natbox remove {name} "
+            "forgets it",
+        )
+
+
 def preview_apply(backend: Backend, fwd: Forward) -> dict[str, list[str]]:
     """The lines `apply` would commit, after the same conflict checks, without committing."""
+    refuse_disabled_name(fwd.name)
     rs = backend.for_family(fwd.family).read(natbox_only=True)
     conflicts(rs, fwd)
     return apply_lines(rs, build_plan(fwd))

@@ -215,7 +215,7 @@ def disarm(p: Pending) -> None:
     if _clear(p.token):
         _stop_watchdog(p)
         _forget_beat(p.token)
-        if p.name.startswith("apply:"):
+        if converge.is_set_change(p.name):
             converge.forget_rollback()
 
 
@@ -265,9 +265,9 @@ def confirm() -> str:
         raise NatboxError("the change was rolled back meanwhile", "natbox list shows what is there")
     _stop_watchdog(p)
     _forget_beat(p.token)
-    if p.name.startswith("apply:"):
-        converge.forget_rollback()  # kept: nothing to put back
     _record(p, True, f"{p.name} kept")
+    if converge.is_set_change(p.name):
+        converge.kept()  # nothing to put back; an edit's saved entry follows it
     return p.name
 
 
@@ -287,7 +287,7 @@ def _roll_back(p: Pending, text: str) -> str | None:
     """Remove `p`'s forward if this process wins the claim; the removal is journaled before the
     claim, so a natbox that dies anywhere in here leaves a journal the next natbox completes."""
     backend, _ = choose_backend(p.backend)
-    if p.name.startswith("apply:"):  # a whole `natbox apply`: put its forwards back as they were
+    if converge.is_set_change(p.name):  # `natbox apply`, edit, enable, disable: put back as it was
         # Lock first, claim second: a busy lock leaves the change pending (and its watchdog
         # retrying), never claimed and forgotten. A death after the claim leaves the rollback
         # record without a pending change, which supervise() finishes.

@@ -84,6 +84,15 @@ def test_plan_text_and_commands(capsys: pytest.CaptureFixture[str]) -> None:
             "is the listen address itself",
         ),
         (["frobnicate"], "invalid choice"),
+        (["edit", "web"], "the edit changes nothing"),
+        (["edit", "web", "--listen", "192.168.1.30"], "has no port"),
+        (["edit", "web", "--backend", "10.0.2.50:0"], "out of range"),
+        (["edit", "web", "--snat", "10.0.2.40", "--masquerade"], "not allowed"),
+        (["edit", "web", "--from", "any", "--from", "10.0.0.0/8"], "--from any"),
+        (["edit", "web", "--name", "Web!"], "name 'Web!'"),
+        (["edit", "web", "--confirm", "2"], "5 to 3600"),
+        (["disable"], "required"),
+        (["enable", "web", "--confirm", "nan"], "5 to 3600"),
     ],
 )
 def test_user_errors_are_one_line_exit_2(args: list[str], needle: str) -> None:
@@ -104,10 +113,13 @@ def test_not_root_refuses_writes_before_touching_anything(
     monkeypatch.setattr("natbox.cli.choose_backend", lambda *a: called.append(a))
     assert main(["add", *SEED, "--yes"]) == 2
     assert main(["remove", "web", "--yes"]) == 2
+    assert main(["edit", "web", "--backend", "10.0.2.51:80", "--yes"]) == 2
+    assert main(["disable", "web", "--yes"]) == 2
+    assert main(["enable", "web", "--yes"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert (
         err
         == ["natbox: natbox must run as root to change the firewall (hint: run it again with sudo)"]
-        * 2
+        * 5
     )
     assert called == [], "nothing may be read or touched without root"
