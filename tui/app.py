@@ -23,6 +23,12 @@ PALETTE = [
     ("Add a forward", "Open the add wizard", "add"),
     ("Remove the selected forward", "Show its rules, then remove them", "remove"),
     ("Undo", "Undo the last change of this session", "undo"),
+    ("Edit the marked forward", "The wizard, prefilled: old rules out, new in, at once", "edit"),
+    (
+        "Disable or enable the marked forward",
+        "Rules out, remembered; again puts them back",
+        "toggle_forward",
+    ),
     ("Conntrack viewer", "Live flows with both tuples", "conntrack"),
     ("Flows of the selected forward", "The viewer, filtered to that forward", "flows_of_forward"),
     ("Refresh", "Read rules, flows and interfaces now", "refresh"),

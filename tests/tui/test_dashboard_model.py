@@ -297,3 +297,85 @@ async def test_a_read_overtaken_by_a_change_never_moves_the_mark(
         assert isinstance(app.screen, ConfirmScreen)
         question = str(app.screen.query_one("#question").render())
         assert "Remove forward tcp-8082 (192.168.1.30:8082 → 10.0.2.50:80)?" in question, question
+
+
+async def test_edit_disable_enable_and_undo_the_marked_forward() -> None:
+    """#14 item 12: E edits the marked forward through the prefilled wizard, its preview and the
+    confirm window; x disables it (the row stays, `off`) and enables it again; u undoes each."""
+    from textual.widgets import Input
+
+    from tui.screens.wizard import WizardScreen
+
+    engine = SampleEngine()
+    app = make_app(engine, confirm_seconds=30)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        await pilot.press("down")
+        assert screen.selected == "web"
+        await pilot.press("E")
+        await settle(pilot)
+        wizard = app.screen
+        assert isinstance(wizard, WizardScreen) and wizard.title == "edit web"
+        assert wizard.query_one("#listen-port", Input).value == "1234", "prefilled, not suggested"
+        await pilot.press("enter")  # listen as it is
+        await settle(pilot)
+        backend = wizard.query_one("#backend", Input)
+        assert backend.value == "10.0.2.50:80"
+        backend.value = ""
+        await pilot.press(*"10.0.2.51:8080", "enter")
+        await settle(pilot)
+        assert wizard.query_one("#name", Input).value == "web", "an edit keeps the name"
+        await pilot.press("enter")
+        await settle(pilot)
+        restore = str(wizard.query_one("#restore").render())
+        assert "-D NATBOX-PREROUTING" in restore and "10.0.2.51:8080" in restore, restore
+        assert "no natbox forward" not in restore
+        await pilot.press("enter")
+        await settle(pilot)
+        assert isinstance(app.screen, CountdownScreen)
+        await pilot.press("y")
+        await settle(pilot)
+        web = next(f for f in engine.forwards if f.name == "web")
+        assert str(web.backend) == "10.0.2.51:8080"
+        assert screen.selected == "web"
+        assert screen.history[-1].kind == "edited"
+        # x: disable, after a yes that names it; the row stays, greyed.
+        await pilot.press("x")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        question = str(app.screen.query_one("#question").render())
+        assert question.startswith("Disable web (192.168.1.30:1234 → 10.0.2.51:8080)?"), question
+        await pilot.press("y")
+        await settle(pilot)
+        assert [f.name for f in engine.disabled] == ["web"]
+        assert "web" not in [f.name for f in engine.forwards]
+        assert "web" in names(screen) and screen.selected == "web"
+        assert str(screen.forwards_table.get_cell("web", "health")) == "off"
+        # u: undo the disable = enable it (after a yes, with the window).
+        await pilot.press("u")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        assert "Undo: Enable web" in str(app.screen.query_one("#question").render())
+        await pilot.press("y")
+        await settle(pilot)
+        assert isinstance(app.screen, CountdownScreen)
+        await pilot.press("y")
+        await settle(pilot)
+        assert "web" in [f.name for f in engine.forwards] and not engine.disabled
+        assert screen.history[-1].kind == "edited", "the undone disable left the history"
+        # u again: the edit is undone, web goes back to its old backend.
+        await pilot.press("u")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        assert "back to web (192.168.1.30:1234 → 10.0.2.50:80)" in str(
+            app.screen.query_one("#question").render()
+        )
+        await pilot.press("y")
+        await settle(pilot)
+        await pilot.press("y")
+        await settle(pilot)
+        web = next(f for f in engine.forwards if f.name == "web")
+        assert str(web.backend) == "10.0.2.50:80"
+        assert screen.history == []

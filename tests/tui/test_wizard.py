@@ -11,7 +11,7 @@ from tests.tui.conftest import settle
 from tui.app import NatboxApp, make_app
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.countdown import CountdownScreen
-from tui.screens.dashboard import DashboardScreen
+from tui.screens.dashboard import Change, DashboardScreen
 from tui.screens.wizard import WizardScreen
 
 
@@ -86,7 +86,7 @@ async def test_wizard_derives_previews_applies_and_keeps() -> None:
         assert engine.waiting is None and "tcp-8080" in [f.name for f in engine.forwards]
         screen = app.screen
         assert isinstance(screen, DashboardScreen)
-        assert screen.history == [("added", engine.applied[0])]
+        assert screen.history == [Change("added", engine.applied[0])]
         await settle(pilot)
         rows = [
             str(screen.forwards_table.get_cell(r.key, "name"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from rich.text import Text
 from textual import on, work
@@ -25,12 +25,13 @@ from textual.timer import Timer
 from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane, Tabs
 from textual.worker import Worker, WorkerFailed, WorkerState
 
-from natbox.api import Dashboard, EngineAPI, ShownChain
+from natbox.api import ChangePreview, Dashboard, EngineAPI, ShownChain
 from natbox.checks import Finding, worst
 from natbox.errors import NatboxError
 from natbox.model import Forward, Rule
 from natbox.plan import build_plan
 from natbox.ruleset import ForwardState
+from natbox.txn import Outcome
 from tui.messages import (
     DashboardLoaded,
     DashboardUnchanged,
@@ -48,14 +49,32 @@ from widgets.status_bar import StatusBar
 RULES_EVERY = 3.0
 FLOWS_EVERY = 1.0
 FULL_READ_EVERY = 20
+"""Polls: even when the fingerprint is unchanged, read everything every 20th (a minute: counters)."""
 FORWARD_ROWS = 7
 """Forward rows shown at once (more scroll): the rules below keep most of the screen."""
-"""Polls: even when the fingerprint is unchanged, read everything every 20th (a minute: counters)."""
 OWNER_STYLE = {"docker": "cyan", "kube": "magenta", "other": "", "natbox": "green"}
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
 FILTER_DELAY = 0.15
 SORTS = ("name", "flows", "bytes", "health")
 MARK = "▶"
+
+
+def _change_detail(preview: ChangePreview) -> str:
+    """What a dialog shows of a change: its restore lines per table, then its warnings."""
+    text = "\n".join(f"*{t}\n" + "\n".join(ls) for t, ls in preview.lines.items() if ls)
+    warnings = [f"! {f.message}" for f in preview.findings if f.severity == "warning"]
+    return "\n\n".join(part for part in (text, "\n".join(warnings)) if part)
+
+
+class Change(NamedTuple):
+    """One change of this session, for `u` and the History tab."""
+
+    kind: str
+    """added, removed, edited, disabled or enabled."""
+    forward: Forward
+    """The forward as the change left it (removed, disabled: as it was)."""
+    before: Forward | None = None
+    """An edit's forward before it."""
 
 
 def health_cell(findings: Sequence[Finding] | None, intact: bool) -> Text:
@@ -154,6 +173,22 @@ class DashboardScreen(Screen[None]):
         ),
         Binding(
             "u", "undo", "Undo", id="dashboard.undo", tooltip="Undo the last change of this session"
+        ),
+        Binding(
+            "E",
+            "edit",
+            "Edit",
+            show=False,
+            id="dashboard.edit",
+            tooltip="Edit the marked forward: the wizard, prefilled; old rules out, new in, at once",
+        ),
+        Binding(
+            "x",
+            "toggle_forward",
+            "Disable/enable",
+            show=False,
+            id="dashboard.toggle",
+            tooltip="Disable the marked forward (rules out, remembered) or enable it again",
         ),
         Binding(
             "enter",
@@ -299,8 +334,8 @@ class DashboardScreen(Screen[None]):
         self.needle = ""
         """The filter (`/`): forwards and rules that contain it."""
         self.goto_mode = False
-        self.history: list[tuple[str, Forward]] = []
-        """This session's changes, newest last: ("added" | "removed", forward), for `u`."""
+        self.history: list[Change] = []
+        """This session's changes, newest last, for `u`."""
         self.events: list[str] = []
         """What happened in this session, for the History tab (and what the toasts said)."""
         self._iface_history: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=12))
@@ -619,12 +654,18 @@ class DashboardScreen(Screen[None]):
             warnings=len(data.warnings),
         )
 
+    @property
+    def off_forwards(self) -> dict[str, Forward]:
+        """Forwards taken out with `x` (or `natbox disable`), by name: shown, greyed, `x` enables."""
+        return {f.name: f for f in self.data.disabled} if self.data is not None else {}
+
     def _visible_forwards(self) -> list[ForwardState]:
         assert self.data is not None
         needle = self.needle
+        disabled = [ForwardState(f.name, [], f) for f in self.data.disabled]
         states = [
             s
-            for s in self.data.forwards
+            for s in [*self.data.forwards, *disabled]
             if not needle
             or needle in s.name.lower()
             or (s.forward is not None and needle in path_text(s.forward).lower())
@@ -646,12 +687,17 @@ class DashboardScreen(Screen[None]):
         marked = state.name == self.selected
         count = None if self.counts is None else self.counts.get(state.name, FlowCount(0, 0))
         known = self.data.saved
+        off = state.name in self.off_forwards
         cells: dict[str, Cell] = {
             "mark": MARK if marked else " ",
             "name": Text(state.name, style="bold" if marked else ""),
-            "health": health_cell(self.health.get(state.name), state.intact),
-            "flows": "…" if count is None else str(count.flows),
-            "bytes": "…" if count is None else human_bytes(count.bytes),
+            "health": (
+                Text("off", style="dim")
+                if off
+                else health_cell(self.health.get(state.name), state.intact)
+            ),
+            "flows": "-" if off else "…" if count is None else str(count.flows),
+            "bytes": "-" if off else "…" if count is None else human_bytes(count.bytes),
             "saved": saved_cell(state.name, known, self.data.drifted),
         }
         if f is None:
@@ -711,7 +757,7 @@ class DashboardScreen(Screen[None]):
             table.sync(
                 [(s.name, [c[k] for k in columns]) for s, c in zip(states, cells, strict=True)]
             )
-        has_rows = bool(self.data.forwards)
+        has_rows = bool(self.data.forwards or self.data.disabled)
         table.display = bool(states)
         # The height follows the rows, set here rather than left to `height: auto`: under load an
         # auto-height table could be laid out before its first rows were measured, and stayed blank.
@@ -832,6 +878,8 @@ class DashboardScreen(Screen[None]):
         text = Text()
         if name is None:
             text.append("no forward selected", style="dim")
+        elif name in self.off_forwards:
+            text.append(f"{name}: disabled — its rules are out; x puts them back", style="dim")
         elif name not in self.health:
             text.append(f"{name}: checking…", style="dim")
         else:
@@ -900,15 +948,24 @@ class DashboardScreen(Screen[None]):
         from tui.screens.wizard import WizardScreen
 
         # Pushed at once, with what is known now: keys typed ahead land in the wizard's fields.
-        forwards = [s.forward for s in (self.data.forwards if self.data else ()) if s.forward]
-        taken = {
+        wizard = WizardScreen(
+            self.engine, self.local_addresses(), self.confirm_seconds, self._taken()
+        )
+        self.app.push_screen(wizard, self._wizard_done)
+
+    def _taken(self, but: str | None = None) -> set[tuple[str, int]]:
+        """(proto, port) the forwards listen on (but `but`'s: an edit may keep its own port)."""
+        forwards = [
+            s.forward
+            for s in (self.data.forwards if self.data else ())
+            if s.forward and s.name != but
+        ]
+        return {
             (proto, port)
             for f in forwards
             for proto in f.protocols
             for port in range(f.listen.port, f.listen.port_end + 1)
         }
-        wizard = WizardScreen(self.engine, self.local_addresses(), self.confirm_seconds, taken)
-        self.app.push_screen(wizard, self._wizard_done)
 
     def _wizard_done(self, result: Any) -> None:
         if result is not None:
@@ -943,19 +1000,26 @@ class DashboardScreen(Screen[None]):
 
     async def _apply_with_window(self, fwd: Forward, enable_forwarding: bool = False) -> bool:
         """Apply `fwd` with the confirm window; True when the user kept it."""
+        engine = self.engine
+        return await self._with_window(
+            Change("added", fwd),
+            lambda window: engine.apply(
+                fwd, confirm_seconds=window, enable_forwarding=enable_forwarding
+            ),
+        )
+
+    async def _with_window(self, change: Change, call: Callable[[float], Outcome]) -> bool:
+        """Make `change` with `call(window)` (an apply, an edit, an enable) and the confirm window:
+        the countdown, then keep or roll back. True when the user kept it."""
         from tui.screens.countdown import CountdownScreen
 
         engine = self.engine
+        fwd = change.forward
         window = self.confirm_seconds
         armed_at = self.clock()  # the watchdog's deadline starts before the rules go in
         self._applying = True
         try:
-            await self._in_thread(
-                lambda: engine.apply(
-                    fwd, confirm_seconds=window, enable_forwarding=enable_forwarding
-                ),
-                "applying",
-            )
+            await self._in_thread(lambda: call(window), "applying")
         except NatboxError as exc:
             self.say(exc.one_line(), severity="error")
             return False
@@ -971,15 +1035,15 @@ class DashboardScreen(Screen[None]):
         try:
             if answer == "keep":
                 await self._in_thread(engine.confirm, "confirming")
-                self.history.append(("added", fwd))
+                self.history.append(change)
                 self.say(f"kept {self._named_forward(fwd)}", title="natbox")
                 kept = True
             else:
                 await self._in_thread(engine.rollback, "rolling back")
-                self._say_rolled_back(fwd, answer == "expired")
+                self._say_rolled_back(change, answer == "expired")
         except NatboxError:
             # The watchdog got there first (the deadline passed): it rolled the forward back.
-            self._say_rolled_back(fwd, True)
+            self._say_rolled_back(change, True)
         self.action_refresh(quiet=True)
         if kept:
             self.select_forward(fwd.name)
@@ -991,9 +1055,15 @@ class DashboardScreen(Screen[None]):
     def _named_forward(self, fwd: Forward) -> str:
         return f"{fwd.name} ({path_text(fwd)})"
 
-    def _say_rolled_back(self, fwd: Forward, expired: bool) -> None:
+    def _say_rolled_back(self, change: Change, expired: bool) -> None:
         why = f"not confirmed within {self.confirm_seconds:.0f} s" if expired else "you chose n"
-        self.say(f"{fwd.name} rolled back: {why}", title="natbox", severity="warning")
+        after = {
+            "edited": f"; {self._named_forward(change.before)} is back" if change.before else "",
+            "enabled": "; it stays disabled",
+        }.get(change.kind, "")
+        self.say(
+            f"{change.forward.name} rolled back: {why}{after}", title="natbox", severity="warning"
+        )
 
     def action_undo(self) -> None:
         if not self.history:
@@ -1005,7 +1075,11 @@ class DashboardScreen(Screen[None]):
     async def _undo(self) -> None:
         from tui.screens.confirm import ConfirmScreen
 
-        kind, fwd = self.history[-1]
+        change = self.history[-1]
+        kind, fwd = change.kind, change.forward
+        if kind in ("edited", "disabled", "enabled"):
+            await self._undo_change(change)
+            return
         if kind == "added":
             try:
                 lines = await self._preview_remove(fwd.name)
@@ -1026,8 +1100,150 @@ class DashboardScreen(Screen[None]):
             ):
                 self.history.pop()
                 await self._apply_with_window(fwd)
-                if self.history and self.history[-1] == ("added", fwd):
+                if self.history and self.history[-1] == Change("added", fwd):
                     self.history.pop()  # re-adding what was removed is not a new change to undo
+
+    def action_edit(self) -> None:
+        name = self._marked("edit forwards", live=True)
+        if name is None:
+            return
+        state = self._selected_state()
+        if state is None or state.forward is None or not state.intact:
+            self.say(
+                f"{name}'s rules are not as natbox wrote them, so it cannot be edited "
+                "(D diagnoses it; d removes it)",
+                severity="warning",
+            )
+            return
+        from tui.screens.wizard import WizardScreen
+
+        old = state.forward
+        wizard = WizardScreen(
+            self.engine,
+            self.local_addresses(),
+            self.confirm_seconds,
+            self._taken(but=name),
+            editing=old,
+        )
+        self.app.push_screen(wizard, lambda result: self._edit_done(old, result))
+
+    def _edit_done(self, old: Forward, result: Any) -> None:
+        if result is None:
+            return
+        if result.forward == old and not result.enable_forwarding:
+            self.say(f"{old.name} is unchanged: nothing to apply", title="natbox")
+            return
+        self._applying = True  # keys typed ahead (the `y`) wait for the confirm window
+        self._edit(old, result.forward, result.enable_forwarding)
+
+    @work(exclusive=True, group="wizard", exit_on_error=False, description="editing")
+    async def _edit(self, old: Forward, new: Forward, enable_forwarding: bool) -> None:
+        engine = self.engine
+        await self._with_window(
+            Change("edited", new, old),
+            lambda window: engine.edit(
+                old.name, new, confirm_seconds=window, enable_forwarding=enable_forwarding
+            ),
+        )
+
+    def action_toggle_forward(self) -> None:
+        name = self._marked("disable or enable forwards")
+        if name is not None:
+            self._toggle(name, enable=name in self.off_forwards)
+
+    @work(exclusive=True, group="toggle", exit_on_error=False, description="disable/enable")
+    async def _toggle(self, name: str, enable: bool, undo: Change | None = None) -> None:
+        """Disable `name` (after a yes) or enable it (after a yes, with the confirm window);
+        `undo`: the change this undoes, dropped from the history once done."""
+        from tui.screens.confirm import ConfirmScreen
+
+        engine = self.engine
+        try:
+            preview: ChangePreview = await self._in_thread(
+                (lambda: engine.preview_enable(name))
+                if enable
+                else lambda: engine.preview_disable(name),
+                "reading the rules",
+            )
+        except NatboxError as exc:
+            self.say(exc.one_line(), severity="error")
+            return
+        fwd = preview.after if enable else preview.before
+        if fwd is None:
+            self.say(f"{name} cannot be {'enabled' if enable else 'disabled'}", severity="error")
+            return
+        errors = [f for f in preview.findings if f.severity == "error"]
+        if errors:
+            self.say(
+                f"{name} cannot be enabled: {errors[0].message} — fix: {errors[0].fix}",
+                severity="error",
+                timeout=10,
+            )
+            return
+        detail = _change_detail(preview)
+        prefix = "Undo: " if undo else ""
+        if enable:
+            question = f"{prefix}Enable {self._named_forward(fwd)}? These rules go back in:"
+        else:
+            question = (
+                f"{prefix}Disable {self._named_forward(fwd)}? These rules go out "
+                "(it is remembered; x puts it back):"
+            )
+        if not await self.app.push_screen_wait(ConfirmScreen(question, detail)):
+            return
+        if undo is not None and self.history and self.history[-1] == undo:
+            self.history.pop()
+        if enable:
+            kept = await self._with_window(
+                Change("enabled", fwd), lambda window: engine.enable(name, confirm_seconds=window)
+            )
+            if kept and undo is not None and self.history and self.history[-1].kind == "enabled":
+                self.history.pop()  # undoing is not a new change to undo
+            return
+        try:
+            outcome: Outcome = await self._in_thread(lambda: engine.disable(name), "disabling")
+        except NatboxError as exc:
+            self.say(exc.one_line(), severity="error")
+            return
+        if undo is None:
+            self.history.append(Change("disabled", fwd))
+        self.say(
+            f"disabled {self._named_forward(fwd)} ({outcome.seconds * 1000:.0f} ms): "
+            "x puts it back",
+            title="natbox",
+        )
+        self.action_refresh(quiet=True)
+
+    async def _undo_change(self, change: Change) -> None:
+        """Undo an edit (edit back), a disable (enable) or an enable (disable)."""
+        from tui.screens.confirm import ConfirmScreen
+
+        if change.kind == "disabled":
+            self._toggle(change.forward.name, enable=True, undo=change)
+            return
+        if change.kind == "enabled":
+            self._toggle(change.forward.name, enable=False, undo=change)
+            return
+        new, old = change.forward, change.before
+        assert old is not None
+        engine = self.engine
+        try:
+            preview: ChangePreview = await self._in_thread(
+                lambda: engine.preview_edit(new.name, old), "reading the rules"
+            )
+        except NatboxError as exc:
+            self.say(exc.one_line(), severity="error")
+            return
+        question = f"Undo the edit: {new.name} back to {self._named_forward(old)}?"
+        if not await self.app.push_screen_wait(ConfirmScreen(question, _change_detail(preview))):
+            return
+        self.history.pop()
+        kept = await self._with_window(
+            Change("edited", old, new),
+            lambda window: engine.edit(new.name, old, confirm_seconds=window),
+        )
+        if kept and self.history and self.history[-1] == Change("edited", old, new):
+            self.history.pop()  # undoing is not a new change to undo
 
     def action_remove(self) -> None:
         name = self.selected
@@ -1070,15 +1286,19 @@ class DashboardScreen(Screen[None]):
 
     def _record_removal(self, before: Forward | None) -> None:
         if before is not None:
-            self.history.append(("removed", before))
+            self.history.append(Change("removed", before))
 
-    def _marked(self, verb: str, writes: bool = True) -> str | None:
-        """The marked forward for an action, or None (said why)."""
+    def _marked(self, verb: str, writes: bool = True, live: bool = False) -> str | None:
+        """The marked forward for an action, or None (said why); `live`: the action needs its
+        rules in the kernel (a disabled forward has none)."""
         if self.selected is None:
             self.say("no forward selected", severity="warning")
             return None
         if writes and self.data is not None and self.data.read_only:
             self.say(f"read-only: run natbox with sudo to {verb}", severity="warning")
+            return None
+        if live and self.selected in self.off_forwards:
+            self.say(f"{self.selected} is disabled: x enables it", severity="warning")
             return None
         return self.selected
 
@@ -1105,7 +1325,7 @@ class DashboardScreen(Screen[None]):
             self.app.call_from_thread(self.action_refresh, True)
 
     def action_export(self) -> None:
-        name = self._marked("export", writes=False)
+        name = self._marked("export", writes=False, live=True)
         if name is not None:
             self._export(self.engine, name)
 
@@ -1125,7 +1345,7 @@ class DashboardScreen(Screen[None]):
         )
 
     def action_doctor(self) -> None:
-        name = self._marked("diagnose", writes=False)
+        name = self._marked("diagnose", writes=False, live=True)
         if name is not None:
             self.query_one("#tabs", TabbedContent).active = "health"
             self.query_one("#health-detail", Static).update(f"{name}: probing…")
@@ -1143,7 +1363,7 @@ class DashboardScreen(Screen[None]):
         )
 
     def action_trace(self) -> None:
-        name = self._marked("trace (it adds TRACE rules for a moment)")
+        name = self._marked("trace (it adds TRACE rules for a moment)", live=True)
         state = self._selected_state()
         if name is None or state is None:
             return

@@ -46,6 +46,8 @@ STEPS = ["Listen", "Backend", "Options", "Preview"]
 PROTOS = ("tcp", "udp", "both")
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
 FIRST_SUGGESTED_PORT = 8080
+EDIT_FIELDS = ("listen-ip", "listen-port", "backend", "snat", "name", "sources")
+"""The fields an edit prefills: derived values never overwrite them."""
 _REMOVE_HINT = re.compile(r"`?natbox remove ([\w.-]+)`?")
 
 
@@ -65,9 +67,11 @@ def tui_fix(fix: str) -> str:
 
 def commands_of(lines: dict[str, list[str]], family: int) -> list[str]:
     """Restore lines per table as the iptables commands that do the same, one per line."""
-    tool = "ip6tables" if family == 6 else "iptables"
     out: list[str] = []
-    for table, table_lines in lines.items():
+    for key, table_lines in lines.items():
+        # A change that spans both IP versions names the IPv6 tables `ip6 nat`, `ip6 filter`.
+        six = family == 6 or key.startswith("ip6 ")
+        tool, table = ("ip6tables" if six else "iptables"), key.removeprefix("ip6 ")
         for line in table_lines:
             if line.startswith(":"):
                 out.append(f"{tool} -w -t {table} -N {line[1:].split()[0]}")
@@ -79,7 +83,11 @@ def commands_of(lines: dict[str, list[str]], family: int) -> list[str]:
 def restore_of(lines: dict[str, list[str]]) -> str:
     """Restore lines per table as the text `iptables-restore --noflush` is given."""
     return "".join(
-        f"*{t}\n" + "".join(f"{line}\n" for line in ls) + "COMMIT\n" for t, ls in lines.items()
+        ("# ip6tables-restore --noflush\n" if t.startswith("ip6 ") else "")
+        + f"*{t.removeprefix('ip6 ')}\n"
+        + "".join(f"{line}\n" for line in ls)
+        + "COMMIT\n"
+        for t, ls in lines.items()
     )
 
 
@@ -102,7 +110,7 @@ class WizardResult:
 
 
 class WizardScreen(Screen[WizardResult | None]):
-    """Add a forward in four steps."""
+    """Add a forward in four steps; or edit one (`editing`): the same steps, prefilled with it."""
 
     DEFAULT_CSS = """
     WizardScreen ContentSwitcher {
@@ -181,25 +189,26 @@ class WizardScreen(Screen[WizardResult | None]):
         addresses: list[tuple[str, str]],
         confirm_seconds: float = 30.0,
         taken: Set[tuple[str, int]] = frozenset(),
+        editing: Forward | None = None,
     ) -> None:
         super().__init__()
+        self.editing = editing
+        """The forward being edited (its fields are the prefill; nothing is derived over them)."""
         self.engine = engine
         self.addresses = addresses
         """(address, interface): the default route's interface first."""
         self.confirm_seconds = confirm_seconds
         self.taken = taken
         """(proto, port) the box's forwards listen on."""
-        self.port = suggest_port(taken, frozenset())
+        self.port = editing.listen.ports if editing else suggest_port(taken, frozenset())
         """The suggested port (a real value, not a placeholder)."""
-        self.touched: set[str] = set()
-        """Fields the user typed into (prefills never overwrite them)."""
+        self.touched: set[str] = set(EDIT_FIELDS if editing else ())
+        """Fields the user typed into (prefills never overwrite them); an edit's are all set."""
         self.apply_lines: dict[str, list[str]] | None = None
         self._mounted = False
-        self._asking = 0
-        """Engine calls in flight (route lookup, preflight): keys typed ahead wait for them."""
         self.step = 0
         self.derived: Derived | None = None
-        self.snat_touched = False
+        self.snat_touched = editing is not None
         self.forward: Forward | None = None
         self.findings: list[Finding] = []
         self.checked = False
@@ -208,6 +217,9 @@ class WizardScreen(Screen[WizardResult | None]):
     def compose(self) -> ComposeResult:
         local = [a for a, dev in self.addresses if dev != "lo"]
         listed = "   ".join(f"{a} {dev}" for a, dev in self.addresses if dev != "lo")
+        old = self.editing
+        listen_ip = str(old.listen.ip) if old else (local[0] if local else "")
+        proto = old.proto if old else PROTOS[0]
         yield Header(icon="≡")
         yield StepBar(STEPS, id="steps")
         with ContentSwitcher(initial="step-0"):
@@ -215,7 +227,7 @@ class WizardScreen(Screen[WizardResult | None]):
                 yield Label("Client-facing address (where clients connect)")
                 yield Static(f"this box: {listed or 'no addresses found'}", classes="hint")
                 yield Input(
-                    local[0] if local else "",
+                    listen_ip,
                     id="listen-ip",
                     suggester=SuggestFromList(local, case_sensitive=False),
                 )
@@ -225,29 +237,45 @@ class WizardScreen(Screen[WizardResult | None]):
                 yield Static("", id="listen-port-error", classes="error")
                 yield Label("Protocol (arrows, then space)")
                 with RadioSet(id="proto"):
-                    for i, p in enumerate(PROTOS):
-                        yield RadioButton(p, value=i == 0, id=f"proto-{p}")
+                    for p in PROTOS:
+                        yield RadioButton(p, value=p == proto, id=f"proto-{p}")
             with VerticalScroll(id="step-1", classes="step"):
                 yield Label("Backend ip:port (the server clients should reach)")
-                yield Input("", id="backend", placeholder="e.g. 10.0.2.50:80")
+                yield Input(
+                    str(old.backend) if old else "", id="backend", placeholder="e.g. 10.0.2.50:80"
+                )
                 yield Static("", id="backend-error", classes="error")
                 yield Static("", id="derived", classes="derived")
                 yield Label("SNAT source (this box's backend-side address, derived from the route)")
-                yield Input("", id="snat", placeholder="derived when the backend is known")
+                yield Input(
+                    str(old.snat) if old and old.snat else "",
+                    id="snat",
+                    placeholder="derived when the backend is known",
+                )
                 yield Static("", id="snat-error", classes="error")
                 yield Checkbox(
-                    "Masquerade instead (SNAT to whatever the outgoing address is)", id="masquerade"
+                    "Masquerade instead (SNAT to whatever the outgoing address is)",
+                    bool(old and old.masquerade),
+                    id="masquerade",
                 )
             with VerticalScroll(id="step-2", classes="step"):
                 yield Label("Name")
-                yield Input("", id="name")
+                yield Input(old.name if old else "", id="name")
                 yield Static("", id="name-error", classes="error")
-                yield Checkbox("MSS clamp", id="mss")
+                yield Checkbox("MSS clamp", bool(old and old.mss_clamp), id="mss")
                 yield Static("", id="mss-reason", classes="hint")
                 yield Label("Allowed clients (CIDRs, comma-separated; empty = anyone)")
-                yield Input("", id="sources", placeholder="e.g. 192.168.1.0/24")
+                yield Input(
+                    ", ".join(str(n) for n in old.sources) if old else "",
+                    id="sources",
+                    placeholder="e.g. 192.168.1.0/24",
+                )
                 yield Static("", id="sources-error", classes="error")
-                yield Checkbox("Also for this box's own connections (nat OUTPUT)", id="local")
+                yield Checkbox(
+                    "Also for this box's own connections (nat OUTPUT)",
+                    bool(old and old.local),
+                    id="local",
+                )
                 yield Checkbox("Enable ip_forward (it is off)", id="enable-forwarding")
             with Vertical(id="step-3"):
                 with TabbedContent(id="preview-tabs"):
@@ -266,7 +294,9 @@ class WizardScreen(Screen[WizardResult | None]):
 
     def on_mount(self) -> None:
         self.call_after_refresh(self._accept_keys)
-        self.title = "add a forward"
+        self.title = f"edit {self.editing.name}" if self.editing else "add a forward"
+        if self.editing is not None and self.editing.masquerade:
+            self.query_one("#snat", Input).disabled = True
         self.sub_title = "Enter next · Esc back · Tab next field"
         self.query_one("#enable-forwarding", Checkbox).display = False
         self.query_one("#listen-ip", Input).focus()
@@ -363,26 +393,32 @@ class WizardScreen(Screen[WizardResult | None]):
 
     def _derive(self) -> None:
         backend = Endpoint.parse(self._value("backend"), "backend")
-        self._asking += 1
         self.derive(self.engine, self._value("listen-ip"), str(backend.ip))
 
     @property
     def accepting_keys(self) -> bool:
         """Keys typed ahead (NatboxApp holds them) wait until the first field has the focus and the
         engine has answered: Enter after the backend then finds the derived SNAT source."""
-        return self._mounted and self._asking == 0
+        return self._mounted and not self.asking
+
+    @property
+    def asking(self) -> bool:
+        """An engine call (route lookup, preflight) is in flight. Asked of the workers themselves,
+        not counted: a worker replaced by a newer one (exclusive) never reports its end, and a
+        count would then hold the keys typed ahead for good."""
+        return any(
+            w.node is self
+            and w.group in ("derive", "preflight")
+            and w.state in (WorkerState.PENDING, WorkerState.RUNNING)
+            and not w.is_cancelled
+            for w in self.app.workers
+        )
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        if event.worker.group in ("derive", "preflight") and event.state in (
-            WorkerState.SUCCESS,
-            WorkerState.ERROR,
-            WorkerState.CANCELLED,
-        ):
-            self._asking = max(0, self._asking - 1)
-            if event.state == WorkerState.ERROR:
-                self.notify(
-                    f"{event.worker.description} failed: {event.worker.error!r}", severity="error"
-                )
+        if event.worker.group in ("derive", "preflight") and event.state == WorkerState.ERROR:
+            self.notify(
+                f"{event.worker.description} failed: {event.worker.error!r}", severity="error"
+            )
 
     def _derived(self, d: Derived) -> None:
         self.derived = d
@@ -402,7 +438,11 @@ class WizardScreen(Screen[WizardResult | None]):
             snat.value = d.snat
         mss = self.query_one("#mss", Checkbox)
         reason = self.query_one("#mss-reason", Static)
-        if d.mss_suggested:
+        if self.editing is not None:
+            reason.update(
+                "as the forward has it" + (" (suggested here)" if d.mss_suggested else "")
+            )
+        elif d.mss_suggested:
             mss.value = True
             reason.update(
                 f"ticked: {d.listen_dev} has MTU {d.mtu_listen}, {d.backend_dev} {d.mtu_backend}; "
@@ -519,7 +559,6 @@ class WizardScreen(Screen[WizardResult | None]):
         self.query_one("#findings", Static).update("checking…")
         state.update("checking the box before apply…")
         self.query_one("#preview-tabs", TabbedContent).focus()
-        self._asking += 1
         self.run_preflight(self.engine, fwd)
 
     @work(
@@ -529,8 +568,13 @@ class WizardScreen(Screen[WizardResult | None]):
         """The engine's preflight findings for this forward, and the lines apply would commit."""
         lines: dict[str, list[str]] | None = None
         try:
-            findings = engine.preflight(fwd)
-            lines = engine.apply_preview(fwd)
+            if self.editing is not None:
+                # The old forward's rules go out in the same transaction: they are not in the way.
+                change = engine.preview_edit(self.editing.name, fwd)
+                findings, lines = list(change.findings), change.lines
+            else:
+                findings = engine.preflight(fwd)
+                lines = engine.apply_preview(fwd)
         except NatboxError as exc:
             findings = [Finding("preflight", ERROR, exc.message, exc.hint)]
         self.app.call_from_thread(self._preflighted, fwd, findings, lines)
@@ -562,8 +606,9 @@ class WizardScreen(Screen[WizardResult | None]):
         if self.blocked:
             state.update("× fix the errors above (Escape goes back); Apply is not offered")
         else:
+            verb = "replaces the old rules with these" if self.editing else "applies"
             state.update(
-                f"Enter applies, with a {self.confirm_seconds:.0f} s window to keep or roll back"
+                f"Enter {verb}, with a {self.confirm_seconds:.0f} s window to keep or roll back"
             )
 
     @property
