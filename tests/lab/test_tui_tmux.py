@@ -312,3 +312,53 @@ def test_demo_ends_with_its_terminal(how: str, tmp_path: object) -> None:
         tmux.kill()
         if _demo_left():
             subprocess.run([sys.executable, "-m", "natbox", "demo", "--down"], check=False)
+
+
+def test_edit_and_disable_enable_in_a_real_terminal(lab: Lab) -> None:
+    """#14 item 12 with the real engine: E moves web to another backend (a client reaches it
+    afterwards), x takes web out (the client is refused, the row stays `off`) and puts it back."""
+    token = f"new-{secrets.token_hex(4)}"
+    lab.add_backend("10.0.2.51", token)
+    out = lab.natbox("add", f"{NAT_LAN_IP}:1234", f"{SERVER_IP}:80", "--name", "web", "--yes")
+    assert out.returncode == 0, out.stderr
+    before = lab.fetch()
+    assert before is not None and token not in before
+    tmux = Tmux()
+    try:
+        start(lab, tmux)
+        tmux.wait_for("▶  web")
+        tmux.type("E")
+        tmux.wait_for("edit web")
+        tmux.type("Enter")  # listen as it is
+        tmux.wait_for("Backend ip:port")
+        tmux.type("C-u", "10.0.2.51:80", "Enter")
+        tmux.wait_for("Name")
+        tmux.type("Enter")
+        tmux.wait_for("replaces the old rules", timeout=30)
+        tmux.type("Enter")
+        tmux.wait_for("is live. Keep", timeout=30)
+        tmux.type("y")
+        tmux.wait_for("kept web", timeout=30)
+        assert token in (lab.fetch() or ""), "the client reaches the new backend"
+        saved = lab.save()
+        assert saved.count("natbox:web") >= 4 and "10.0.2.50:80" not in saved
+        tmux.wait_for("10.0.2.51:80")
+        tmux.type("x")
+        screen = tmux.wait_for("No (n)", timeout=30)
+        assert "Disable web (192.168.1.30:1234 → 10.0.2.51:80)?" in screen, screen
+        tmux.type("y")
+        tmux.wait_for("disabled web", timeout=30)
+        assert "natbox:web" not in lab.save()
+        assert lab.fetch(timeout=1.0) is None, "disabled: the client gets nowhere"
+        screen = tmux.wait_for(" off ")
+        assert "▶  web" in screen, "the disabled row stays, marked"
+        tmux.type("x")
+        screen = tmux.wait_for("No (n)", timeout=30)
+        assert "Enable web (192.168.1.30:1234 → 10.0.2.51:80)?" in screen, screen
+        tmux.type("y")
+        tmux.wait_for("is live. Keep", timeout=30)
+        tmux.type("y")
+        tmux.wait_for("kept web", timeout=30)
+        assert token in (lab.fetch() or ""), "enabled again: the new backend answers"
+    finally:
+        tmux.kill()
