@@ -344,7 +344,9 @@ def _modify(args: argparse.Namespace, plan: Callable[[Backend, list[str]], modif
         backend_choice=args.backend_choice,
     )
     if args.json:
-        print(json.dumps({**planned.to_dict(), "notes": outcome.notes}, indent=2))
+        print(
+            json.dumps({**planned.to_dict(), "notes": [*planned.notes, *outcome.notes]}, indent=2)
+        )
     else:
         for note in outcome.notes:
             print(f"note: {note}")

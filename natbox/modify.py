@@ -385,7 +385,7 @@ def carry(
         backend_choice=backend_choice,
         label=f"{planned.action}:{planned.name}",
     )
-    notes = [*planned.notes, *report.notes]
+    notes = list(report.notes)  # the plan's own notes were shown with the preview
     old, new = planned.before, planned.after
     if planned.action == "edit" and old and new and old.listen != new.listen:
         notes.extend(txn.flush_flows(old, backend.runner))  # flows to the old listen address

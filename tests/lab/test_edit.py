@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from natbox.lab import DEMO_FOREIGN, NAT_LAN_IP, PAGE_TOKEN, SERVER_IP, Lab
+from tests.lab.test_confirm_window import wait_until
 
 NEW_IP, NEW_TOKEN = "10.0.2.51", "natbox-lab-new-backend"
 WEB = [f"{NAT_LAN_IP}:1234", f"{SERVER_IP}:80", "--name", "web", "--yes"]
@@ -77,23 +78,20 @@ def web_rules(save: str) -> list[str]:
     return sorted(line for line in save.splitlines() if '"natbox:web"' in line)
 
 
-def wait_until(predicate: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.2)
-    return False
+def seeded(box: Lab, backend: str, *adds: list[str]) -> str:
+    """Foreign rules, then the forwards `adds` (add's arguments) with `backend`; the flavour."""
+    flavour = FLAVOUR[backend]
+    box.nat_exec(f"iptables-{flavour}-restore", stdin=DEMO_FOREIGN)
+    for args in adds:
+        nb(box, "--backend", backend, "add", *args)
+    return flavour
 
 
 @pytest.mark.parametrize("backend", ["restore", "iptc"])
 def test_edit_replaces_exactly_the_forwards_rules_and_the_client_reaches_the_new_backend(
     box: Lab, backend: str
 ) -> None:
-    flavour = FLAVOUR[backend]
-    box.nat_exec(f"iptables-{flavour}-restore", stdin=DEMO_FOREIGN)
-    nb(box, "--backend", backend, "add", *WEB)
-    nb(box, "--backend", backend, "add", *DNS)
+    flavour = seeded(box, backend, WEB, DNS)
     before = box.save(flavour)
     assert box.fetch() == PAGE_TOKEN + "\n"
     edit = ["--backend", backend, "edit", "web", "--backend", f"{NEW_IP}:80"]
@@ -124,10 +122,7 @@ EDIT_POINTS = (
 def test_kill_9_at_every_point_of_an_edit_leaves_the_old_or_the_new_forward(
     box: Lab, backend: str
 ) -> None:
-    flavour = FLAVOUR[backend]
-    box.nat_exec(f"iptables-{flavour}-restore", stdin=DEMO_FOREIGN)
-    nb(box, "--backend", backend, "add", *DNS)
-    nb(box, "--backend", backend, "add", *WEB)
+    flavour = seeded(box, backend, DNS, WEB)
     old_rules, rest = web_rules(box.save(flavour)), not_web(box.save(flavour))
     edit = ["--backend", backend, "edit", "web", "--backend", f"{NEW_IP}:80", "--yes"]
     nb(box, *edit)
