@@ -675,6 +675,10 @@ def plan(
     target, kept = target_of(wanted, states, prune)
     change = converge.plan_change(backend, target)
     report = Report(wanted.source, backend.label, change, kept, check=True)
+    report.notes.extend(
+        f"{name} is disabled: applying the file enables it (natbox enable)"
+        for name in change.enable
+    )
     if diagnose:
         report.findings = diagnose_change(change, other_side or [], enable_forwarding)
     return report
@@ -735,6 +739,7 @@ def carry_out(
             watchdog.disarm(armed)
         raise
     report.applied = True
+    report.notes.extend(change.notes)
     for fam in off:
         txn.enable_forwarding(family=fam)
         txn.mark_forwarding_enabled()
