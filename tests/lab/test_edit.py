@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -275,3 +276,42 @@ def test_a_disabled_saved_forward_is_not_restored_at_boot_until_enabled(box: Lab
     reboot(box)
     nb(box, "restore")
     assert set(forwards(box)) == {"dns", "web"} and box.fetch() == PAGE_TOKEN + "\n"
+
+
+_ENGINE = """
+import json
+from natbox.engine import Engine
+from natbox.model import Forward
+
+e = Engine()
+old = next(s.forward for s in e.dashboard().forwards if s.name == "web")
+new = Forward.from_text("192.168.1.30:1234", "10.0.2.51:80", name="web", snat="10.0.2.40")
+preview = e.preview_edit("web", new)
+out = {"preview": [preview.action, preview.changed, preview.blocked, sorted(preview.lines)]}
+out["edit"] = e.edit("web", new).action
+out["disable"] = e.disable("web").action
+data = e.dashboard()
+out["live"] = [s.name for s in data.forwards]
+out["disabled"] = [f.backend.ip.exploded for f in data.disabled]
+enable = e.preview_enable("web")
+out["enable_preview"] = [enable.before == enable.after, enable.blocked]
+out["enable"] = e.enable("web").action
+out["disable_preview"] = sorted(e.preview_disable("web").lines)
+e.disable("web")
+out["remove"] = e.remove("web").action
+out["after"] = [len(e.dashboard().forwards), len(e.dashboard().disabled)]
+print(json.dumps(out))
+"""
+
+
+def test_the_engine_api_the_dashboard_uses(box: Lab) -> None:
+    box.nat_exec("iptables-nft-restore", stdin=DEMO_FOREIGN)
+    nb(box, "add", *WEB)
+    out = json.loads(box.nat_exec(sys.executable, "-c", _ENGINE).stdout)
+    assert out["preview"] == ["edit", True, False, ["filter", "nat"]]
+    assert (out["edit"], out["disable"], out["enable"]) == ("edit", "disable", "enable")
+    assert out["live"] == [] and out["disabled"] == [NEW_IP]
+    assert out["enable_preview"] == [True, False]
+    assert out["disable_preview"] == ["filter", "nat"]
+    assert out["remove"] == "forget" and out["after"] == [0, 0]
+    assert "NATBOX" not in box.save()
