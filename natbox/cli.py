@@ -276,13 +276,15 @@ def cmd_remove(args: argparse.Namespace) -> int:
     except NotFoundError:
         if disabled.find(args.name) is None:
             raise
-    if args.dry_run:
-        print(f"would forget the disabled {args.name} (nothing in the kernel changes)")
-        return 0
-    _confirm(args, f"Forget the disabled forward {args.name}?")
-    if not modify.discard(args.name):
-        raise NotFoundError(f"there is no forward named {args.name}", "natbox list shows them")
-    print(f"forgot the disabled {args.name} (nothing in the kernel changed)")
+    if not args.dry_run:
+        _confirm(args, f"Forget the disabled forward {args.name}?")
+        if not modify.discard(args.name):
+            raise NotFoundError(f"there is no forward named {args.name}", "natbox list shows them")
+    verb = "would forget" if args.dry_run else "forgot"
+    if args.json:
+        print(json.dumps({"name": args.name, "action": "forget", "applied": not args.dry_run}))
+    else:
+        print(f"{verb} the disabled {args.name} (nothing in the kernel changes)")
     return 0
 
 
@@ -344,7 +346,9 @@ def _modify(args: argparse.Namespace, plan: Callable[[Backend, list[str]], modif
         backend_choice=args.backend_choice,
     )
     if args.json:
-        print(json.dumps({**planned.to_dict(), "notes": outcome.notes}, indent=2))
+        print(
+            json.dumps({**planned.to_dict(), "notes": [*planned.notes, *outcome.notes]}, indent=2)
+        )
     else:
         for note in outcome.notes:
             print(f"note: {note}")

@@ -77,6 +77,8 @@ class Change:
     """Disabled forwards this change puts back: they leave the disabled list with it."""
     follow: tuple[str, Forward] | None = None
     """(old name, new forward): the saved set's entry of an edited forward, once the edit is kept."""
+    notes: list[str] = field(default_factory=list)
+    """What carrying it out had to say (a saved set that could not follow)."""
 
     @property
     def changed(self) -> bool:
@@ -335,9 +337,11 @@ def _journal_body(change: Change, keep: bool) -> dict[str, object]:
     return body
 
 
-def _settle(body: dict[str, object], finished: bool) -> None:
+def _settle(body: dict[str, object], finished: bool) -> list[str]:
     """What goes with the kernel change besides its rules: the disabled list as it is after the
-    change (or before, when it was undone) and, once finished, the saved set's edited entry."""
+    change (or before, when it was undone) and, once finished, the saved set's edited entry.
+    Returns notes: a saved set that cannot be read does not follow, and says so (it never stops
+    the change, nor its recovery)."""
     try:
         marks = body.get("disabled")
         if marks is not None:
@@ -348,12 +352,20 @@ def _settle(body: dict[str, object], finished: bool) -> None:
         if finished and saved is not None:
             if not isinstance(saved, dict) or not isinstance(saved.get("to"), dict):
                 raise ValidationError("its saved entry is not an object", "")
-            persist.follow(str(saved["from"]), forward_from_dict(saved["to"]))
+            new = forward_from_dict(saved["to"])
+            try:
+                persist.follow(str(saved["from"]), new)
+            except NatboxError as exc:
+                return [
+                    f"the saved set did not follow the edit of {saved['from']} ({exc.message}); "
+                    "natbox save records the forwards as they are"
+                ]
     except (ValidationError, KeyError) as exc:
         raise NatboxError(
             f"{journal.set_path()} is not a journal natbox understands ({exc})",
             f"look at it, then delete {journal.set_path()}",
         ) from None
+    return []
 
 
 def execute(backend: Backend, change: Change, *, keep: bool = True) -> float:
@@ -397,7 +409,7 @@ def execute(backend: Backend, change: Change, *, keep: bool = True) -> float:
             undone = _undo(_writers(backend, change.units), _order(change.units))
             journal.end_set()
             raise BackendError(f"the kernel did not keep the change: {wrong[0]}", undone)
-        _settle(body, finished=True)
+        change.notes.extend(_settle(body, finished=True))
         journal.fault("set-before-journal-end")
         journal.end_set()
     return time.perf_counter() - start
@@ -426,10 +438,13 @@ def recover_set(backend: Backend) -> str | None:
             return None
         target, before = _load_target(entry.get("target")), _load_target(entry.get("before"))
         if not mismatches(backend, target):
-            _settle(entry, finished=True)
+            notes = _settle(entry, finished=True)
             journal.end_set()
-            return (
-                f"the interrupted apply of {', '.join(target) or 'nothing'} had finished: kept it"
+            return "; ".join(
+                [
+                    f"the interrupted apply of {', '.join(target) or 'nothing'} had finished: kept it",
+                    *notes,
+                ]
             )
         with tables.tracked(backend):
             # The disabled list as before first: planning back to `before` must not take a forward
@@ -498,14 +513,13 @@ def forget_rollback() -> None:
     remove(_rollback_path())
 
 
-def kept() -> None:
+def kept() -> list[str]:
     """The change in the confirm window was kept: an edit's saved-set entry follows it, and the
-    rollback record goes. A saved set that cannot be read is one error (the change stays kept)."""
+    rollback record goes. Returns notes (a saved set that could not follow)."""
     data = read_json(_rollback_path())
     _target, _disable, keep = _load_rollback(data)
     forget_rollback()
-    if keep is not None:
-        _settle({"saved": keep}, finished=True)
+    return _settle({"saved": keep}, finished=True) if keep is not None else []
 
 
 def rollback_saved(backend: Backend) -> str:

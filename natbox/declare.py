@@ -470,7 +470,12 @@ def what_changed(old: ForwardState, new: Forward) -> str:
     """What differs between a forward in the kernel and what it becomes, field by field."""
     if old.forward is None or not old.intact:
         return "broken in the kernel: " + (old.problems[0] if old.problems else "?")
-    a, b = old.forward.to_dict(), new.to_dict()
+    return field_changes(old.forward, new)
+
+
+def field_changes(old: Forward, new: Forward) -> str:
+    """`backend 10.0.2.50:80 → 10.0.2.51:80, name web → site`."""
+    a, b = old.to_dict(), new.to_dict()
     parts = [f"{k} {_show(a[k])} → {_show(b[k])}" for k in b if a.get(k) != b[k]]
     return ", ".join(parts) or "IP version"
 
@@ -675,6 +680,10 @@ def plan(
     target, kept = target_of(wanted, states, prune)
     change = converge.plan_change(backend, target)
     report = Report(wanted.source, backend.label, change, kept, check=True)
+    report.notes.extend(
+        f"{name} is disabled: applying the file enables it (natbox enable)"
+        for name in change.enable
+    )
     if diagnose:
         report.findings = diagnose_change(change, other_side or [], enable_forwarding)
     return report
@@ -735,6 +744,7 @@ def carry_out(
             watchdog.disarm(armed)
         raise
     report.applied = True
+    report.notes.extend(change.notes)
     for fam in off:
         txn.enable_forwarding(family=fam)
         txn.mark_forwarding_enabled()

@@ -212,12 +212,8 @@ class Planned:
             return f"taken out, remembered (natbox enable {self.name} puts it back)"
         if self.action == "enable":
             return "put back as it was disabled"
-        old = next((o for o, _new in self.change.replaced), None)
-        if old is not None and self.after is not None:
-            return declare.what_changed(old, self.after)
         assert self.before is not None and self.after is not None
-        a, b = self.before.to_dict(), self.after.to_dict()
-        return ", ".join(f"{k} {a[k]} → {b[k]}" for k in b if a[k] != b[k])
+        return declare.field_changes(self.before, self.after)
 
     def render(self, verb: str = "would") -> list[str]:
         """The plan (or what was done) in plain text."""
@@ -385,7 +381,7 @@ def carry(
         backend_choice=backend_choice,
         label=f"{planned.action}:{planned.name}",
     )
-    notes = [*planned.notes, *report.notes]
+    notes = list(report.notes)  # the plan's own notes were shown with the preview
     old, new = planned.before, planned.after
     if planned.action == "edit" and old and new and old.listen != new.listen:
         notes.extend(txn.flush_flows(old, backend.runner))  # flows to the old listen address

@@ -267,7 +267,9 @@ def confirm() -> str:
     _forget_beat(p.token)
     _record(p, True, f"{p.name} kept")
     if converge.is_set_change(p.name):
-        converge.kept()  # nothing to put back; an edit's saved entry follows it
+        notes = converge.kept()  # nothing to put back; an edit's saved entry follows it
+        if notes:
+            raise NatboxError(f"kept {p.name}, but {notes[0]}", "the change itself is kept")
     return p.name
 
 

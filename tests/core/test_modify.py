@@ -330,6 +330,24 @@ def test_saved_entry_follows_a_kept_edit_in_its_place(box: MemoryBackend) -> Non
     assert persist.load() == [other, new]
 
 
+def test_a_broken_saved_set_never_stops_an_edit_or_its_recovery(box: MemoryBackend) -> None:
+    persist.saved_path().write_text("{not json")
+    persist.saved_path().chmod(0o600)
+    planned = modify.plan_edit(box, "web", NEW, diagnose=False)
+    converge.execute(box, planned.change)
+    assert states(box)["web"] == NEW
+    assert "the saved set did not follow the edit of web" in planned.change.notes[0]
+    assert journal.pending_set() is None
+    back = modify.plan_edit(box, "web", WEB, diagnose=False)
+    with pytest.MonkeyPatch.context() as dying:
+        crash_at(dying, "set-before-journal-end")
+        with pytest.raises(Crash):
+            converge.execute(box, back.change)
+    message = converge.recover_set(box)
+    assert message is not None and "had finished" in message and "did not follow" in message
+    assert journal.pending_set() is None and states(box)["web"] == WEB
+
+
 # ---------------------------------------------------------------- disable, enable
 
 

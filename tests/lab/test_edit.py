@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from natbox.lab import DEMO_FOREIGN, NAT_LAN_IP, PAGE_TOKEN, SERVER_IP, Lab
+from tests.lab.test_confirm_window import wait_until
 
 NEW_IP, NEW_TOKEN = "10.0.2.51", "natbox-lab-new-backend"
 WEB = [f"{NAT_LAN_IP}:1234", f"{SERVER_IP}:80", "--name", "web", "--yes"]
@@ -77,23 +79,20 @@ def web_rules(save: str) -> list[str]:
     return sorted(line for line in save.splitlines() if '"natbox:web"' in line)
 
 
-def wait_until(predicate: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.2)
-    return False
+def seeded(box: Lab, backend: str, *adds: list[str]) -> str:
+    """Foreign rules, then the forwards `adds` (add's arguments) with `backend`; the flavour."""
+    flavour = FLAVOUR[backend]
+    box.nat_exec(f"iptables-{flavour}-restore", stdin=DEMO_FOREIGN)
+    for args in adds:
+        nb(box, "--backend", backend, "add", *args)
+    return flavour
 
 
 @pytest.mark.parametrize("backend", ["restore", "iptc"])
 def test_edit_replaces_exactly_the_forwards_rules_and_the_client_reaches_the_new_backend(
     box: Lab, backend: str
 ) -> None:
-    flavour = FLAVOUR[backend]
-    box.nat_exec(f"iptables-{flavour}-restore", stdin=DEMO_FOREIGN)
-    nb(box, "--backend", backend, "add", *WEB)
-    nb(box, "--backend", backend, "add", *DNS)
+    flavour = seeded(box, backend, WEB, DNS)
     before = box.save(flavour)
     assert box.fetch() == PAGE_TOKEN + "\n"
     edit = ["--backend", backend, "edit", "web", "--backend", f"{NEW_IP}:80"]
@@ -124,10 +123,7 @@ EDIT_POINTS = (
 def test_kill_9_at_every_point_of_an_edit_leaves_the_old_or_the_new_forward(
     box: Lab, backend: str
 ) -> None:
-    flavour = FLAVOUR[backend]
-    box.nat_exec(f"iptables-{flavour}-restore", stdin=DEMO_FOREIGN)
-    nb(box, "--backend", backend, "add", *DNS)
-    nb(box, "--backend", backend, "add", *WEB)
+    flavour = seeded(box, backend, DNS, WEB)
     old_rules, rest = web_rules(box.save(flavour)), not_web(box.save(flavour))
     edit = ["--backend", backend, "edit", "web", "--backend", f"{NEW_IP}:80", "--yes"]
     nb(box, *edit)
@@ -280,3 +276,42 @@ def test_a_disabled_saved_forward_is_not_restored_at_boot_until_enabled(box: Lab
     reboot(box)
     nb(box, "restore")
     assert set(forwards(box)) == {"dns", "web"} and box.fetch() == PAGE_TOKEN + "\n"
+
+
+_ENGINE = """
+import json
+from natbox.engine import Engine
+from natbox.model import Forward
+
+e = Engine()
+old = next(s.forward for s in e.dashboard().forwards if s.name == "web")
+new = Forward.from_text("192.168.1.30:1234", "10.0.2.51:80", name="web", snat="10.0.2.40")
+preview = e.preview_edit("web", new)
+out = {"preview": [preview.action, preview.changed, preview.blocked, sorted(preview.lines)]}
+out["edit"] = e.edit("web", new).action
+out["disable"] = e.disable("web").action
+data = e.dashboard()
+out["live"] = [s.name for s in data.forwards]
+out["disabled"] = [f.backend.ip.exploded for f in data.disabled]
+enable = e.preview_enable("web")
+out["enable_preview"] = [enable.before == enable.after, enable.blocked]
+out["enable"] = e.enable("web").action
+out["disable_preview"] = sorted(e.preview_disable("web").lines)
+e.disable("web")
+out["remove"] = e.remove("web").action
+out["after"] = [len(e.dashboard().forwards), len(e.dashboard().disabled)]
+print(json.dumps(out))
+"""
+
+
+def test_the_engine_api_the_dashboard_uses(box: Lab) -> None:
+    box.nat_exec("iptables-nft-restore", stdin=DEMO_FOREIGN)
+    nb(box, "add", *WEB)
+    out = json.loads(box.nat_exec(sys.executable, "-c", _ENGINE).stdout)
+    assert out["preview"] == ["edit", True, False, ["filter", "nat"]]
+    assert (out["edit"], out["disable"], out["enable"]) == ("edit", "disable", "enable")
+    assert out["live"] == [] and out["disabled"] == [NEW_IP]
+    assert out["enable_preview"] == [True, False]
+    assert out["disable_preview"] == ["filter", "nat"]
+    assert out["remove"] == "forget" and out["after"] == [0, 0]
+    assert "NATBOX" not in box.save()
