@@ -83,6 +83,12 @@ STATES = [
     State("dashboard-health-80x24", (80, 24), ("3",)),
     State("remove-confirm-80x24", (80, 24), ("d",)),
     State("help-80x24", (80, 24), ("question_mark",)),
+    State(
+        "edit-preview-80x24",
+        (80, 24),
+        ("down", "E", "enter", "ctrl+u", *"10.0.2.51:80", "enter", "enter"),
+    ),
+    State("disabled-80x24", (80, 24), ("down", "x", "y")),
     State("conntrack", (130, 34), ("c",), flows=100_000),
     State("conntrack-80x24", (80, 24), ("c",), flows=100_000),
     State("conntrack-filter-80x24", (80, 24), ("c", "slash", *"icmp", "enter"), after=_no_blink),

@@ -551,7 +551,13 @@ class WizardScreen(Screen[WizardResult | None]):
             state.update("Escape goes back to fix it; nothing can be applied yet")
             return
         self.forward = fwd
-        self.query_one("#plain", Static).update("\n".join(plain_of(fwd)))
+        plain = plain_of(fwd)
+        if self.editing is not None:
+            from natbox.declare import field_changes
+
+            what = field_changes(self.editing, fwd) if fwd != self.editing else "nothing changes"
+            plain = [f"edit {self.editing.name}: {what}", "", *plain]
+        self.query_one("#plain", Static).update("\n".join(plain))
         # Commands and Restore show what apply would commit on this box now (read by the engine):
         # no -N for a chain that exists, no jump that is there.
         for id_ in ("commands", "restore"):
@@ -606,7 +612,7 @@ class WizardScreen(Screen[WizardResult | None]):
         if self.blocked:
             state.update("× fix the errors above (Escape goes back); Apply is not offered")
         else:
-            verb = "replaces the old rules with these" if self.editing else "applies"
+            verb = "replaces the old rules" if self.editing else "applies"
             state.update(
                 f"Enter {verb}, with a {self.confirm_seconds:.0f} s window to keep or roll back"
             )
