@@ -135,7 +135,11 @@ class Tmux:
         return int(self.run("display-message", "-p", "-t", "b", "#{pane_pid}").strip())
 
     def kill(self) -> None:
+        """End the server and remove its socket file (tmux leaves it behind)."""
+        path = self.run("display-message", "-p", "-t", "b", "#{socket_path}").strip()
         self.run("kill-server")
+        if path and os.path.exists(path):
+            os.unlink(path)
 
 
 FLOW_ROW = re.compile(r"192\.168\.1\.\d+:\d+ +→|192\.168\.1\.\d+:\d+\s+192\.168\.1\.30:123")
