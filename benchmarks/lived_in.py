@@ -1,6 +1,7 @@
 """Benchmark: natbox on a lived-in box (issue #13): kube-like rules, natbox's forward, 100,000 flows.
 
-Builds the seed lab in its own namespaces (prefix nbt-sp-, removed afterwards) and, on the nat box:
+Builds the seed lab in its own namespaces (prefix NATBOX_LAB_PREFIX, nbt- by default, removed
+afterwards) and, on the nat box:
 a kube-proxy-like ruleset (2,000 services: 8,000 nat rules in 4,000 chains, 2,000 filter rules),
 natbox's UDP forward 192.168.1.30:1234-1237 -> 10.0.2.50:9-12, and 100,000 UDP flows through it.
 Then, in one run, medians, each row with natbox's time, the reference's and the ratio against its goal:
@@ -11,6 +12,11 @@ Then, in one run, medians, each row with natbox's time, the reference's and the 
   viewer in tmux 120x40: `c` until flow rows   vs iptstate's first screen of flows      (<= 0.5x)
   viewer in tmux: a filter / a sort until the rows change                                (<= 150 ms)
   viewer RSS with 100,000 flows                                                           (<= 150 MB)
+  natbox add --yes / remove --yes (a tcp forward) vs one iptables-nft-save              (<= 4x)
+  the engine part of add / remove (Engine.apply / .remove in process, what the TUI pays) vs one save (<= 2x)
+  natbox doctor                               vs one iptables-nft-save      (no goal in #13: check_10k's 4x)
+  dashboard in tmux 120x40 until the forward row vs iptstate's first screen of flows  (<= 0.5x),
+    and whether "no natbox forwards" was ever on screen before the forward row (it must not be)
 
 and, in-process, what the JSON encoders cost for the same 100,000 flows (natbox writes JSON text
 directly; stdlib json, and orjson / msgspec when installed, encode `to_dict`).
@@ -28,7 +34,10 @@ import subprocess
 import sys
 import time
 
+from benchmarks import apply_10k, check_10k
 from natbox.lab import Lab
+
+PREFIX = os.environ.get("NATBOX_LAB_PREFIX", "nbt-")
 
 
 def kube_rules(services: int) -> str:
@@ -93,7 +102,7 @@ class Tmux:
     """A private tmux server (own socket) with one session running `argv` in the nat namespace."""
 
     def __init__(self, lab: Lab, argv: list[str], size: tuple[int, int] = (120, 40)) -> None:
-        self.socket = f"nbt-sp-{os.getpid()}-{time.monotonic_ns()}"
+        self.socket = f"{PREFIX}{os.getpid()}-{time.monotonic_ns()}"
         env = " ".join(f"{k}={lab.env[k]}" for k in ("XTABLES_LOCKFILE", "NATBOX_STATE_DIR"))
         command = f"ip netns exec {lab.nat} env {env} NATBOX_CONFIG_DIR={lab.env['NATBOX_CONFIG_DIR']} TERM=xterm-256color {' '.join(argv)}"
         self.started = time.perf_counter()
@@ -126,7 +135,11 @@ class Tmux:
         return int(self.run("display-message", "-p", "-t", "b", "#{pane_pid}").strip())
 
     def kill(self) -> None:
+        """End the server and remove its socket file (tmux leaves it behind)."""
+        path = self.run("display-message", "-p", "-t", "b", "#{socket_path}").strip()
         self.run("kill-server")
+        if path and os.path.exists(path):
+            os.unlink(path)
 
 
 FLOW_ROW = re.compile(r"192\.168\.1\.\d+:\d+ +→|192\.168\.1\.\d+:\d+\s+192\.168\.1\.30:123")
@@ -216,6 +229,64 @@ def viewer(lab: Lab, per_port: int) -> dict[str, float]:
     return out
 
 
+def dashboard_first(lab: Lab) -> tuple[float, bool]:
+    """`natbox` (the dashboard) in tmux 120x40: seconds until natbox's forward row is on screen, and
+    whether "no natbox forwards" was on any screen read before it (it must never be)."""
+    tmux = Tmux(lab, [sys.executable, "-m", "natbox"])
+    said_empty = False
+
+    def forward_row(screen: str) -> bool:
+        nonlocal said_empty
+        said_empty = said_empty or "no natbox forwards" in screen
+        return "udp-1234" in screen and "192.168.1.30:1234" in screen
+
+    try:
+        at, _ = tmux.until(forward_row)
+        return at - tmux.started, said_empty
+    finally:
+        tmux.kill()
+
+
+PROBE = ["192.168.1.30:8080", "10.0.2.50:80"]  # a tcp forward next to the seed's udp one
+ENGINE_CHANGE = """
+import statistics, sys, time
+from natbox.engine import Engine
+from natbox.model import Forward
+engine = Engine()  # one engine, as the TUI holds one
+fwd = Forward.from_text(sys.argv[1], sys.argv[2], snat="10.0.2.40", name="bm-engine")
+applied, removed = [], []
+for _ in range(int(sys.argv[3])):
+    t = time.perf_counter(); engine.apply(fwd); applied.append(time.perf_counter() - t)
+    t = time.perf_counter(); engine.remove(fwd.name); removed.append(time.perf_counter() - t)
+print(statistics.median(applied), statistics.median(removed))
+"""
+
+
+def changes(lab: Lab, runs: int) -> dict[str, float]:
+    """Medians (s): one iptables-nft-save, natbox add --yes / remove --yes / doctor (whole
+    commands, interleaved with the saves), their own "(N ms)" figures, and in process
+    Engine.apply / Engine.remove of the same forward (what the TUI pays)."""
+    nb = ["ip", "netns", "exec", lab.nat, sys.executable, "-m", "natbox"]
+    took: dict[str, list[float]] = {
+        k: [] for k in ("save", "add", "remove", "doctor", "add_txn", "remove_txn")
+    }
+    for _ in range(runs):
+        took["save"].append(check_10k.timed(lab, "iptables-nft-save"))
+        took["add"].append(
+            apply_10k.timed(
+                [*nb, "add", *PROBE, "--name", "bm-cli", "--yes"], lab.env, engine=took["add_txn"]
+            )
+        )
+        took["remove"].append(
+            apply_10k.timed([*nb, "remove", "bm-cli", "--yes"], lab.env, engine=took["remove_txn"])
+        )
+        took["doctor"].append(check_10k.timed(lab, *nb[4:], "doctor", ok=(0, 1)))
+    out = {k: statistics.median(v) for k, v in took.items()}
+    engine = lab.nat_exec(sys.executable, "-c", ENGINE_CHANGE, *PROBE, str(runs)).stdout.split()
+    out["apply_engine"], out["remove_engine"] = (float(x) for x in engine)
+    return out
+
+
 ENCODERS = r"""
 import json, statistics, sys, time
 from natbox import conntrack
@@ -271,7 +342,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("benchmark needs root (it builds network namespaces)", file=sys.stderr)
         return 2
-    lab = Lab(tag=f"nbt-sp-li{os.getpid()}")
+    lab = Lab(tag=f"{PREFIX}li{os.getpid()}")
     lab.env["NATBOX_CONFIG_DIR"] = str(lab.workdir / "config")
     lab.up()
     try:
@@ -332,6 +403,55 @@ def main() -> int:
             print(
                 f"  (dashboard until the forward row: {v['dashboard'] * 1000:.0f} ms, "
                 f"iptstate first screen {ipt:.0f} ms; RSS when the viewer opened {v['rss']:.0f} MB)"
+            )
+        flows_now = lab.nat_exec("cat", "/proc/sys/net/netfilter/nf_conntrack_count").stdout
+        print(f"(flows now {int(flows_now)}; load {os.getloadavg()[0]:.2f})")
+        c = changes(lab, args.runs)
+        save_ms = c["save"] * 1000
+        row("natbox add --yes (whole CLI)", c["add"] * 1000, save_ms, "iptables-nft-save", 4)
+        row("natbox remove --yes (whole CLI)", c["remove"] * 1000, save_ms, "iptables-nft-save", 4)
+        row(
+            "engine: Engine.apply (in process, the TUI)",
+            c["apply_engine"] * 1000,
+            save_ms,
+            "iptables-nft-save",
+            2,
+        )
+        row(
+            "engine: Engine.remove (in process, the TUI)",
+            c["remove_engine"] * 1000,
+            save_ms,
+            "iptables-nft-save",
+            2,
+        )
+        row(
+            "natbox doctor (whole CLI; check_10k's goal)",
+            c["doctor"] * 1000,
+            save_ms,
+            "iptables-nft-save",
+            4,
+        )
+        print(
+            f"  (the CLI's own figures: added in {c['add_txn'] * 1000:.0f} ms, "
+            f"removed in {c['remove_txn'] * 1000:.0f} ms)"
+        )
+        if not args.no_tmux:
+            ipt_runs, dash_runs, empty = [], [], False
+            for _ in range(args.runs):  # interleaved: the same load for both
+                ipt_runs.append(iptstate_first_screen(lab))
+                took, said_empty = dashboard_first(lab)
+                dash_runs.append(took)
+                empty = empty or said_empty
+            row(
+                "dashboard (tmux 120x40) until the forward row",
+                statistics.median(dash_runs) * 1000,
+                statistics.median(ipt_runs) * 1000,
+                "iptstate first screen",
+                0.5,
+            )
+            print(
+                f'  ("no natbox forwards" on screen before the forward row: '
+                f"{'YES, in some run' if empty else f'never, in {args.runs} runs'})"
             )
     finally:
         lab.close()

@@ -152,19 +152,13 @@ def backend_probe(fwd: Forward, timeout: float = 1.0) -> tuple[bool | None, str]
 
 
 def evidence(fwd: Forward, flows: list[conntrack.Flow]) -> tuple[int, int, tuple[str, ...]]:
-    """(replied, unreplied, examples of unreplied) among the flows DNATed to the forward's backend."""
-    listen, backend = str(fwd.listen.ip), str(fwd.backend.ip)
+    """(replied, unreplied, examples of unreplied) among the forward's flows (BoxFacts.flows_for)
+    that were DNATed to its backend."""
+    backend = str(fwd.backend.ip)
     replied = unreplied = 0
     examples: list[str] = []
     for f in flows:
-        o = f.orig
-        if (
-            o.dst != listen
-            or o.dport is None
-            or not fwd.listen.port <= o.dport <= fwd.listen.port_end
-            or f.proto not in fwd.protocols
-            or f.reply.src != backend
-        ):
+        if f.reply.src != backend:
             continue
         flags = f.flags
         if "UNREPLIED" in flags:
@@ -181,21 +175,9 @@ def probe_verdict(rs: Ruleset, fwd: Forward, route: Route) -> pathmatch.Verdict:
     return pathmatch.verdict(rs, "filter", "OUTPUT", pathmatch.probe(fwd, route.src, route.dev))
 
 
-def stale_flows(fwd: Forward, flows: list[conntrack.Flow]) -> int:
-    """Flows to the listen ip:port/proto that were not DNATed (they bypass the forward)."""
-    listen = str(fwd.listen.ip)
-    count = 0
-    for f in flows:
-        o = f.orig
-        if (
-            f.proto in fwd.protocols
-            and o.dst == listen
-            and o.dport is not None
-            and fwd.listen.port <= o.dport <= fwd.listen.port_end
-            and not f.dnat
-        ):
-            count += 1
-    return count
+def stale_flows(flows: list[conntrack.Flow]) -> int:
+    """Among a forward's flows (BoxFacts.flows_for), those not DNATed: they bypass the forward."""
+    return sum(1 for f in flows if not f.dnat)
 
 
 @dataclass(frozen=True)
@@ -213,12 +195,27 @@ class BoxFacts:
     """The conntrack table (empty when not read)."""
     routes: dict[str, tuple[Route | None, str]] = field(default_factory=dict)
     probes: dict[tuple[str, int], tuple[bool | None, str]] = field(default_factory=dict)
-    by_dst: dict[str, list[conntrack.Flow]] = field(default_factory=dict)
-    """The flows grouped by their original destination address (filled by box_facts)."""
+    by_listen: dict[tuple[str, str, str], list[conntrack.Flow]] = field(default_factory=dict)
+    """The flows grouped by Flow.listen_key (filled by box_facts): a forward's flows are a few
+    lookups, not a scan of the table (100,000 flows to one address are common on a busy box)."""
 
-    def flows_to(self, ip: str) -> list[conntrack.Flow]:
-        """The flows whose original destination is `ip`."""
-        return self.by_dst.get(ip, [])
+    def flows_for(self, fwd: Forward) -> list[conntrack.Flow]:
+        """The flows to `fwd`'s listen address, in its ports and protocols."""
+        ips = {str(fwd.listen.ip), fwd.listen.ip.exploded}  # /proc prints IPv6 expanded
+        ports = range(fwd.listen.port, fwd.listen.port_end + 1)
+        if len(ports) * len(fwd.protocols) * len(ips) > len(self.by_listen):
+            return [
+                f
+                for (proto, ip, port), flows in self.by_listen.items()
+                if proto in fwd.protocols and ip in ips and port.isdigit() and int(port) in ports
+                for f in flows
+            ]
+        out: list[conntrack.Flow] = []
+        for proto in fwd.protocols:
+            for port in ports:
+                for ip in ips:
+                    out.extend(self.by_listen.get((proto, ip, str(port)), ()))
+        return out
 
     def route(self, ip: IPAddress, runner: Runner | None = None) -> tuple[Route | None, str]:
         """The route to `ip` (or why there is none), looked up once per address."""
@@ -257,7 +254,7 @@ def prefetch(box: BoxFacts, forwards: list[Forward], *, probe: bool) -> None:
                 for f in forwards
                 if "tcp" in f.protocols
                 and box.routes.get(str(f.backend.ip), (None, ""))[0] is not None
-                and not evidence(f, box.flows_to(str(f.listen.ip)))[0]
+                and not evidence(f, box.flows_for(f))[0]
             }
             list(pool.map(box.probe, todo.values()))
 
@@ -272,16 +269,16 @@ def box_facts(runner: Runner | None = None, *, flows: bool = True) -> BoxFacts:
             table = conntrack.read_flows().flows
         except NatboxError:
             table = []
-    by_dst: dict[str, list[conntrack.Flow]] = {}
+    by_listen: dict[tuple[str, str, str], list[conntrack.Flow]] = {}
     for f in table:
-        by_dst.setdefault(f.orig.dst, []).append(f)
+        by_listen.setdefault(f.listen_key, []).append(f)
     return BoxFacts(
         stats,
         listeners(),
         rp_filter({i.name for i in stats}),
         nft_forward_drops(runner),
         table,
-        by_dst=by_dst,
+        by_listen=by_listen,
     )
 
 
@@ -314,7 +311,7 @@ def gather_facts(
             client_routes[net.with_prefixlen] = route_to(host, runner).dev
         except NatboxError:
             continue
-    near = box.flows_to(str(fwd.listen.ip))
+    near = box.flows_for(fwd)
     replied, unreplied, examples = evidence(fwd, near)
     answers: bool | None = None
     why = blocked = ""
@@ -348,7 +345,7 @@ def gather_facts(
         replied=replied,
         unreplied=unreplied,
         unreplied_examples=examples,
-        stale_flows=stale_flows(fwd, near),
+        stale_flows=stale_flows(near),
         other_side=list(other_side or []),
         nft_drops=box.nft_drops,
     )

@@ -247,6 +247,12 @@ class Flow(tuple[str, ...]):
         return (self[_PROTO], src, dst, self[_SP1], self[_DP1], str(self.zone))
 
     @property
+    def listen_key(self) -> tuple[str, str, str]:
+        """(proto, original destination address, its port) exactly as the kernel printed them (IPv6
+        expanded from /proc): what a forward's listen side is found by, with nothing converted."""
+        return (self[_PROTO], self[_D1], self[_DP1])
+
+    @property
     def dnat(self) -> bool:
         """The destination was rewritten: replies come from somewhere else than the client asked."""
         return self[_RS] != self[_D1] or self[_RSP] != self[_DP1]
