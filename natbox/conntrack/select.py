@@ -61,9 +61,14 @@ def _sort_key(sort: str) -> tuple[Callable[[Flow], int], bool]:
     if sort == "age":
         return (lambda f: -1 if f.age is None else f.age), True
     if sort == "bytes":
-        return (lambda f: sum(map(int, _BYTES.findall(f[_REST_OF])))), True
+        # A parsed line's counters are in its rest (one findall); a decoded row has them apart.
+        return (
+            lambda f: sum(map(int, _BYTES.findall(f[_REST_OF]))) if f[_REST_OF] else f.bytes
+        ), True
     if sort == "packets":
-        return (lambda f: sum(map(int, _PACKETS.findall(f[_REST_OF])))), True
+        return (
+            lambda f: sum(map(int, _PACKETS.findall(f[_REST_OF]))) if f[_REST_OF] else f.packets
+        ), True
     return (lambda f: int(f[1])), False
 
 
