@@ -38,6 +38,8 @@ _TIMEOUT = re.compile(r'"timeout":\d+|^(\w+ +\S+ +)\d+', re.MULTILINE)
 
 
 def run_once(lab: Lab, argv: list[str], env: dict[str, str] | None = None) -> float:
+    # A baseline runs from its own directory: Python puts the working directory first on the path.
+    cwd = (env or {}).get("PYTHONPATH")
     start = time.perf_counter()
     proc = subprocess.run(
         ["ip", "netns", "exec", lab.nat, *argv],
@@ -45,6 +47,7 @@ def run_once(lab: Lab, argv: list[str], env: dict[str, str] | None = None) -> fl
         stderr=subprocess.PIPE,
         text=True,
         env={**lab.env, **(env or {})},
+        cwd=cwd,
         check=False,
     )
     took = time.perf_counter() - start

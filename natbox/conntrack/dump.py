@@ -215,12 +215,17 @@ class _Layout:
                 emit=_emit(self, kind, accounting, keyed),
                 key=f"keys({_key(self) or None})" if keyed else "pass",
             )
+            step = (self.length + 3) & ~3
             scope: dict[str, Any] = {
                 "unpack": self.unpack,
                 "length": self.length,
-                "step": (self.length + 3) & ~3,
+                "step": step,
                 "mask": self.mask,
                 "match": self.match,
+                "BLOCK": _BLOCK,
+                "block": step * _BLOCK,
+                "block_mask": sum(self.mask << (8 * step * i) for i in range(_BLOCK)),
+                "block_match": sum(self.match << (8 * step * i) for i in range(_BLOCK)),
                 "fb": int.from_bytes,
                 "new": tuple.__new__,
                 "Decoded": Decoded,
@@ -240,13 +245,29 @@ class _Layout:
 _RUN = """
 def run(buf, off, end, add, keys, ctx):
     text, addr, flags, flags_json, owner, owner_json, now = ctx
-    while off + length <= end and fb(buf[off : off + length], "little") & mask == match:
-        {values}, = unpack(buf, off)
-        add({emit})
-        {key}
-        off += step
-    return off
+    streak = 0
+    while True:
+        if streak >= 8 and off + block <= end:
+            if fb(buf[off : off + block], "little") & block_mask == block_match:
+                stop = off + block
+            else:
+                streak = -BLOCK  # shapes alternate here: check one by one for a while
+                continue
+        elif off + length <= end and fb(buf[off : off + length], "little") & mask == match:
+            stop = off + step
+            streak += 1
+        else:
+            return off
+        while off < stop:
+            {values}, = unpack(buf, off)
+            add({emit})
+            {key}
+            off += step
 """
+"""Checks the shape of BLOCK messages at once (one big-integer AND over ~5 KiB) once eight came
+one by one: a big table is mostly long runs of one shape (measured: the check was a fifth of the
+decoding, one message at a time)."""
+_BLOCK = 32
 
 
 def _key(lay: _Layout) -> str:
