@@ -802,14 +802,14 @@ def _conntrack_stream(args: argparse.Namespace, rules: _RulesRead) -> int | None
 
     gc_was_on = gc.isenabled()
     gc.disable()  # no cycles among the strings made here; 100k of them would trigger it often
-    # The rules thread reads iptables-save's output in 32 KiB pieces, each needing the GIL this
-    # loop holds: at the default 5 ms switch interval a 1.5 MB save waited ~0.25 s for it.
+    # The threads that receive the dump and read the rules need the GIL this loop holds, for a
+    # moment after each datagram or process: at the default 5 ms switch interval they waited for
+    # it longer than they worked.
     interval = sys.getswitchinterval()
     sys.setswitchinterval(0.0005)
     try:
         with dump.open_dump() as sock:
-            while not decoder.done:
-                data = dump.receive(sock)
+            for data in dump.datagrams(sock):
                 if decoder.owners is None and not rules.running():
                     name_forwards()
                 lines = decoder.feed(data)
@@ -819,6 +819,8 @@ def _conntrack_stream(args: argparse.Namespace, rules: _RulesRead) -> int | None
                     waiting.append((lines, decoder.keys))
                 else:
                     put(lines)
+                if decoder.done:
+                    break
         if decoder.owners is None:
             name_forwards()
     except (dump.Unavailable, dump.Unsupported):
@@ -834,8 +836,11 @@ def _conntrack_stream(args: argparse.Namespace, rules: _RulesRead) -> int | None
         notes.append("accounting is on: new flows count packets and bytes")
     if args.json:
         _json_head(out, fill, decoder.count, decoder.count, notes)
-        if parts:
-            out.write("\n  " + ",\n  ".join(parts))
+        sep = "\n  "
+        for part in parts:  # one write each: no copy of the whole document
+            out.write(sep)
+            out.write(part)
+            sep = ",\n  "
         out.write("\n ]\n}\n")
     elif kind == "text":
         if not written:
