@@ -1,22 +1,24 @@
 """Provides the ctnetlink dump reader: the conntrack table as the kernel's binary messages, decoded
-straight into Flow rows (no text for the kernel to format and for us to parse again).
+straight into Flow rows, or into the very lines `natbox conntrack` prints (text or JSON), with no
+text for the kernel to format and for us to parse again, and no per-flow objects for the lines.
 
 One IPCTNL_MSG_CT_GET request with NLM_F_DUMP over a NETLINK_NETFILTER socket; the kernel answers
-in datagrams of ~32 KiB (~200 flows each), which `batches` decodes and yields one by one, so a
-caller can stream them.
+in datagrams of ~32 KiB (~200 flows each), received by a thread of their own (`datagrams`) while
+the previous one is decoded, so a caller can stream them (`batches`, or the CLI).
 
 Decoding is fast because a table has few shapes: every message of one shape (family, protocol,
 which attributes, their sizes) has the same bytes at the same offsets except the values. The first
 message of a shape is walked attribute by attribute (`_walk`); that makes a `_Layout`: a mask over
 the bytes that must match (every attribute header, the message length and type, the family, the
-protocol number) and one struct that unpacks every value at once. Each later message is checked
-against the mask (one big-integer AND) and unpacked in one call. A message that matches no known
-shape is walked, and its shape learnt.
+protocol number), one struct that unpacks every value at once, and a small function made for the
+shape (`_RUN`) that checks the mask (one big-integer AND, for 32 messages at once in a long run)
+and turns the values into a row or a line. A message that matches no known shape is walked, and
+its shape learnt.
 
 What the rows hold is what /proc/net/nf_conntrack would print for the same flows (the readers are
-interchangeable): the protocol and state names, flags, zone and delta-time as the kernel's
-ct_seq_show prints them. A message whose state has no name here (a protocol table this code does
-not know) raises `Unsupported`, and the caller reads /proc instead.
+interchangeable, tests/core/test_conntrack_dump.py and tests/lab/test_conntrack.py hold them to
+it): the protocol and state names, flags, zone and delta-time as the kernel's ct_seq_show prints
+them. A message whose state has no name here raises `Unsupported`, and the caller reads /proc.
 """
 
 from __future__ import annotations
