@@ -224,6 +224,20 @@ def test_same_length_other_shape_is_not_mistaken() -> None:
     assert sum(map(len, dec.layouts.values())) == 2 and dec.done
 
 
+def test_a_long_run_checked_32_at_a_time_still_stops_at_another_shape() -> None:
+    marked = [udp(attr(8, struct.pack("!I", 5)), sport=1000 + i) for i in range(100)]
+    zoned = udp(attr(18, struct.pack("!H", 5)), sport=999)
+    for at in (0, 9, 40, 41, 70, 99):  # before, inside and at the edges of the 32-message blocks
+        msgs = [*marked[:at], zoned, *marked[at:]]
+        got = dump.Decoder().feed(b"".join(msgs) + DONE)
+        assert [(f.mark, f.zone) for f in got] == [  # type: ignore[attr-defined]
+            (0, 5) if i == at else (5, 0) for i in range(101)
+        ], at
+        assert [f.orig.sport for f in got] == [  # type: ignore[attr-defined]
+            999 if i == at else 1000 + (i if i < at else i - 1) for i in range(101)
+        ]
+
+
 def test_protocol_states_and_unknown_ones() -> None:
     def with_state(proto: int, info: int, state: int) -> bytes:
         return message(
