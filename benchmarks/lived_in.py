@@ -344,6 +344,7 @@ def main() -> int:
         return 2
     lab = Lab(tag=f"{PREFIX}li{os.getpid()}")
     lab.env["NATBOX_CONFIG_DIR"] = str(lab.workdir / "config")
+    lab.env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: bytecode cached
     lab.up()
     try:
         lab.nat_exec("iptables-nft-restore", "--noflush", stdin=kube_rules(args.services))

@@ -6,6 +6,7 @@ Every user error is one line on stderr with a hint, and exit code 2. No argument
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import json
 import os
@@ -22,7 +23,7 @@ from natbox.backends import Backend
 from natbox.backends.detect import BACKEND_CHOICES, choose_backend
 from natbox.errors import NatboxError, NotFoundError
 from natbox.model import PROTOS, Forward
-from natbox.plan import build_plan
+from natbox.plan import OWN_CHAINS, build_plan
 from natbox.ruleset import ForwardState, forward_states
 from natbox.runner import Runner
 from natbox.status import snapshot
@@ -774,35 +775,60 @@ def _print_forward(f: dict[str, Any], state: str) -> None:
     )
 
 
+class _RulesRead:
+    """natbox's forwards (from the kernel's rules), read in a thread while the flows are read: the
+    rules by iptables-save (a process: it waits, we do not), the flows by us."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.backend, _det = choose_backend(args.backend_choice)
+        self.found: list[list[ForwardState]] = []
+        self.failed: list[BaseException] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            # A forward is named, and its listen address and protocols given, by its DNAT rules,
+            # which live only in natbox's own nat chains: `iptables -S` of those (a few ms each)
+            # is enough here, where a full iptables-save of a lived-in box (10,000 rules) costs
+            # ~0.3 s of CPU, taken from the flows' decoding on a small box.
+            chains = {"nat": [own for _builtin, own in OWN_CHAINS["nat"]]}
+            self.found.append(
+                [
+                    state
+                    for bound in txn.families(self.backend)
+                    for state in forward_states(bound.read_chains(chains))
+                ]
+            )
+        except BaseException as exc:  # handed to the main thread, raised there
+            self.failed.append(exc)
+
+    def running(self) -> bool:
+        return self.thread.is_alive()
+
+    def index(self) -> conntrack.ForwardIndex:
+        """The forwards flows are matched to (waits for the read; raises what it raised)."""
+        self.thread.join()
+        if self.failed:
+            raise self.failed[0]
+        states = self.found[0]
+        names = [s.name for s in states]
+        if self.args.forward is not None and self.args.forward not in names:
+            raise NotFoundError(
+                f"there is no forward named {self.args.forward}",
+                f"natbox list shows them (now: {', '.join(names) or 'none'})",
+            )
+        return conntrack.ForwardIndex(s.forward for s in states if s.forward is not None)
+
+
 def _flows_with_forwards(
     args: argparse.Namespace,
 ) -> tuple[conntrack.FlowRead, conntrack.ForwardIndex, list[str]]:
     """Read the table and the forwards (from the kernel's rules) that flows are matched to."""
-    backend, _det = choose_backend(args.backend_choice)
-    # The rules are read by iptables-save (a process: it waits, we do not), the flows by us.
-    found: list[list[ForwardState]] = []
-    failed: list[BaseException] = []
-
-    def read_rules() -> None:
-        try:
-            found.append(txn.all_forward_states(backend))
-        except BaseException as exc:  # handed to the main thread, raised there
-            failed.append(exc)
-
-    reader = threading.Thread(target=read_rules, daemon=True)
-    reader.start()
+    rules = _RulesRead(args)
     table = conntrack.read_flows()
-    reader.join()
-    if failed:
-        raise failed[0]
-    states = found[0]
-    index = conntrack.ForwardIndex(s.forward for s in states if s.forward is not None)
-    names = [s.name for s in states]
-    if args.forward is not None and args.forward not in names:
-        raise NotFoundError(
-            f"there is no forward named {args.forward}",
-            f"natbox list shows them (now: {', '.join(names) or 'none'})",
-        )
+    index = rules.index()
     notes = [f"skipped {table.skipped} malformed lines"] if table.skipped else []
     return table, index, notes
 
@@ -821,7 +847,15 @@ def cmd_conntrack(args: argparse.Namespace) -> int:
         )
     if args.enable_accounting:
         conntrack.enable_accounting()
-    table, index, notes = _flows_with_forwards(args)
+    rules = _RulesRead(args)
+    whole = args.forward is None and args.proto is None and args.state is None
+    if whole and args.sort is None and args.limit is None and conntrack.reader() != "proc":
+        streamed = _conntrack_stream(args, rules)
+        if streamed is not None:
+            return streamed
+    table = conntrack.read_flows()
+    index = rules.index()
+    notes = [f"skipped {table.skipped} malformed lines"] if table.skipped else []
     flows, plain = table.flows, table.plain
     if args.enable_accounting:
         notes.append("accounting is on: new flows count packets and bytes")
@@ -846,16 +880,7 @@ def cmd_conntrack(args: argparse.Namespace) -> int:
             )
         return 0
     if args.json:
-        head = {
-            "count": fill.count,
-            "max": fill.max,
-            "accounting": fill.accounting,
-            "total": len(flows),
-            "shown": len(shown),
-            "notes": notes,
-        }
-        # The document json.dumps would make, one flow a line, each flow written directly.
-        out.write(json.dumps(head, indent=1)[:-2] + ',\n "flows": [')
+        _json_head(out, fill, len(flows), len(shown), notes)
         sep = "\n  "
         for start in range(0, len(shown), _CHUNK):
             out.write(
@@ -870,13 +895,115 @@ def cmd_conntrack(args: argparse.Namespace) -> int:
     out.write(conntrack.TEXT_HEADER)
     for start in range(0, len(shown), _CHUNK):
         out.write(conntrack.text_lines(shown[start : start + _CHUNK], index, fill.accounting))
-    print(f"{len(shown)} of {len(flows)} flows; table {fill.count}/{fill.max}")
+    _text_foot(fill, len(shown), len(flows), notes)
+    return 0
+
+
+def _json_head(out: Any, fill: conntrack.Fill, total: int, shown: int, notes: list[str]) -> None:
+    head = {
+        "count": fill.count,
+        "max": fill.max,
+        "accounting": fill.accounting,
+        "total": total,
+        "shown": shown,
+        "notes": notes,
+    }
+    # The document json.dumps would make, one flow a line, each flow written directly.
+    out.write(json.dumps(head, indent=1)[:-2] + ',\n "flows": [')
+
+
+def _text_foot(fill: conntrack.Fill, shown: int, total: int, notes: list[str]) -> None:
+    print(f"{shown} of {total} flows; table {fill.count}/{fill.max}")
     if not fill.accounting:
         print(
             "note: packet/byte counters are off (sysctl net.netfilter.nf_conntrack_acct=1 turns them on)"
         )
     for note in notes:
         print(f"note: {note}")
+
+
+def _conntrack_stream(args: argparse.Namespace, rules: _RulesRead) -> int | None:
+    """The whole table, unfiltered and unsorted, from the ctnetlink dump straight to the output:
+    each datagram (~200 flows) is decoded into the lines it prints, no Flow objects, and written
+    as one string. Lines decoded while natbox's rules are still being read (iptables-save, in a
+    thread) wait for their forwards' names.
+
+    None when the caller should read /proc instead (no ctnetlink here, or a flow this decoder
+    cannot show as /proc would, met before any output went out)."""
+    from natbox.conntrack import dump
+
+    fill = conntrack.table_fill()
+    kind = "json" if (args.json or args.json_lines) else "text"
+    out = sys.stdout
+    decoder = dump.Decoder(kind, accounting=fill.accounting)
+    waiting: list[tuple[list[str], list[Any]]] = []
+    parts: list[str] = []  # --json: the document's head needs the count, so it is written last
+    written = False
+
+    def put(lines: list[str]) -> None:
+        nonlocal written
+        if not lines:
+            return
+        if args.json:
+            parts.append(",\n  ".join(lines))
+            return
+        if kind == "text" and not written:
+            out.write(conntrack.TEXT_HEADER)
+        out.write("\n".join(lines) + "\n" if kind == "json" else "".join(lines))
+        written = True
+
+    def name_forwards() -> None:
+        decoder.owners = owners = rules.index().packed()
+        for lines, keys in waiting:
+            put(dump.finish(kind, lines, keys, owners))
+        waiting.clear()
+
+    gc_was_on = gc.isenabled()
+    gc.disable()  # no cycles among the strings made here; 100k of them would trigger it often
+    # The threads that receive the dump and read the rules need the GIL this loop holds, for a
+    # moment after each datagram or process: at the default 5 ms switch interval they waited for
+    # it longer than they worked.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
+    try:
+        with dump.open_dump() as sock:
+            for data in dump.datagrams(sock):
+                if decoder.owners is None and not rules.running():
+                    name_forwards()
+                lines = decoder.feed(data)
+                if decoder.error:
+                    dump.check_error(decoder.error, decoder.count == 0)
+                if decoder.owners is None:
+                    waiting.append((lines, decoder.keys))
+                else:
+                    put(lines)
+                if decoder.done:
+                    break
+        if decoder.owners is None:
+            name_forwards()
+    except (dump.Unavailable, dump.Unsupported):
+        if written or conntrack.reader() == "netlink":
+            raise
+        return None
+    finally:
+        sys.setswitchinterval(interval)
+        if gc_was_on:
+            gc.enable()
+    notes = [f"skipped {decoder.skipped} malformed lines"] if decoder.skipped else []
+    if args.enable_accounting:
+        notes.append("accounting is on: new flows count packets and bytes")
+    if args.json:
+        _json_head(out, fill, decoder.count, decoder.count, notes)
+        sep = "\n  "
+        for part in parts:  # one write each: no copy of the whole document
+            out.write(sep)
+            out.write(part)
+            sep = ",\n  "
+        out.write("\n ]\n}\n")
+    elif kind == "text":
+        if not written:
+            out.write(conntrack.TEXT_HEADER)
+        _text_foot(fill, decoder.count, decoder.count, notes)
     return 0
 
 

@@ -1,8 +1,9 @@
 """Provides the conntrack table: a fast reader, Flow parsing, flows matched to forwards, and kill.
 
 - `flow`: Flow and Tuple, the kernel's line format parsed in one regex pass;
-- `read`: /proc/net/nf_conntrack (or `conntrack -L -o extended` where the kernel has no such file),
-  the table's fill and the accounting switch;
+- `read`: the readers: ctnetlink (`dump`), /proc/net/nf_conntrack, `conntrack -L -o extended`
+  where the kernel has neither; the table's fill and the accounting switch;
+- `dump`: the ctnetlink dump, decoded straight into rows or into `natbox conntrack`'s lines;
 - `select`: which forward a flow belongs to, the filters and sorts of the CLI and the viewer;
 - `netlink`: kill by tuple over ctnetlink.
 
@@ -18,12 +19,15 @@ from natbox.conntrack.read import (
     HEAD,
     PROC_CONNTRACK,
     PROC_NETFILTER,
+    READER_ENV,
     Fill,
     FlowRead,
     enable_accounting,
     parse_lines,
     parse_text,
     read_flows,
+    read_netlink,
+    reader,
     table_fill,
 )
 from natbox.conntrack.select import (
@@ -43,6 +47,7 @@ __all__ = [
     "PROC_CONNTRACK",
     "PROC_NETFILTER",
     "PROTO_NUMBERS",
+    "READER_ENV",
     "SORT_KEYS",
     "TEXT_HEADER",
     "Fill",
@@ -60,6 +65,8 @@ __all__ = [
     "parse_text",
     "parse_tuple",
     "read_flows",
+    "read_netlink",
+    "reader",
     "select",
     "table_fill",
     "text_lines",

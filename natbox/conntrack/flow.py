@@ -265,7 +265,7 @@ class Flow(tuple[str, ...]):
     def path(self) -> str:
         """client → listen => snat-source → backend, the translation made visible."""
         # Raw fields, no Tuple objects: `natbox conntrack` prints 100k of these.
-        s1, d1, sp1, dp1, _rest, s2, d2, sp2, dp2 = self[_S1:]
+        s1, d1, sp1, dp1, _rest, s2, d2, sp2, dp2 = self[_S1 : _RDP + 1]
         client, listen = _hp(s1, sp1), _hp(d1, dp1)
         if s2 == d1 and sp2 == dp1 and d2 == s1 and dp2 == sp1:
             return f"{client} → {listen}"
@@ -392,3 +392,175 @@ def parse_generic(line: str) -> Flow:
         unreplied=unreplied,
         tail=" " + " ".join(extra + tail) if extra or tail else "",
     )
+
+
+# Field positions a decoded row (ctnetlink) adds after the 12 of every Flow: the counters as text
+# ("" without accounting), the flags, mark, zone, age ("" without timestamps) and ICMP details.
+_P1S, _B1S, _P2S, _B2S, _FLAGS_OF, _MARK, _ZONE, _AGE, _EXTRA = range(12, 21)
+_FLAGS_JSON: dict[tuple[str, ...], str] = {}
+
+
+def _hp_short(ip: str, port: str) -> str:
+    """_hp on an address that is already in its short form (decoded rows)."""
+    if ":" in ip:
+        return f"[{ip}]:{port}" if port else ip
+    return f"{ip}:{port}" if port else ip
+
+
+class Decoded(Flow):
+    """A Flow decoded from a ctnetlink dump: the same 12 fields as a parsed line (addresses in
+    their short form, the `rest` of the line empty), then every other field already decoded, so
+    nothing is parsed again on access (`natbox conntrack` formats 100k of these)."""
+
+    __slots__ = ()
+
+    def _rest(self) -> tuple[str, ...]:
+        # What the line regex would have found, for any code that asks for it.
+        flags = self[_FLAGS_OF]
+        unreplied = bool(flags) and flags[0] == "UNREPLIED"
+        tail = "".join(f" [{x}]" for x in flags[1 if unreplied else 0 :])
+        tail += f" mark={self[_MARK]} zone={self[_ZONE]}"
+        if self[_AGE]:
+            tail += f" delta-time={self[_AGE]}"
+        if self[_EXTRA]:
+            tail = f" {self[_EXTRA]}{tail}"
+        return (
+            self[_P1S],
+            self[_B1S],
+            " [UNREPLIED]" if unreplied else "",
+            self[_RS],
+            self[_RD],
+            self[_RSP],
+            self[_RDP],
+            self[_P2S],
+            self[_B2S],
+            tail,
+        )
+
+    @property
+    def orig(self) -> Tuple:
+        """The original direction: client → address it asked for."""
+        return Tuple(self[_S1], self[_D1], _opt_int(self[_SP1]), _opt_int(self[_DP1]))
+
+    @property
+    def reply(self) -> Tuple:
+        """The reply direction as the kernel expects it: backend → SNAT source."""
+        return Tuple(self[_RS], self[_RD], _opt_int(self[_RSP]), _opt_int(self[_RDP]))
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        """UNREPLIED, ASSURED, OFFLOAD, ..."""
+        flags: tuple[str, ...] = self[_FLAGS_OF]  # type: ignore[assignment]
+        return flags
+
+    @property
+    def mark(self) -> int:
+        """The connection mark."""
+        return int(self[_MARK])
+
+    @property
+    def zone(self) -> int:
+        """The conntrack zone (0 when none)."""
+        return int(self[_ZONE])
+
+    @property
+    def age(self) -> int | None:
+        """Seconds since the flow started (only with net.netfilter.nf_conntrack_timestamp=1)."""
+        return _opt_int(self[_AGE])
+
+    @property
+    def extra(self) -> str:
+        """Protocol details that are not ports, e.g. `type=8 code=0 id=4711` for ICMP."""
+        return self[_EXTRA]
+
+    @property
+    def orig_packets(self) -> int | None:
+        """Packets client → server (None without accounting)."""
+        return _opt_int(self[_P1S])
+
+    @property
+    def orig_bytes(self) -> int | None:
+        """Bytes client → server (None without accounting)."""
+        return _opt_int(self[_B1S])
+
+    @property
+    def reply_packets(self) -> int | None:
+        """Packets server → client (None without accounting)."""
+        return _opt_int(self[_P2S])
+
+    @property
+    def reply_bytes(self) -> int | None:
+        """Bytes server → client (None without accounting)."""
+        return _opt_int(self[_B2S])
+
+    @property
+    def packets(self) -> int:
+        """Packets both ways (0 without accounting)."""
+        return int(self[_P1S] or 0) + int(self[_P2S] or 0)
+
+    @property
+    def bytes(self) -> int:
+        """Bytes both ways (0 without accounting)."""
+        return int(self[_B1S] or 0) + int(self[_B2S] or 0)
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        """What identifies a flow across refreshes (the kernel's own key: original tuple + zone)."""
+        return (self[_PROTO], self[_S1], self[_D1], self[_SP1], self[_DP1], self[_ZONE])
+
+    def path(self) -> str:
+        """client → listen => snat-source → backend, the translation made visible."""
+        s1, d1, sp1, dp1, _rest, s2, d2, sp2, dp2 = self[_S1 : _RDP + 1]
+        if ":" in s1:
+            client, listen = _hp_short(s1, sp1), _hp_short(d1, dp1)
+            if s2 == d1 and sp2 == dp1 and d2 == s1 and dp2 == sp1:
+                return f"{client} → {listen}"
+            return f"{client} → {listen} => {_hp_short(d2, dp2)} → {_hp_short(s2, sp2)}"
+        client = f"{s1}:{sp1}" if sp1 else s1
+        listen = f"{d1}:{dp1}" if dp1 else d1
+        if s2 == d1 and sp2 == dp1 and d2 == s1 and dp2 == sp1:
+            return f"{client} → {listen}"
+        return f"{client} → {listen} => {f'{d2}:{dp2}' if dp2 else d2} → {f'{s2}:{sp2}' if sp2 else s2}"
+
+    def to_json(self, forward: str | None = None, *, plain: bool = False) -> str:
+        """`to_dict` as compact JSON text. Every field of a decoded row is a number, an address
+        or a word from the kernel's tables: nothing to escape, whatever `plain` says."""
+        (
+            proto,
+            timeout,
+            state,
+            s1,
+            d1,
+            sp1,
+            dp1,
+            _rest,
+            s2,
+            d2,
+            sp2,
+            dp2,
+            p1,
+            b1,
+            p2,
+            b2,
+            flags,
+            mark,
+            zone,
+            age,
+            extra,
+        ) = self
+        flags_json = _FLAGS_JSON.get(flags)  # type: ignore[call-overload]
+        if flags_json is None:
+            flags_json = _FLAGS_JSON[flags] = ",".join(f'"{x}"' for x in flags)  # type: ignore[index]
+        return (
+            f'{{"family":"ipv{6 if ":" in s1 else 4}","proto":"{proto}",'
+            f'"state":{f"{chr(34)}{state}{chr(34)}" if state else "null"},"timeout":{timeout},'
+            f'"orig":{{"src":"{s1}","dst":"{d1}","sport":{sp1 or "null"},"dport":{dp1 or "null"}}},'
+            f'"reply":{{"src":"{s2}","dst":"{d2}","sport":{sp2 or "null"},"dport":{dp2 or "null"}}},'
+            f'"flags":[{flags_json}],"mark":{mark},"zone":{zone},'
+            f'"orig_packets":{p1 or "null"},"orig_bytes":{b1 or "null"},'
+            f'"reply_packets":{p2 or "null"},"reply_bytes":{b2 or "null"},'
+            f'"age":{age or "null"},"extra":"{extra}",'
+            f'"dnat":{"true" if (s2 != d1 or sp2 != dp1) else "false"},'
+            f'"snat":{"true" if (d2 != s1 or dp2 != sp1) else "false"},'
+            f'"forward":{"null" if forward is None else f"{chr(34)}{forward}{chr(34)}"}}}'
+        )

@@ -107,14 +107,59 @@ HEAD = 64 * 1024
 """Characters a first look reads (~400 flows: more than a screen), in about a millisecond."""
 
 
+READER_ENV = "NATBOX_CONNTRACK_READER"
+"""`netlink` or `proc` forces one reader (no fallback); unset, ctnetlink is tried first."""
+
+
+def reader() -> str:
+    """Which reader the environment asks for: "auto", "netlink" or "proc"."""
+    value = os.environ.get(READER_ENV, "").strip().lower()
+    if value in ("", "auto"):
+        return "auto"
+    if value in ("netlink", "ctnetlink"):
+        return "netlink"
+    if value == "proc":
+        return "proc"
+    raise NatboxError(f"{READER_ENV}={value!r} is not a reader", "use netlink, proc or auto")
+
+
+def read_netlink() -> FlowRead:
+    """The whole table over ctnetlink, as Decoded rows (see dump.py). Raises dump.Unavailable
+    where the kernel has no ctnetlink and dump.Unsupported for a flow it cannot show as /proc
+    would: the caller reads /proc instead."""
+    from natbox.conntrack import dump
+
+    gc_was_on = gc.isenabled()
+    gc.disable()  # as in parse_text: 100k rows that cannot form cycles
+    try:
+        decoder = dump.Decoder("row")
+        flows: list[Flow] = []
+        for rows in dump.batches(decoder):
+            flows += rows
+        return FlowRead(flows, decoder.skipped, source="ctnetlink", plain=True)
+    finally:
+        if gc_was_on:
+            gc.enable()
+
+
 def read_flows(
     runner: Runner | None = None, proc: Path = PROC_CONNTRACK, head: int | None = None
 ) -> FlowRead:
-    """Read the whole table: /proc when the kernel has it, else `conntrack -L -o extended`.
+    """Read the whole table: over ctnetlink (the kernel's binary dump, decoded: `read_netlink`)
+    where it can, else /proc, else `conntrack -L -o extended` where the kernel has no such file.
 
     With `head`, only the first `head` characters of /proc, whole lines only: the kernel formats the
     table as it is read, so a first screen of flows costs a millisecond, not the whole table's time.
     """
+    choice = reader()
+    if head is None and proc == PROC_CONNTRACK and choice != "proc":
+        from natbox.conntrack import dump
+
+        try:
+            return read_netlink()
+        except (dump.Unavailable, dump.Unsupported):
+            if choice == "netlink":
+                raise
     try:
         with open(proc, encoding="ascii", errors="replace") as fh:
             if head is None:

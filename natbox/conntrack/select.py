@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -41,6 +42,13 @@ class ForwardIndex:
     def __call__(self, flow: Flow) -> str | None:
         return self._index.get((flow[_PROTO], flow[_D1], flow[_DP1])) if self._index else None
 
+    def packed(self) -> dict[tuple[str, bytes, int], str]:
+        """The same index for the ctnetlink decoder: (protocol, packed address, port)."""
+        return {
+            (proto, ipaddress.ip_address(ip).packed, int(port)): name
+            for (proto, ip, port), name in self._index.items()
+        }
+
 
 SORT_KEYS = ("age", "bytes", "packets", "timeout")
 _BYTES = re.compile(r" bytes=(\d+)")
@@ -53,9 +61,14 @@ def _sort_key(sort: str) -> tuple[Callable[[Flow], int], bool]:
     if sort == "age":
         return (lambda f: -1 if f.age is None else f.age), True
     if sort == "bytes":
-        return (lambda f: sum(map(int, _BYTES.findall(f[_REST_OF])))), True
+        # A parsed line's counters are in its rest (one findall); a decoded row has them apart.
+        return (
+            lambda f: sum(map(int, _BYTES.findall(f[_REST_OF]))) if f[_REST_OF] else f.bytes
+        ), True
     if sort == "packets":
-        return (lambda f: sum(map(int, _PACKETS.findall(f[_REST_OF])))), True
+        return (
+            lambda f: sum(map(int, _PACKETS.findall(f[_REST_OF]))) if f[_REST_OF] else f.packets
+        ), True
     return (lambda f: int(f[1])), False
 
 
@@ -133,7 +146,7 @@ def text_lines(flows: list[Flow], index: ForwardIndex, accounting: bool) -> str:
 
 def row_text(flow: Flow, owner: str | None) -> str:
     """What a viewer row shows, lower case: protocol, state, both tuples, forward (filter text)."""
-    s1, d1, sp1, dp1, _rest, s2, d2, sp2, dp2 = flow[_S1:]
+    s1, d1, sp1, dp1, _rest, s2, d2, sp2, dp2 = flow[_S1 : _RDP + 1]
     if ":" in s1:
         c, li, sn, b = _hp(s1, sp1), _hp(d1, dp1), _hp(d2, dp2), _hp(s2, sp2)
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 from natbox.lab import NAT_LAN_IP, SERVER_IP, Lab
 
@@ -135,3 +136,101 @@ def test_json_lines_stream_the_same_flows(lab: Lab) -> None:
     sorted_out = lab.natbox("conntrack", "--sort", "timeout", "--json-lines")
     timeouts = [json.loads(line)["timeout"] for line in sorted_out.stdout.splitlines()]
     assert timeouts == sorted(timeouts)
+
+
+READERS = r"""
+import json, os
+from natbox.conntrack import read_flows, read_netlink
+netlink = read_netlink()
+os.environ["NATBOX_CONNTRACK_READER"] = "proc"
+proc = read_flows()
+print(json.dumps({
+    "sources": [netlink.source, proc.source],
+    "skipped": [netlink.skipped, proc.skipped],
+    "netlink": [f.to_dict() for f in netlink.flows],
+    "proc": [f.to_dict() for f in proc.flows],
+}))
+"""
+
+
+def test_netlink_and_proc_readers_return_the_same_flows(lab: Lab) -> None:
+    nat = lab.nat_exec
+    nat("sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1")
+    nat("sysctl", "-qw", "net.netfilter.nf_conntrack_timestamp=1")
+    make_flows(lab)
+    send = (
+        "import socket, sys; s = socket.socket(socket.{}, socket.SOCK_DGRAM); "
+        "s.sendto(b'x', (sys.argv[1], int(sys.argv[2])))"
+    )
+    # IPv6, a mark, a zone: next to the forwarded TCP/UDP and the ICMP of make_flows
+    nat("ip6tables", "-A", "INPUT", "-m", "conntrack", "--ctstate", "NEW", "-j", "ACCEPT")
+    nat(sys.executable, "-c", send.format("AF_INET6"), "::1", "5000")
+    mark = ["-p", "udp", "--dport", "7777", "-j", "CONNMARK", "--set-mark", "42"]
+    nat("iptables", "-t", "mangle", "-A", "OUTPUT", *mark)
+    nat(sys.executable, "-c", send.format("AF_INET"), "127.0.0.1", "7777")
+    nat(
+        "iptables",
+        "-t",
+        "raw",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "udp",
+        "--dport",
+        "7778",
+        "-j",
+        "CT",
+        "--zone",
+        "7",
+    )
+    nat(sys.executable, "-c", send.format("AF_INET"), "127.0.0.1", "7778")
+    read = json.loads(nat(sys.executable, "-c", READERS).stdout)
+    assert read["sources"] == ["ctnetlink", "/proc/net/nf_conntrack"]
+    assert read["skipped"] == [0, 0]
+
+    def keyed(flows: list[dict[str, object]]) -> dict[tuple[object, ...], dict[str, object]]:
+        return {(f["proto"], *f["orig"].values(), f["zone"]): f for f in flows}  # type: ignore[attr-defined]
+
+    netlink, proc = keyed(read["netlink"]), keyed(read["proc"])
+    assert set(netlink) == set(proc) and len(netlink) >= 8
+    for key, f in netlink.items():
+        p = proc[key]
+        # read a moment apart: the clock moved, and so may have a counter of live traffic
+        assert abs(f["timeout"] - p["timeout"]) <= 1 and abs(f["age"] - p["age"]) <= 1  # type: ignore[operator]
+        same = ("timeout", "age")
+        assert {k: v for k, v in f.items() if k not in same} == {
+            k: v for k, v in p.items() if k not in same
+        }, key
+    flows = list(netlink.values())
+    assert {f["family"] for f in flows} == {"ipv4", "ipv6"}
+    assert any(f["mark"] == 42 for f in flows) and any(f["zone"] == 7 for f in flows)
+    assert all(f["orig_packets"] is not None for f in flows)
+
+
+TIMEOUT = re.compile(r'"timeout":\d+|^(\w+ +\S+ +)\d+', re.MULTILINE)
+
+
+def test_natbox_conntrack_prints_the_same_from_either_reader(lab: Lab) -> None:
+    make_flows(lab)
+    for args in (
+        [],
+        ["--json"],
+        ["--json-lines"],
+        ["--proto", "udp"],
+        ["--forward", "web", "--json"],
+        ["--sort", "bytes", "--limit", "3"],
+    ):
+        outs = []
+        for reader in ("netlink", "proc"):
+            out = lab.nat_exec(
+                "env",
+                f"NATBOX_CONNTRACK_READER={reader}",
+                sys.executable,
+                "-m",
+                "natbox",
+                "conntrack",
+                *args,
+            )
+            outs.append(TIMEOUT.sub(lambda m: f"{m.group(1) or ''}T", out.stdout))
+        assert outs[0] == outs[1], args
+        assert "192.168.1.30:1234" in outs[0] or "1234" in outs[0]
