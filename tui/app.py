@@ -102,6 +102,12 @@ class NatboxApp(App[int]):
             self._holding = True
             self._drainer = asyncio.create_task(self._drain())
 
+    @property
+    def keys_pending(self) -> bool:
+        """Keys typed ahead wait to be handled (a burst, a paste): work that the next key would
+        redo (a filter over 100,000 flows per character) can wait for the last one."""
+        return bool(self._typeahead)
+
     async def _settled(self) -> None:
         """Until the key's path (the focused widget, its ancestors, the screen, the app) has no
         message left to handle, and the screen in front takes keys (the wizard's first field)."""

@@ -80,3 +80,47 @@ async def test_the_whole_wizard_in_one_burst_adds_the_forward() -> None:
         assert [f.name for f in engine.applied] == ["tcp-8090"]
         assert str(engine.applied[0].backend) == "10.0.2.50:80"
         assert isinstance(app.screen, DashboardScreen)
+
+
+async def test_a_filter_typed_in_one_burst_scans_the_flows_once_for_its_last_key(
+    monkeypatch: object,
+) -> None:
+    """A filter pasted (or typed over a laggy link) into the viewer at 100k flows: one scan for the
+    whole text, not one per character (each scan kept the next keys waiting: 0.3-3 s in tmux)."""
+    import pytest
+
+    import tui.screens.conntrack as viewer
+
+    assert isinstance(monkeypatch, pytest.MonkeyPatch)
+    scanned: list[str] = []
+    real = viewer.find_rows
+
+    def find_rows(*args: object, **kwargs: object) -> object:
+        flt = args[2]
+        scanned.append(getattr(flt, "text", ""))
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(viewer, "find_rows", find_rows)
+    app = make_app(SampleEngine(flow_count=20_000))
+    async with app.run_test(size=(120, 30)) as pilot:
+        await settle(pilot)
+        await pilot.press("c")
+        await settle(pilot)
+        await pilot.pause(0.5)
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, viewer.ConntrackScreen)
+        await pilot.press("slash")
+        await settle(pilot)
+        scanned.clear()
+        burst(pilot, *chars("port:1234"))
+        await pilot.pause(1.0)
+        await settle(pilot)
+        typed = [t for t in scanned if t]
+        assert typed and typed[-1] == "port:1234", scanned
+        assert len(typed) <= 2, f"one scan per character: {typed}"
+        assert screen.filter.text == "port:1234"
+        shown = {row.orig.dport for row in screen.table.rows} | {
+            row.orig.sport for row in screen.table.rows
+        }
+        assert 1234 in shown and len(screen.table.rows) < 20_000

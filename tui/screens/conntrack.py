@@ -26,6 +26,8 @@ from tui.messages import FlowsRefreshed
 from widgets.flow_table import FlowTable, compact_path
 
 REFRESH_EVERY = 1.0
+KEYS_PENDING_RECHECK = 0.02
+"""While typed-ahead keys wait, the filter looks again this often (seconds) for the last one."""
 """Seconds between reads; a read that takes longer than half of it stretches the interval."""
 SORTS: tuple[str | None, ...] = (None, "timeout", "bytes", "packets", "age")
 FILTER_HELP = (
@@ -138,6 +140,7 @@ class ConntrackScreen(Screen[None]):
         self._generation = 0
         self._interval = REFRESH_EVERY
         self._timer: Timer | None = None
+        self._filter_timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
         yield Header(icon="»")
@@ -289,6 +292,18 @@ class ConntrackScreen(Screen[None]):
     def _filter_changed(self, event: Input.Changed) -> None:
         self.filter = FlowFilter.parse(event.value)
         self._status()
+        self._filter_rows()
+
+    def _filter_rows(self) -> None:
+        """Filter with the box's text now, or, while more typed-ahead keys wait, after the last of
+        them: a burst (`port:1235` pasted, or over a laggy link) filters 100,000 flows once, not
+        once per character, and the keys are not kept waiting behind those scans."""
+        if self._filter_timer is not None:
+            self._filter_timer.stop()
+            self._filter_timer = None
+        if getattr(self.app, "keys_pending", False):
+            self._filter_timer = self.set_timer(KEYS_PENDING_RECHECK, self._filter_rows)
+            return
         self.refresh_flows(read=False)
 
     @on(Input.Submitted, "#filter")
