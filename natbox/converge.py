@@ -516,9 +516,10 @@ def forget_rollback() -> None:
 def kept() -> list[str]:
     """The change in the confirm window was kept: an edit's saved-set entry follows it, and the
     rollback record goes. Returns notes (a saved set that could not follow)."""
-    data = read_json(_rollback_path())
-    _target, _disable, keep = _load_rollback(data)
-    forget_rollback()
+    try:
+        _target, _disable, keep = _load_rollback(read_json(_rollback_path()))
+    finally:
+        forget_rollback()  # even unreadable: a record left here would undo the kept change later
     return _settle({"saved": keep}, finished=True) if keep is not None else []
 
 

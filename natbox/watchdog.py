@@ -249,7 +249,8 @@ def outcome(token: str) -> str | None:
 
 
 def confirm() -> str:
-    """Keep the pending change; returns the forward's name."""
+    """Keep the pending change; returns the forward's name, followed by a note in parentheses when
+    the change is kept but something around it (the saved set) could not follow."""
     supervise()
     p = pending()
     if p is None:
@@ -263,14 +264,20 @@ def confirm() -> str:
         )
     if not _clear(p.token):
         raise NatboxError("the change was rolled back meanwhile", "natbox list shows what is there")
+    notes: list[str] = []
+    if converge.is_set_change(p.name):
+        # The rollback record goes first, right after the claim: a record left behind by a crash
+        # here would read as an interrupted rollback and undo the change the user kept.
+        try:
+            notes = converge.kept()  # nothing to put back; an edit's saved entry follows it
+        except NatboxError as exc:
+            notes = [exc.message]
     _stop_watchdog(p)
     _forget_beat(p.token)
-    _record(p, True, f"{p.name} kept")
-    if converge.is_set_change(p.name):
-        notes = converge.kept()  # nothing to put back; an edit's saved entry follows it
-        if notes:
-            raise NatboxError(f"kept {p.name}, but {notes[0]}", "the change itself is kept")
-    return p.name
+    # Kept is kept: a note never turns into an error (the TUI would say "rolled back").
+    said = f"{p.name} ({'; '.join(notes)})" if notes else p.name
+    _record(p, True, f"{said} kept")
+    return said
 
 
 def rollback() -> str:

@@ -379,3 +379,49 @@ async def test_edit_disable_enable_and_undo_the_marked_forward() -> None:
         web = next(f for f in engine.forwards if f.name == "web")
         assert str(web.backend) == "10.0.2.50:80"
         assert screen.history == []
+
+
+async def test_an_edit_that_moves_the_backend_takes_the_new_routes_snat_source() -> None:
+    """E, backend moved to another network: the SNAT source follows the route to it (as
+    `natbox edit --backend` does), instead of keeping the old side's address."""
+    from textual.widgets import Input
+
+    engine = SampleEngine()
+    app = make_app(engine, confirm_seconds=30)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await settle(pilot)
+        await pilot.press("down", "E")
+        await settle(pilot)
+        wizard = app.screen
+        await pilot.press("enter")
+        await settle(pilot)
+        assert wizard.query_one("#snat", Input).value == "10.0.2.40"
+        wizard.query_one("#backend", Input).value = ""
+        await pilot.press(*"192.168.1.77:80")
+        await settle(pilot)
+        assert wizard.query_one("#snat", Input).value == "192.168.1.30"
+
+
+async def test_an_undo_that_is_not_kept_leaves_the_change_to_undo() -> None:
+    """u on a disable enables the forward with the confirm window; answered n, the forward stays
+    disabled and the disable stays in the history (u offers it again)."""
+    engine = SampleEngine()
+    app = make_app(engine, confirm_seconds=30)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        await pilot.press("down", "x")
+        await settle(pilot)
+        await pilot.press("y")
+        await settle(pilot)
+        assert [c.kind for c in screen.history] == ["disabled"]
+        await pilot.press("u")
+        await settle(pilot)
+        await pilot.press("y")  # the dialog
+        await settle(pilot)
+        assert isinstance(app.screen, CountdownScreen)
+        await pilot.press("n")  # roll the enable back
+        await settle(pilot)
+        assert [f.name for f in engine.disabled] == ["web"]
+        assert [c.kind for c in screen.history] == ["disabled"], "the disable still stands"

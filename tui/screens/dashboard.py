@@ -998,7 +998,9 @@ class DashboardScreen(Screen[None]):
                 raise failed.error from None
             raise
 
-    async def _apply_with_window(self, fwd: Forward, enable_forwarding: bool = False) -> bool:
+    async def _apply_with_window(
+        self, fwd: Forward, enable_forwarding: bool = False, record: bool = True
+    ) -> bool:
         """Apply `fwd` with the confirm window; True when the user kept it."""
         engine = self.engine
         return await self._with_window(
@@ -1006,11 +1008,15 @@ class DashboardScreen(Screen[None]):
             lambda window: engine.apply(
                 fwd, confirm_seconds=window, enable_forwarding=enable_forwarding
             ),
+            record,
         )
 
-    async def _with_window(self, change: Change, call: Callable[[float], Outcome]) -> bool:
+    async def _with_window(
+        self, change: Change, call: Callable[[float], Outcome], record: bool = True
+    ) -> bool:
         """Make `change` with `call(window)` (an apply, an edit, an enable) and the confirm window:
-        the countdown, then keep or roll back. True when the user kept it."""
+        the countdown, then keep or roll back. True when the user kept it; `record`: a kept
+        change goes into the history (an undo's does not: it takes the undone one out)."""
         from tui.screens.countdown import CountdownScreen
 
         engine = self.engine
@@ -1034,9 +1040,11 @@ class DashboardScreen(Screen[None]):
         kept = False
         try:
             if answer == "keep":
-                await self._in_thread(engine.confirm, "confirming")
-                self.history.append(change)
-                self.say(f"kept {self._named_forward(fwd)}", title="natbox")
+                said: str = await self._in_thread(engine.confirm, "confirming")
+                if record:
+                    self.history.append(change)
+                note = said.removeprefix(fwd.name).strip()  # "(the saved set …)", if any
+                self.say(f"kept {self._named_forward(fwd)} {note}".strip(), title="natbox")
                 kept = True
             else:
                 await self._in_thread(engine.rollback, "rolling back")
@@ -1090,18 +1098,17 @@ class DashboardScreen(Screen[None]):
             if await self.app.push_screen_wait(
                 ConfirmScreen(f"Undo: remove {self._named_forward(fwd)}? These rules go:", detail)
             ):
-                self.history.pop()
-                self._do_remove(self.engine, fwd.name, None)
+                self._do_remove(self.engine, fwd.name, None, undo=change)
         else:
             plan = build_plan(fwd)
             detail = "\n".join(plan.plain()) + "\n\n" + plan.restore_text()
             if await self.app.push_screen_wait(
                 ConfirmScreen(f"Undo: add {self._named_forward(fwd)} back?", detail)
             ):
-                self.history.pop()
-                await self._apply_with_window(fwd)
-                if self.history and self.history[-1] == Change("added", fwd):
-                    self.history.pop()  # re-adding what was removed is not a new change to undo
+                # Re-adding what was removed is not a new change to undo; and the removal leaves
+                # the history only once it is undone (not kept: it still stands, `u` offers it).
+                if await self._apply_with_window(fwd, record=False):
+                    self._undone(change)
 
     def action_edit(self) -> None:
         name = self._marked("edit forwards", live=True)
@@ -1191,14 +1198,14 @@ class DashboardScreen(Screen[None]):
             )
         if not await self.app.push_screen_wait(ConfirmScreen(question, detail)):
             return
-        if undo is not None and self.history and self.history[-1] == undo:
-            self.history.pop()
         if enable:
             kept = await self._with_window(
-                Change("enabled", fwd), lambda window: engine.enable(name, confirm_seconds=window)
+                Change("enabled", fwd),
+                lambda window: engine.enable(name, confirm_seconds=window),
+                record=undo is None,
             )
-            if kept and undo is not None and self.history and self.history[-1].kind == "enabled":
-                self.history.pop()  # undoing is not a new change to undo
+            if kept and undo is not None:
+                self._undone(undo)
             return
         try:
             outcome: Outcome = await self._in_thread(lambda: engine.disable(name), "disabling")
@@ -1207,6 +1214,8 @@ class DashboardScreen(Screen[None]):
             return
         if undo is None:
             self.history.append(Change("disabled", fwd))
+        else:
+            self._undone(undo)
         self.say(
             f"disabled {self._named_forward(fwd)} ({outcome.seconds * 1000:.0f} ms): "
             "x puts it back",
@@ -1237,13 +1246,20 @@ class DashboardScreen(Screen[None]):
         question = f"Undo the edit: {new.name} back to {self._named_forward(old)}?"
         if not await self.app.push_screen_wait(ConfirmScreen(question, _change_detail(preview))):
             return
-        self.history.pop()
         kept = await self._with_window(
             Change("edited", old, new),
             lambda window: engine.edit(new.name, old, confirm_seconds=window),
+            record=False,
         )
-        if kept and self.history and self.history[-1] == Change("edited", old, new):
-            self.history.pop()  # undoing is not a new change to undo
+        if kept:
+            self._undone(change)
+
+    def _undone(self, change: Change) -> None:
+        """`change` was undone (and only now): it leaves the history."""
+        for i in range(len(self.history) - 1, -1, -1):
+            if self.history[i] == change:
+                del self.history[i]
+                return
 
     def action_remove(self) -> None:
         name = self.selected
@@ -1253,8 +1269,33 @@ class DashboardScreen(Screen[None]):
         if self.data is not None and self.data.read_only:
             self.say("read-only: run natbox with sudo to remove forwards", severity="warning")
             return
+        off = self.off_forwards.get(name)
+        if off is not None:
+            self._confirm_forget(off)
+            return
         state = self._selected_state()
         self._confirm_remove(name, state.forward if state else None)
+
+    @work(exclusive=True, group="remove", exit_on_error=False, description="forget")
+    async def _confirm_forget(self, fwd: Forward) -> None:
+        """`d` on a disabled forward: it has no rules to remove; natbox forgets it, after a yes
+        that says so (u cannot bring it back)."""
+        from tui.screens.confirm import ConfirmScreen
+
+        saved = (
+            self.data is not None and self.data.saved is not None and fwd.name in self.data.saved
+        )
+        detail = (
+            "It has no rules in the kernel. natbox forgets it for good; u cannot bring it back."
+        )
+        if saved:
+            detail += (
+                f"\n{fwd.name} is in the saved set: boot would add it again (f forgets it there)."
+            )
+        if await self.app.push_screen_wait(
+            ConfirmScreen(f"Forget the disabled {self._named_forward(fwd)}?", detail)
+        ):
+            self._do_remove(self.engine, fwd.name, None)
 
     @work(exclusive=True, group="remove", exit_on_error=False, description="remove")
     async def _confirm_remove(self, name: str, before: Forward | None) -> None:
@@ -1279,13 +1320,17 @@ class DashboardScreen(Screen[None]):
         return result
 
     @work(thread=True, exclusive=True, group="remove", exit_on_error=False, description="removing")
-    def _do_remove(self, engine: EngineAPI, name: str, before: Forward | None) -> None:
+    def _do_remove(
+        self, engine: EngineAPI, name: str, before: Forward | None, undo: Change | None = None
+    ) -> None:
         outcome = engine.remove(name)
-        self.app.call_from_thread(self._record_removal, before)
+        self.app.call_from_thread(self._record_removal, before, undo)
         self.post_message(ForwardRemoved(name, outcome.seconds))
 
-    def _record_removal(self, before: Forward | None) -> None:
-        if before is not None:
+    def _record_removal(self, before: Forward | None, undo: Change | None) -> None:
+        if undo is not None:
+            self._undone(undo)  # the add this undid (only now that the removal is done)
+        elif before is not None:
             self.history.append(Change("removed", before))
 
     def _marked(self, verb: str, writes: bool = True, live: bool = False) -> str | None:

@@ -46,7 +46,7 @@ STEPS = ["Listen", "Backend", "Options", "Preview"]
 PROTOS = ("tcp", "udp", "both")
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
 FIRST_SUGGESTED_PORT = 8080
-EDIT_FIELDS = ("listen-ip", "listen-port", "backend", "snat", "name", "sources")
+EDIT_FIELDS = ("listen-ip", "listen-port", "backend", "name", "sources")
 """The fields an edit prefills: derived values never overwrite them."""
 _REMOVE_HINT = re.compile(r"`?natbox remove ([\w.-]+)`?")
 
@@ -208,7 +208,7 @@ class WizardScreen(Screen[WizardResult | None]):
         self._mounted = False
         self.step = 0
         self.derived: Derived | None = None
-        self.snat_touched = editing is not None
+        self.snat_touched = False
         self.forward: Forward | None = None
         self.findings: list[Finding] = []
         self.checked = False
@@ -434,7 +434,10 @@ class WizardScreen(Screen[WizardResult | None]):
             text = f"✓ the route to the backend leaves via {d.backend_dev}, from {d.snat}"
         self.query_one("#derived", Static).update(text)
         snat = self.query_one("#snat", Input)
-        if d.snat and not self.snat_touched:
+        # An edit keeps its SNAT source while the backend stays; a backend that moves takes the
+        # source of the route to it (as `natbox edit --backend` does), unless you typed one.
+        moved = self.editing is None or self._value("backend") != str(self.editing.backend)
+        if d.snat and not self.snat_touched and moved:
             snat.value = d.snat
         mss = self.query_one("#mss", Checkbox)
         reason = self.query_one("#mss-reason", Static)
