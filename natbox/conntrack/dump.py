@@ -677,6 +677,11 @@ class Decoder:
                 self.skipped += 1
                 break
             if kind == _NLMSG_DONE:
+                # A dump that fails midway (e.g. ENOBUFS) ends with NLMSG_DONE carrying -errno:
+                # the table read is incomplete, not done.
+                code = struct.unpack_from("=i", buf, off + 16)[0] if size >= 20 else 0
+                if code < 0:
+                    self.error = -code
                 self.done = True
                 break
             if kind == _NLMSG_ERROR:

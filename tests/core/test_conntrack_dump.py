@@ -298,6 +298,12 @@ def test_errors_and_the_end() -> None:
     with pytest.raises(dump.Unavailable):
         dump.check_error(errno.EOPNOTSUPP, True)
     assert dump.ends(DONE) and dump.ends(error) and not dump.ends(udp())
+    # A dump that fails midway ends with NLMSG_DONE carrying -errno: incomplete, said so.
+    failed = struct.pack("=IHHIIi", 20, 3, 2, 1, 0, -errno.ENOBUFS)
+    dec = dump.Decoder()
+    assert len(dec.feed(udp() + failed)) == 1 and dec.done and dec.error == errno.ENOBUFS
+    dec = dump.Decoder()
+    assert dec.feed(udp() + DONE) and dec.done and dec.error == 0
     request = dump.dump_request()
     length, kind, flags = struct.unpack_from("=IHH", request)
     assert (length, kind, flags, request[16]) == (20, 0x101, 0x301, socket.AF_UNSPEC)
