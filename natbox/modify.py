@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
-from natbox import converge, declare, disabled, lock, persist, txn
+from natbox import converge, declare, disabled, lock, persist, txn, watchdog
 from natbox.api import ChangePreview
 from natbox.backends import Backend
 from natbox.errors import ConflictError, NatboxError, NotFoundError, ValidationError
@@ -325,6 +325,13 @@ def plan_edit(
 def plan_disable(backend: Backend, name: str) -> Planned:
     """Plan taking forward `name` out while remembering it."""
     state, _names = _in_kernel(backend, name, "disable")
+    if any(f.name == name for f in disabled.load()):
+        # A live forward and a disabled one can share a name (one added while the other was
+        # disabled): disabling the live one would overwrite the remembered copy without a word.
+        raise ConflictError(
+            f"a disabled forward is already named {name}",
+            f"natbox edit {name} --name NEW renames the live one; then disable that",
+        )
     change = converge.plan_change(backend, {name: None}, disable=[name])
     return Planned("disable", name, state.forward, None, _report(backend, name, change))
 
@@ -371,6 +378,14 @@ def carry(
     backend_choice: str | None = None,
 ) -> Outcome:
     """Carry the planned change out (one transaction; in the confirm window if asked)."""
+    waiting = watchdog.pending()
+    if waiting is not None:
+        # Its rollback puts back the forwards as they were before it: a disable, edit or enable
+        # made meanwhile would be undone by it, or a disabled forward's copy lost.
+        raise ConflictError(
+            f"{waiting.name} still waits for confirmation ({waiting.seconds_left:.0f} s left)",
+            "natbox confirm (or natbox rollback) first, then change the forward",
+        )
     report = planned.report
     declare.carry_out(
         backend,

@@ -572,3 +572,31 @@ def test_the_sample_engine_edits_disables_and_enables_like_the_real_one() -> Non
     engine.disable("dns")
     engine.remove("dns")
     assert engine.dashboard().disabled == ()
+
+
+def test_no_change_while_another_waits_in_its_confirm_window(
+    box: MemoryBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The waiting change's rollback would undo (or lose) a disable, edit or enable made meanwhile:
+    they are refused until it is confirmed or rolled back."""
+    import types
+
+    from natbox import watchdog
+
+    before = view(box)
+    waiting = types.SimpleNamespace(name="edit:web", seconds_left=20.0)
+    monkeypatch.setattr(watchdog, "pending", lambda: waiting)
+    with pytest.raises(ConflictError, match="edit:web still waits for confirmation"):
+        modify.carry(box, modify.plan_disable(box, "dns"))
+    assert view(box) == before
+    monkeypatch.setattr(watchdog, "pending", lambda: None)
+    modify.carry(box, modify.plan_disable(box, "dns"))
+    assert "dns" not in states(box)
+
+
+def test_disabling_never_overwrites_a_disabled_copy_of_the_same_name(box: MemoryBackend) -> None:
+    disabled.write([WEB])  # a disabled web beside the live one (e.g. from an apply FILE)
+    before = view(box)
+    with pytest.raises(ConflictError, match="a disabled forward is already named web"):
+        modify.plan_disable(box, "web")
+    assert view(box) == before and disabled.load() == [WEB]
