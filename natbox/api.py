@@ -225,17 +225,22 @@ class EngineAPI(Protocol):
         *,
         confirm_seconds: float | None = None,
         enable_forwarding: bool = False,
+        expect: Forward | None = None,
     ) -> Outcome:
         """Replace forward `name` by `fwd` in one transaction; with `confirm_seconds` the old one comes
-        back unless confirmed in time. A saved forward's entry follows the edit once it is kept."""
+        back unless confirmed in time. A saved forward's entry follows the edit once it is kept.
+        `expect`: the forward as the user saw it; refused (ConflictError) if it changed since."""
         ...
 
     def preview_disable(self, name: str) -> ChangePreview:
         """What disabling forward `name` would commit."""
         ...
 
-    def disable(self, name: str, *, confirm_seconds: float | None = None) -> Outcome:
-        """Take forward `name` out of the kernel and remember it whole (enable puts it back)."""
+    def disable(
+        self, name: str, *, confirm_seconds: float | None = None, expect: Forward | None = None
+    ) -> Outcome:
+        """Take forward `name` out of the kernel and remember it whole (enable puts it back);
+        refused if it is no longer `expect`."""
         ...
 
     def preview_enable(self, name: str) -> ChangePreview:

@@ -420,16 +420,18 @@ class Engine:
         *,
         confirm_seconds: float | None = None,
         enable_forwarding: bool = False,
+        expect: Forward | None = None,
     ) -> txn.Outcome:
         """Replace forward `name` by `fwd`: one transaction per table, journaled; with
         `confirm_seconds` the watchdog puts the old one back unless confirmed. Preflight errors
-        stop it (as the preview shows them)."""
+        stop it (as the preview shows them); so does a forward that is no longer `expect`."""
         planned = modify.plan_edit(
             self.backend(),
             name,
             fwd,
             other_side=self._other_side(),
             enable_forwarding=enable_forwarding,
+            expect=expect,
         )
         return self._modified(planned, confirm_seconds, enable_forwarding)
 
@@ -437,9 +439,12 @@ class Engine:
         """What disabling `name` would commit."""
         return modify.plan_disable(self.backend(), name).preview()
 
-    def disable(self, name: str, *, confirm_seconds: float | None = None) -> txn.Outcome:
-        """Take forward `name` out and remember it (natbox disable)."""
-        planned = modify.plan_disable(self.backend(), name)
+    def disable(
+        self, name: str, *, confirm_seconds: float | None = None, expect: Forward | None = None
+    ) -> txn.Outcome:
+        """Take forward `name` out and remember it (natbox disable); refused if it is no longer
+        `expect`."""
+        planned = modify.plan_disable(self.backend(), name, expect)
         return self._modified(planned, confirm_seconds)
 
     def preview_enable(self, name: str) -> ChangePreview:

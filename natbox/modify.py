@@ -298,11 +298,14 @@ def plan_edit(
     diagnose: bool = True,
     other_side: list[str] | None = None,
     enable_forwarding: bool = False,
+    expect: Forward | None = None,
 ) -> Planned:
-    """Plan replacing forward `name` by what `edit` makes of it (or by the Forward given)."""
+    """Plan replacing forward `name` by what `edit` makes of it (or by the Forward given);
+    `expect`: the forward as the user saw it (the change is refused if it is no longer that)."""
     state, names = _in_kernel(backend, name, "edit")
     old = state.forward
     assert old is not None
+    _as_shown(name, old, expect)
     new, notes = (edit, []) if isinstance(edit, Forward) else edited(old, edit, route)
     if new.name != name:
         if new.name in names:
@@ -322,9 +325,21 @@ def plan_edit(
     return _diagnose(planned, diagnose, other_side or [], enable_forwarding)
 
 
-def plan_disable(backend: Backend, name: str) -> Planned:
-    """Plan taking forward `name` out while remembering it."""
+def _as_shown(name: str, now: Forward | None, expect: Forward | None) -> None:
+    """Refuse a change of `name` made from a view of it that is out of date (another shell, a
+    playbook changed it since): the change would wipe out what it does not show."""
+    if expect is not None and now != expect:
+        shown = f"{now.listen} → {now.backend}" if now is not None else "not readable"
+        raise ConflictError(
+            f"{name} changed since it was shown (now {shown})",
+            "look at it again (natbox list, or r in the dashboard) and redo the change",
+        )
+
+
+def plan_disable(backend: Backend, name: str, expect: Forward | None = None) -> Planned:
+    """Plan taking forward `name` out while remembering it (`expect`: as for plan_edit)."""
     state, _names = _in_kernel(backend, name, "disable")
+    _as_shown(name, state.forward, expect)
     if any(f.name == name for f in disabled.load()):
         # A live forward and a disabled one can share a name (one added while the other was
         # disabled): disabling the live one would overwrite the remembered copy without a word.

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from natbox import conntrack, trace
 from natbox.api import ChangePreview, Dashboard, Derived, EngineAPI, FlowSnapshot, ShownChain
 from natbox.checks import ERROR, Finding, diagnose, preflight
-from natbox.errors import NatboxError, NotFoundError
+from natbox.errors import ConflictError, NatboxError, NotFoundError
 from natbox.export import export as export_forwards
 from natbox.facts import Facts
 from natbox.model import Forward
@@ -409,17 +409,26 @@ class SampleEngine:
         *,
         confirm_seconds: float | None = None,
         enable_forwarding: bool = False,
+        expect: Forward | None = None,
     ) -> Outcome:
         """Replace `name` by `fwd` on the sample box, in its place."""
+        self._as_shown(name, expect)
         return self._change(self.preview_edit(name, fwd), confirm_seconds)
 
     def preview_disable(self, name: str) -> ChangePreview:
         """What disabling `name` would commit on the sample box."""
         return self._preview("disable", name, self._named(name), None)
 
-    def disable(self, name: str, *, confirm_seconds: float | None = None) -> Outcome:
+    def disable(
+        self, name: str, *, confirm_seconds: float | None = None, expect: Forward | None = None
+    ) -> Outcome:
         """Take `name` out of the sample box and remember it."""
+        self._as_shown(name, expect)
         return self._change(self.preview_disable(name), confirm_seconds)
+
+    def _as_shown(self, name: str, expect: Forward | None) -> None:
+        if expect is not None and self._named(name) != expect:
+            raise ConflictError(f"{name} changed since it was shown", "r reads it again")
 
     def preview_enable(self, name: str) -> ChangePreview:
         """What enabling the disabled `name` would commit on the sample box."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator
+from dataclasses import replace
+from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
@@ -600,3 +602,17 @@ def test_disabling_never_overwrites_a_disabled_copy_of_the_same_name(box: Memory
     with pytest.raises(ConflictError, match="a disabled forward is already named web"):
         modify.plan_disable(box, "web")
     assert view(box) == before and disabled.load() == [WEB]
+
+
+def test_a_change_made_from_an_out_of_date_view_is_refused(box: MemoryBackend) -> None:
+    """The dashboard's E and x name the forward as they showed it: if another shell changed it
+    since, nothing is touched (the edit would wipe out what it never showed)."""
+    before = view(box)
+    seen = replace(WEB, sources=(ip_network("10.0.0.0/8"),))  # not what the kernel holds
+    with pytest.raises(ConflictError, match="web changed since it was shown"):
+        modify.plan_edit(box, "web", RENAMED, diagnose=False, expect=seen)
+    with pytest.raises(ConflictError, match="web changed since it was shown"):
+        modify.plan_disable(box, "web", expect=seen)
+    assert view(box) == before
+    planned = modify.plan_disable(box, "web", expect=WEB)  # as it is: fine
+    assert planned.after is None

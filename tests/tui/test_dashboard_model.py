@@ -425,3 +425,35 @@ async def test_an_undo_that_is_not_kept_leaves_the_change_to_undo() -> None:
         await settle(pilot)
         assert [f.name for f in engine.disabled] == ["web"]
         assert [c.kind for c in screen.history] == ["disabled"], "the disable still stands"
+
+
+async def test_an_edit_of_a_forward_changed_meanwhile_touches_nothing() -> None:
+    """Another shell changes web while E's wizard is open: applying the wizard's web would wipe
+    that out unseen, so the engine refuses and the dashboard says why."""
+    from dataclasses import replace
+    from ipaddress import ip_network
+
+    from textual.widgets import Input
+
+    engine = SampleEngine()
+    app = make_app(engine, confirm_seconds=30)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await settle(pilot)
+        await pilot.press("down", "E")
+        await settle(pilot)
+        wizard = app.screen
+        await pilot.press("enter")
+        await settle(pilot)
+        wizard.query_one("#backend", Input).value = ""
+        await pilot.press(*"10.0.2.51:80", "enter")
+        await settle(pilot)
+        # Meanwhile, elsewhere: web now admits only 10.0.0.0/8.
+        web = next(f for f in engine.forwards if f.name == "web")
+        narrowed = replace(web, sources=(ip_network("10.0.0.0/8"),))
+        engine.forwards = [narrowed if f.name == "web" else f for f in engine.forwards]
+        await pilot.press("enter", "enter")
+        await settle(pilot)
+        assert not isinstance(app.screen, CountdownScreen)
+        assert next(f for f in engine.forwards if f.name == "web") == narrowed, "untouched"
+        messages = [n.message for n in app._notifications]
+        assert any("web changed since it was shown" in m for m in messages), messages

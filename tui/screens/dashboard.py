@@ -1149,7 +1149,11 @@ class DashboardScreen(Screen[None]):
         await self._with_window(
             Change("edited", new, old),
             lambda window: engine.edit(
-                old.name, new, confirm_seconds=window, enable_forwarding=enable_forwarding
+                old.name,
+                new,
+                confirm_seconds=window,
+                enable_forwarding=enable_forwarding,
+                expect=old,  # as the wizard showed it: changed meanwhile, nothing is touched
             ),
         )
 
@@ -1208,7 +1212,9 @@ class DashboardScreen(Screen[None]):
                 self._undone(undo)
             return
         try:
-            outcome: Outcome = await self._in_thread(lambda: engine.disable(name), "disabling")
+            outcome: Outcome = await self._in_thread(
+                lambda: engine.disable(name, expect=fwd), "disabling"
+            )
         except NatboxError as exc:
             self.say(exc.one_line(), severity="error")
             return
@@ -1248,7 +1254,7 @@ class DashboardScreen(Screen[None]):
             return
         kept = await self._with_window(
             Change("edited", old, new),
-            lambda window: engine.edit(new.name, old, confirm_seconds=window),
+            lambda window: engine.edit(new.name, old, confirm_seconds=window, expect=new),
             record=False,
         )
         if kept:
