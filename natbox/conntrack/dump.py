@@ -148,10 +148,10 @@ class Malformed(Exception):
     """A message whose attributes do not add up (never seen from a real kernel)."""
 
 
-def dump_request(seq: int = 1) -> bytes:
-    """The IPCTNL_MSG_CT_GET dump request for every family."""
+def dump_request(seq: int = 1, family: int = socket.AF_UNSPEC, attrs: bytes = b"") -> bytes:
+    """The IPCTNL_MSG_CT_GET dump request: every family, or `family` with `attrs` (a filter)."""
     kind = (_NFNL_SUBSYS_CTNETLINK << 8) | _IPCTNL_MSG_CT_GET
-    body = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)
+    body = struct.pack("=BBH", family, 0, 0) + attrs
     return struct.pack("=IHHII", 16 + len(body), kind, _NLM_F_REQUEST | _NLM_F_DUMP, seq, 0) + body
 
 
@@ -701,7 +701,7 @@ class Decoder:
         return out
 
 
-def open_dump() -> socket.socket:
+def open_dump(request: bytes | None = None) -> socket.socket:
     """A NETLINK_NETFILTER socket with the dump request sent. Unavailable when the kernel has no
     ctnetlink; NotRootError without CAP_NET_ADMIN."""
     try:
@@ -712,7 +712,7 @@ def open_dump() -> socket.socket:
         raise Unavailable(f"no NETLINK_NETFILTER socket: {exc.strerror}") from None
     try:
         sock.bind((0, 0))
-        sock.send(dump_request())
+        sock.send(request or dump_request())
     except OSError as exc:
         sock.close()
         raise Unavailable(f"ctnetlink: {exc.strerror}") from None
@@ -793,10 +793,11 @@ def check_error(code: int, first: bool) -> None:
     )
 
 
-def batches(decoder: Decoder | None = None) -> Iterator[list[Any]]:
-    """The whole table, one datagram at a time (a list of ~200 rows or lines, see Decoder)."""
+def batches(decoder: Decoder | None = None, request: bytes | None = None) -> Iterator[list[Any]]:
+    """The whole table (or what `request` asks for), one datagram at a time (a list of ~200 rows
+    or lines, see Decoder)."""
     dec = decoder or Decoder()
-    with open_dump() as sock:
+    with open_dump(request) as sock:
         for data in datagrams(sock):
             rows = dec.feed(data)
             if dec.error:
@@ -805,3 +806,20 @@ def batches(decoder: Decoder | None = None) -> Iterator[list[Any]]:
                 yield rows
             if dec.done:
                 break
+
+
+def flows_to(ip: str, proto: str, ports: range) -> list[Any]:
+    """The flows whose original tuple goes to `ip`, `proto`, a port in `ports`: the kernel filters
+    the dump (one port: by port too), and every flow it sends is checked here as well, so a kernel
+    that ignores or widens the filter costs time, never a wrong flow."""
+    from natbox.conntrack.netlink import dump_filter
+
+    family, attrs = dump_filter(ip, proto, ports[0] if len(ports) == 1 else None)
+    want = str(ipaddress.ip_address(ip))
+    found: list[Any] = []
+    for rows in batches(Decoder("row"), dump_request(family=family, attrs=attrs)):
+        for flow in rows:
+            orig = flow.orig
+            if flow.proto == proto and orig.dst == want and orig.dport in ports:
+                found.append(flow)
+    return found

@@ -83,6 +83,39 @@ def delete_message(flow: Flow, seq: int = 1) -> bytes:
     return struct.pack("=IHHII", 16 + len(body), kind, _NLM_F_REQUEST | _NLM_F_ACK, seq, 0) + body
 
 
+_CTA_FILTER = 25
+_CTA_FILTER_ORIG_FLAGS, _CTA_FILTER_REPLY_FLAGS = 1, 2
+_FILTER_IP_DST, _FILTER_PROTO_NUM, _FILTER_PROTO_DST_PORT = 1 << 1, 1 << 3, 1 << 5
+
+
+def dump_filter(ip: str, proto: str, port: int | None = None) -> tuple[int, bytes]:
+    """(family, attributes) that ask a dump for the flows whose original tuple goes to `ip`
+    (`proto`, and `port` if given) only (CTA_FILTER, Linux 5.8+). The kernel does the matching;
+    an older kernel ignores the filter and sends the whole table: callers check every flow."""
+    addr = ipaddress.ip_address(ip)
+    fam, dst_t = (
+        (socket.AF_INET6, _CTA_IP_V6_DST) if addr.version == 6 else (socket.AF_INET, _CTA_IP_V4_DST)
+    )
+    flags = _FILTER_IP_DST | _FILTER_PROTO_NUM
+    proto_attrs = _attr(_CTA_PROTO_NUM, struct.pack("B", PROTO_NUMBERS[proto]))
+    if port is not None:
+        flags |= _FILTER_PROTO_DST_PORT
+        proto_attrs += _attr(_CTA_PROTO_DST_PORT, struct.pack("!H", port))
+    tuple_orig = _attr(
+        _CTA_TUPLE_ORIG,
+        _attr(_CTA_TUPLE_IP, _attr(dst_t, addr.packed), nested=True)
+        + _attr(_CTA_TUPLE_PROTO, proto_attrs, nested=True),
+        nested=True,
+    )
+    filter_ = _attr(
+        _CTA_FILTER,
+        _attr(_CTA_FILTER_ORIG_FLAGS, struct.pack("=I", flags))
+        + _attr(_CTA_FILTER_REPLY_FLAGS, struct.pack("=I", 0)),
+        nested=True,
+    )
+    return fam, tuple_orig + filter_
+
+
 def kill(flows: Sequence[Flow]) -> int:
     """Delete these flows by tuple over ctnetlink; returns how many the kernel deleted."""
     if not flows:

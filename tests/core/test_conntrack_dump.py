@@ -335,7 +335,7 @@ def test_ipv6_addresses_are_shortened_like_proc_ones() -> None:
 def test_read_flows_falls_back_to_proc(monkeypatch: pytest.MonkeyPatch) -> None:
     from natbox.conntrack import read
 
-    def no_netlink() -> socket.socket:
+    def no_netlink(request: bytes | None = None) -> socket.socket:
         raise dump.Unavailable("no ctnetlink here")
 
     monkeypatch.setattr(dump, "open_dump", no_netlink)

@@ -234,3 +234,36 @@ def test_natbox_conntrack_prints_the_same_from_either_reader(lab: Lab) -> None:
             outs.append(TIMEOUT.sub(lambda m: f"{m.group(1) or ''}T", out.stdout))
         assert outs[0] == outs[1], args
         assert "192.168.1.30:1234" in outs[0] or "1234" in outs[0]
+
+
+FLUSH = """
+import json, sys
+from natbox.conntrack import dump
+from natbox.model import Forward
+from natbox.runner import Runner
+from natbox.txn import flush_flows
+fwd = Forward.from_text(sys.argv[1], "10.0.2.50:9", proto=sys.argv[2], snat="10.0.2.40")
+found = [f.orig.dport for f in dump.flows_to(str(fwd.listen.ip), sys.argv[2], range(fwd.listen.port, fwd.listen.port_end + 1))]
+print(json.dumps({"found": sorted(found), "notes": flush_flows(fwd, Runner())}))
+"""
+
+
+def test_stale_flows_are_found_by_a_filtered_dump_and_deleted_by_tuple(lab: Lab) -> None:
+    """The flows to a listen address that predate its DNAT: the kernel filters the dump (ip, proto,
+    port), natbox checks and deletes exactly those, and leaves every other flow alone."""
+    lab.nat_exec(
+        "iptables-nft-restore", stdin="*filter\n-A INPUT -m conntrack --ctstate NEW\nCOMMIT\n"
+    )
+    for port in (1234, 1235, 1300):
+        assert lab.udp_ask(port=port, timeout=0.3) is None  # each makes a flow to the box itself
+    before = {(p, dport) for p, _s, d, _sp, dport in oracle(lab) if d == NAT_LAN_IP}
+    assert {("udp", 1234), ("udp", 1235), ("udp", 1300)} <= before
+    run = [sys.executable, "-c", FLUSH]
+    out = json.loads(lab.nat_exec(*run, f"{NAT_LAN_IP}:1234-1235", "udp").stdout)
+    assert out["found"] == [1234, 1235]
+    assert out["notes"] == [f"cleared 2 stale udp flows to {NAT_LAN_IP}"]
+    after = {(p, dport) for p, _s, d, _sp, dport in oracle(lab) if d == NAT_LAN_IP}
+    assert after == before - {("udp", 1234), ("udp", 1235)}, "only those two went"
+    out = json.loads(lab.nat_exec(*run, f"{NAT_LAN_IP}:1300", "tcp").stdout)
+    assert out == {"found": [], "notes": []}, "another protocol: nothing found, nothing deleted"
+    assert ("udp", 1300) in {(p, dport) for p, _s, d, _sp, dport in oracle(lab) if d == NAT_LAN_IP}
