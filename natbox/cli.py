@@ -981,9 +981,11 @@ def _conntrack_stream(args: argparse.Namespace, rules: _RulesRead) -> int | None
                     break
         if decoder.owners is None:
             name_forwards()
-    except (dump.Unavailable, dump.Unsupported):
+    except (dump.Unavailable, dump.Unsupported) as exc:
         if written or conntrack.reader() == "netlink":
             raise
+        if os.environ.get("NATBOX_DEBUG"):  # why the slower /proc reader takes over
+            print(f"natbox: ctnetlink reader gave way to /proc: {exc.message}", file=sys.stderr)
         return None
     finally:
         sys.setswitchinterval(interval)
