@@ -347,6 +347,9 @@ class DashboardScreen(Screen[None]):
         self._columns: list[str] = []
         self._filter_timer: Timer | None = None
         self._applying = False
+        self.off_forwards: dict[str, Forward] = {}
+        """Forwards taken out with `x` (or `natbox disable`), by name, from the last read (built
+        once per read, not per row): shown, greyed; `x` enables them."""
         self._want: str | None = None
         """A forward to mark as soon as a read shows it (one just added)."""
         self._reads = 0
@@ -508,6 +511,7 @@ class DashboardScreen(Screen[None]):
         self._shown = message.seq
         data = message.data
         self.data = data
+        self.off_forwards = {f.name: f for f in data.disabled}
         self._rules_fingerprint = message.fingerprint
         self._unchanged_polls = 0
         if data.recovered:
@@ -653,11 +657,6 @@ class DashboardScreen(Screen[None]):
             read_only=data.read_only,
             warnings=len(data.warnings),
         )
-
-    @property
-    def off_forwards(self) -> dict[str, Forward]:
-        """Forwards taken out with `x` (or `natbox disable`), by name: shown, greyed, `x` enables."""
-        return {f.name: f for f in self.data.disabled} if self.data is not None else {}
 
     def _visible_forwards(self) -> list[ForwardState]:
         assert self.data is not None

@@ -193,7 +193,8 @@ class WizardScreen(Screen[WizardResult | None]):
     ) -> None:
         super().__init__()
         self.editing = editing
-        """The forward being edited (its fields are the prefill; nothing is derived over them)."""
+        """The forward being edited (its fields are the prefill; only the SNAT source is derived
+        again, when the backend moves and you did not type one)."""
         self.engine = engine
         self.addresses = addresses
         """(address, interface): the default route's interface first."""
