@@ -1246,9 +1246,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_tui(backend_choice: str | None, confirm_seconds: float) -> int:
     # Imported here so that a CLI command never pays for (or needs) textual; the layering contract
     # in pyproject.toml allows exactly this one import from natbox into the TUI.
+    from natbox.engine import Engine
+
+    engine = Engine(backend_choice)
+    engine.prefetch()  # the first ruleset read runs while Textual loads
     from tui.app import run
 
-    return run(backend_choice, confirm_seconds)
+    return run(backend_choice, confirm_seconds, engine=engine)
 
 
 _UNSUPERVISED = {"plan", "export", "confirm", "rollback", "recover", "demo"}

@@ -31,10 +31,11 @@ from natbox.backends import Backend
 from natbox.backends.detect import choose_backend
 from natbox.checks import ERROR, Finding, diagnose, preflight
 from natbox.errors import NatboxError, NotFoundError
-from natbox.facts import BoxFacts, box_facts, gather_facts, listeners, prefetch
+from natbox.facts import BoxFacts, box_facts, gather_facts, listeners, prefetch, probed
 from natbox.model import Forward, Ruleset
 from natbox.plan import OWN_CHAINS, build_plan, jump_rule
 from natbox.ruleset import ForwardState, forward_states, tampering
+from natbox.runner import in_background
 from natbox.status import disabled_forwards, display_chains
 from natbox.system import (
     InterfaceStat,
@@ -106,6 +107,7 @@ class Engine:
         self._warnings: list[str] = []
         self._forwards: list[Forward] = []
         self._recovered = False
+        self._early: tuple[int, Callable[[], dict[int, Ruleset]]] | None = None
 
     @property
     def read_only(self) -> bool:
@@ -119,6 +121,36 @@ class Engine:
             self._warnings = det.warnings
         return self._backend
 
+    def prefetch(self) -> None:
+        """Start the first dashboard's ruleset reads now, in a thread (the TUI calls this before
+        Textual loads: iptables-save of a 10,000-rule box runs while the interpreter imports).
+
+        Only on nft hosts: the read is tagged with the ruleset generation taken before it started,
+        and `dashboard` uses it only if the generation is still the same (nothing changed since)."""
+        try:
+            backend = self.backend()
+        except NatboxError:
+            return
+        generation = nft_generation() if backend.flavour == "nft" else None
+        if generation is None:
+            return
+        self._early = (
+            generation,
+            in_background(lambda: {b.family: b.read() for b in txn.families(backend)}),
+        )
+
+    def _take_prefetched(self) -> dict[int, Ruleset]:
+        """The prefetched rulesets per family (once), if nothing changed since they were read."""
+        if self._early is None:
+            return {}
+        generation, result = self._early
+        self._early = None
+        try:
+            rulesets = result()
+        except NatboxError:
+            return {}
+        return rulesets if nft_generation() == generation else {}
+
     def fingerprint(self) -> Hashable:
         """The nft ruleset generation and the conntrack count (two cheap reads, no iptables-save).
 
@@ -131,6 +163,14 @@ class Engine:
 
     def dashboard(self) -> Dashboard:
         """Read rules (IPv4 and IPv6), forwards, facts and interfaces: one ruleset read per family."""
+        taken_at = time.time()
+        try:
+            backend = self.backend()
+            early = self._take_prefetched()
+            rs: Ruleset | None = early.get(backend.family) or backend.read()
+            failed = ""
+        except NatboxError as exc:
+            rs, failed = None, exc.one_line().removeprefix("natbox: ")
         first = default_route_dev()
         base = Dashboard(
             host=socket.gethostname(),
@@ -141,13 +181,10 @@ class Engine:
             interfaces=tuple(
                 sorted(interface_stats(), key=lambda i: (i.name == "lo", i.name != first))
             ),
-            taken_at=time.time(),
+            taken_at=taken_at,
         )
-        try:
-            backend = self.backend()
-            rs = backend.read()
-        except NatboxError as exc:
-            return replace(base, error=exc.one_line().removeprefix("natbox: "))
+        if rs is None:
+            return replace(base, error=failed)
         recovered = None
         if not self.read_only and not self._recovered:
             # Once per session, before the first look: finish what a crashed natbox left behind.
@@ -177,7 +214,7 @@ class Engine:
         v6 = [b for b in txn.families(backend) if b.family == 6]
         if v6:
             try:
-                rulesets.append(v6[0].read())
+                rulesets.append(early.get(6) or v6[0].read())
             except NatboxError as exc:
                 base = replace(base, error=f"IPv6: {exc.one_line().removeprefix('natbox: ')}")
         per_family = [forward_states(r) for r in rulesets]
@@ -309,10 +346,12 @@ class Engine:
 
     def preflight(self, fwd: Forward) -> list[Finding]:
         """Everything that would make `fwd` fail here, before it is applied."""
+        # The box's facts are read while iptables-save runs (both mostly wait on the kernel).
+        other_side = self._other_side()
+        facts = in_background(lambda: gather_facts(fwd, other_side=other_side, probe=False))
         # The whole ruleset, read once: foreign DNATs and DROPs are what the checks look for.
         rs = self.backend().for_family(fwd.family).read()
-        facts = gather_facts(fwd, other_side=self._other_side(), rs=rs)
-        return preflight(fwd, rs, facts)
+        return preflight(fwd, rs, probed(facts(), fwd, rs))
 
     def doctor(self, name: str | None = None, probe: bool = True) -> dict[str, list[Finding]]:
         """Findings for the forwards in the kernel (or one), broken ones included."""
@@ -342,10 +381,12 @@ class Engine:
         backend = self.backend()
         gate: Callable[[Ruleset], None] | None = None
         if judge is not None:
-            facts = gather_facts(fwd, other_side=self._other_side())
+            other_side = self._other_side()
+            # Read while the change takes the lock and iptables-save runs: the gate waits for it.
+            facts = in_background(lambda: gather_facts(fwd, other_side=other_side))
 
             def gate(rs: Ruleset) -> None:
-                judge(preflight(fwd, rs, facts))
+                judge(preflight(fwd, rs, facts()))
 
         def run() -> txn.Outcome:
             with tables.tracked(backend):  # an nft table this creates goes again once empty

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import ip_address
 from pathlib import Path
 
@@ -259,14 +259,37 @@ def prefetch(box: BoxFacts, forwards: list[Forward], *, probe: bool) -> None:
             list(pool.map(box.probe, todo.values()))
 
 
-def box_facts(runner: Runner | None = None, *, flows: bool = True) -> BoxFacts:
-    """Interfaces, sockets, rp_filter, native nftables and (with flows) the conntrack table."""
+def flows_near(fwd: Forward) -> list[conntrack.Flow] | None:
+    """The flows to `fwd`'s listen address and ports, asked of the kernel by a filtered ctnetlink
+    dump per protocol (tens of milliseconds where the whole table of 100,000 flows takes half a
+    second); None where only a whole read can tell (no ctnetlink, or the /proc reader is forced)."""
+    from natbox.conntrack import dump
+    from natbox.conntrack.read import reader
+
+    if reader() == "proc":
+        return None
+    ports = range(fwd.listen.port, fwd.listen.port_end + 1)
+    try:
+        return [
+            f for proto in fwd.protocols for f in dump.flows_to(str(fwd.listen.ip), proto, ports)
+        ]
+    except (NatboxError, OSError):
+        return None
+
+
+def box_facts(
+    runner: Runner | None = None, *, flows: bool = True, only: Forward | None = None
+) -> BoxFacts:
+    """Interfaces, sockets, rp_filter, native nftables and (with flows) the conntrack table — with
+    `only`, just that forward's flows (all a one-forward diagnosis looks at), when the kernel can
+    filter them."""
     runner = runner or Runner()
     stats = interface_stats()
     table: list[conntrack.Flow] = []
     if flows:
+        near = flows_near(only) if only is not None else None
         try:
-            table = conntrack.read_flows().flows
+            table = near if near is not None else conntrack.read_flows().flows
         except NatboxError:
             table = []
     by_listen: dict[tuple[str, str, str], list[conntrack.Flow]] = {}
@@ -300,7 +323,7 @@ def gather_facts(
     made when this box's own OUTPUT chain would stop it.
     """
     runner = runner or Runner()
-    box = box or box_facts(runner, flows=flows)
+    box = box or box_facts(runner, flows=flows, only=fwd)
     stats = box.interfaces
     local = {ip_address(a): i.name for i in stats for a in i.addresses}
     route, error = box.route(fwd.backend.ip, runner)
@@ -313,24 +336,7 @@ def gather_facts(
             continue
     near = box.flows_for(fwd)
     replied, unreplied, examples = evidence(fwd, near)
-    answers: bool | None = None
-    why = blocked = ""
-    if probe and route is not None and "tcp" in fwd.protocols and not replied:
-        # Replied flows already prove the backend answers; otherwise ask it, unless OUTPUT says no.
-        seen = probe_verdict(rs, fwd, route) if rs is not None else None
-        if seen is not None and seen.verdict in pathmatch.DROPS:
-            rule = seen.decided_by
-            blocked = (
-                f"OUTPUT rule {rule.rule.text} drops it"
-                if rule
-                else f"OUTPUT policy is {seen.verdict}"
-            )
-        else:
-            answers, why = box.probe(fwd)
-            maybe = [h for h in (seen.earlier if seen else ()) if h.target in pathmatch.DROPS]
-            if answers is False and maybe:
-                blocked = f"OUTPUT rule {maybe[0].rule.text} may drop it"
-    return Facts(
+    facts = Facts(
         ip_forward=ip_forward_enabled(family=fwd.family),
         local=local,
         route=route,
@@ -339,9 +345,6 @@ def gather_facts(
         listeners=box.listeners,
         rp_filter=box.rp_filter,
         client_routes=client_routes,
-        backend_answers=answers,
-        backend_error=why,
-        probe_blocked=blocked,
         replied=replied,
         unreplied=unreplied,
         unreplied_examples=examples,
@@ -349,3 +352,29 @@ def gather_facts(
         other_side=list(other_side or []),
         nft_drops=box.nft_drops,
     )
+    return probed(facts, fwd, rs, box) if probe else facts
+
+
+def probed(
+    facts: Facts, fwd: Forward, rs: Ruleset | None = None, box: BoxFacts | None = None
+) -> Facts:
+    """`facts` with the TCP probe of the backend made, where it tells something: a TCP forward with
+    a route and no replied flows (they prove the backend answers already), and unless the box's
+    own OUTPUT chain in `rs` would stop the probe (then why, instead)."""
+    route = facts.route
+    if route is None or "tcp" not in fwd.protocols or facts.replied:
+        return facts
+    answers: bool | None = None
+    why = blocked = ""
+    seen = probe_verdict(rs, fwd, route) if rs is not None else None
+    if seen is not None and seen.verdict in pathmatch.DROPS:
+        rule = seen.decided_by
+        blocked = (
+            f"OUTPUT rule {rule.rule.text} drops it" if rule else f"OUTPUT policy is {seen.verdict}"
+        )
+    else:
+        answers, why = box.probe(fwd) if box is not None else backend_probe(fwd)
+        maybe = [h for h in (seen.earlier if seen else ()) if h.target in pathmatch.DROPS]
+        if answers is False and maybe:
+            blocked = f"OUTPUT rule {maybe[0].rule.text} may drop it"
+    return replace(facts, backend_answers=answers, backend_error=why, probe_blocked=blocked)

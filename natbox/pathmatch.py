@@ -15,10 +15,11 @@ from __future__ import annotations
 import ipaddress
 import re
 import shlex
+import socket
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from natbox.model import Forward, IPNetwork, Rule, Ruleset
 
@@ -60,8 +61,29 @@ _IGNORED_MODULES = frozenset({"comment", "tcp", "udp", "sctp", "udplite", "multi
 _COMMENT_RE = re.compile(r'-m comment --comment (?:"(?:[^"\\]|\\.)*"|\S+) ?')
 
 
-def _net(text: str) -> IPNetwork:
-    return ipaddress.ip_network(text, strict=False)
+Span = tuple[int, int, int]
+"""A network as (IP version, first address, last address), as integers: matching is comparisons."""
+
+
+def _net(text: str) -> Span:
+    """The span of `-s`/`-d`'s value (`10.0.0.0/8`, `10.1.2.3`); ValueError if it is none.
+
+    Dotted IPv4 with a prefix length, as iptables-save prints it, is read without the ipaddress
+    module (a kube-proxy chain names thousands of them); anything else goes through it."""
+    addr, slash, bits = text.partition("/")
+    if addr.count(".") == 3 and (not slash or (bits.isdigit() and int(bits) <= 32)):
+        try:
+            first = int.from_bytes(socket.inet_pton(socket.AF_INET, addr), "big")
+        except OSError:
+            raise ValueError(text) from None
+        size = 1 << (32 - (int(bits) if slash else 32))
+        first -= first % size
+        return (4, first, first + size - 1)
+    return _span(ipaddress.ip_network(text, strict=False))
+
+
+def _span(net: IPNetwork) -> Span:
+    return (net.version, int(net.network_address), int(net.broadcast_address))
 
 
 @dataclass(frozen=True)
@@ -85,6 +107,16 @@ class Packet:
     dnat: bool = False
     """The connection has been DNATed (ctstate DNAT) by the time the packet is here."""
     snat: bool = False
+
+    @cached_property
+    def src_spans(self) -> tuple[Span, ...] | None:
+        """`src` as spans (see _nets_match), worked out once per packet, not once per rule."""
+        return None if self.src is None else tuple(_span(n) for n in self.src)
+
+    @cached_property
+    def dst_spans(self) -> tuple[Span, ...] | None:
+        """`dst` as spans."""
+        return None if self.dst is None else tuple(_span(n) for n in self.dst)
 
     def with_(self, **kw: object) -> Packet:
         """A copy with some fields changed."""
@@ -138,18 +170,19 @@ def _negate(m: Match, neg: bool) -> Match:
     return {Match.ALL: Match.NONE, Match.NONE: Match.ALL}.get(m, m)
 
 
-def _nets_match(have: tuple[IPNetwork, ...] | None, rule: IPNetwork) -> Match:
-    if rule.prefixlen == 0:
-        return Match.ALL if not have or any(n.version == rule.version for n in have) else Match.NONE
+def _nets_match(have: tuple[Span, ...] | None, rule: Span) -> Match:
+    version, lo, hi = rule
+    if lo == 0 and hi == (1 << (32 if version == 4 else 128)) - 1:  # 0.0.0.0/0, ::/0
+        return Match.ALL if not have or any(n[0] == version for n in have) else Match.NONE
     if have is None:
         return Match.SOME
     inside = outside = 0
-    for net in have:
-        if net.version != rule.version:
+    for v, first, last in have:
+        if v != version:
             outside += 1
-        elif net.subnet_of(rule):  # type: ignore[arg-type]
+        elif lo <= first and last <= hi:
             inside += 1
-        elif net.overlaps(rule):
+        elif first <= hi and lo <= last:
             return Match.SOME
         else:
             outside += 1
@@ -218,10 +251,10 @@ def _cond(kind: str, value: str, neg: bool) -> Cond | None:
     """A condition for one option, or None when natbox does not evaluate that option."""
     if kind in ("-s", "--source"):
         net = _net(value)
-        return lambda p: _negate(_nets_match(p.src, net), neg)
+        return lambda p: _negate(_nets_match(p.src_spans, net), neg)
     if kind in ("-d", "--destination"):
         net = _net(value)
-        return lambda p: _negate(_nets_match(p.dst, net), neg)
+        return lambda p: _negate(_nets_match(p.dst_spans, net), neg)
     if kind in ("-p", "--protocol"):
         return lambda p: _negate(_proto_match(p.proto, value), neg)
     if kind in ("-i", "--in-interface"):

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from natbox import disabled, journal, lock
 from natbox.backends import Backend
@@ -23,7 +24,7 @@ from natbox.model import Forward, Rule, Ruleset
 from natbox.paths import state_dir, write_text
 from natbox.plan import OWN_CHAINS, TABLE_ORDER, Plan, build_plan, jump_rule
 from natbox.ruleset import ForwardState, conflicts, forward_states
-from natbox.runner import Runner
+from natbox.runner import Runner, in_background
 from natbox.system import PROC_SYS, ip_forward_enabled, is_root
 
 # At most this many single-port conntrack deletions per protocol; wider ranges go by address.
@@ -222,9 +223,17 @@ def remove_lines(rs: Ruleset, name: str) -> dict[str, list[str]]:
     return out
 
 
-def _commit_all(backend: Backend, per_table: dict[str, list[str]], order: tuple[str, ...]) -> None:
-    """Commit table by table; if one fails, undo the ones already committed and re-raise."""
-    backend.validate(per_table)
+def _commit_all(
+    backend: Backend,
+    per_table: dict[str, list[str]],
+    order: tuple[str, ...],
+    *,
+    validated: bool = False,
+) -> None:
+    """Commit table by table; if one fails, undo the ones already committed and re-raise. The
+    lines are checked first (one `iptables-restore --test`) unless the caller has `validated`."""
+    if not validated:
+        backend.validate(per_table)
     done: list[str] = []
     for table in order:
         if table not in per_table:
@@ -256,33 +265,53 @@ _KILL_BY_TUPLE_MAX = 1000
 """Stale flows deleted one ctnetlink message each from Python; more go to `conntrack -D` (C)."""
 
 
-def _flush_by_netlink(fwd: Forward, proto: str) -> int | None:
-    """Delete the flows to `fwd`'s listen address and ports over ctnetlink: the kernel finds them
-    (a filtered dump: ~50 ms at 100,000 flows, where `conntrack -D` dumps the whole table for each
-    protocol and port), natbox checks each one and deletes it by its tuple. None: not done here (no
-    ctnetlink, or too many flows to delete one by one), `conntrack -D` does it."""
-    from natbox import conntrack
+StaleFlows = dict[str, list[Any] | None]
+"""Per protocol, the flows to a forward's listen ports found by a filtered dump (None: not found
+that way)."""
+
+
+def find_stale(fwd: Forward, runner: Runner) -> StaleFlows:
+    """The flows to `fwd`'s listen address and ports, per protocol, over ctnetlink: the kernel finds
+    them (a filtered dump: ~40 ms at 100,000 flows, where `conntrack -D` dumps the whole table for
+    each protocol and port). Only where the runner's commands run in this process's namespace (no
+    prefix), and never for a recording runner (a test's: the host's flows are not its)."""
     from natbox.conntrack import dump
 
+    out: StaleFlows = {}
+    here = type(runner) is Runner and not runner.prefix
+    for proto in fwd.protocols:
+        out[proto] = None
+        if not here:
+            continue
+        try:
+            out[proto] = dump.flows_to(
+                str(fwd.listen.ip), proto, range(fwd.listen.port, fwd.listen.port_end + 1)
+            )
+        except (NatboxError, OSError):
+            continue
+    return out
+
+
+def _flush_by_netlink(stale: list[Any] | None) -> int | None:
+    """Delete these flows (natbox checked each one) by their tuples. None: not done here (no
+    ctnetlink, or too many flows to delete one by one), `conntrack -D` does it."""
+    from natbox import conntrack
+
+    if stale is None or len(stale) > _KILL_BY_TUPLE_MAX:
+        return None
     try:
-        stale = dump.flows_to(
-            str(fwd.listen.ip), proto, range(fwd.listen.port, fwd.listen.port_end + 1)
-        )
-        if len(stale) > _KILL_BY_TUPLE_MAX:
-            return None
         return conntrack.kill(stale)
     except NatboxError:
         return None
 
 
-def flush_flows(fwd: Forward, runner: Runner) -> list[str]:
-    """Delete conntrack entries to the listen address, which would bypass the new DNAT."""
+def flush_flows(fwd: Forward, runner: Runner, found: StaleFlows | None = None) -> list[str]:
+    """Delete conntrack entries to the listen address, which would bypass the new DNAT. `found`:
+    what `find_stale` returned after the commit (else it is asked now)."""
     notes: list[str] = []
+    found = find_stale(fwd, runner) if found is None else found
     for proto in fwd.protocols:
-        # ctnetlink acts in this process's own namespace: only where the runner's commands run
-        # (no prefix), and never for a recording runner (a test's: the host's flows are not its).
-        here = type(runner) is Runner and not runner.prefix
-        cleared = _flush_by_netlink(fwd, proto) if here else None
+        cleared = _flush_by_netlink(found.get(proto))
         if cleared is not None:
             if cleared:
                 notes.append(f"cleared {cleared} stale {proto} flows to {fwd.listen.ip}")
@@ -485,10 +514,13 @@ def apply(
                     f"pick another --name, or `natbox remove {fwd.name}` first",
                 )
         rs = trusted_read(backend, natbox_only=gate is None)
+        plan = build_plan(fwd)
+        per_table = apply_lines(rs, plan)
+        # `iptables-restore --test` (it changes nothing) runs while the preflight thinks.
+        validated = in_background(lambda: backend.validate(per_table))
         if gate is not None:
             gate(rs)
         conflicts(rs, fwd)
-        plan = build_plan(fwd)
         foreign = foreign_in_own_chains(rs, set(plan.chains))
         if not adopt:
             _refuse_unowned_chains(rs, set(plan.chains))
@@ -498,14 +530,16 @@ def apply(
                 f"did not write, e.g. `{foreign[0].text[:80]}`",
                 "remove them (or the chain) first, or pass --adopt to use the chain as it is",
             )
-        per_table = apply_lines(rs, plan)
+        validated()
         journal.begin("apply", [fwd.name], fwd.family, per_table, [fwd.to_dict()])
         journal.fault("journal-written")
         try:
-            _commit_all(backend, per_table, TABLE_ORDER)
+            _commit_all(backend, per_table, TABLE_ORDER, validated=True)
         except BaseException:
             journal.end()  # undone (or nothing done): the state before
             raise
+        # The flows the new DNAT cannot catch are looked up (not touched) during the read-back.
+        stale = in_background(lambda: find_stale(fwd, runner))
         after = backend.read_chains(natbox_chains(plan.chains))
         state = next(iter(forward_states(after, only=fwd.name)), None)
         if state is None or not state.intact or state.forward != fwd:
@@ -528,7 +562,7 @@ def apply(
         enable_forwarding(family=fwd.family)
         mark_forwarding_enabled()
         out.notes.append("enabled net.ipv4.ip_forward (until reboot; natbox save keeps it)")
-    out.notes.extend(flush_flows(fwd, runner))
+    out.notes.extend(flush_flows(fwd, runner, stale()))
     out.seconds = time.perf_counter() - start
     return out
 

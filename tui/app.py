@@ -173,9 +173,13 @@ def make_app(
     return NatboxApp(engine, confirm_seconds, clock)
 
 
-def run(backend_choice: str | None = None, confirm_seconds: float = 30.0) -> int:
-    """Run the dashboard in this terminal."""
+def run(
+    backend_choice: str | None = None,
+    confirm_seconds: float = 30.0,
+    engine: EngineAPI | None = None,
+) -> int:
+    """Run the dashboard in this terminal (on `engine`, if the caller made one already)."""
     from natbox.engine import Engine
 
-    result = make_app(Engine(backend_choice), confirm_seconds).run()
+    result = make_app(engine or Engine(backend_choice), confirm_seconds).run()
     return result or 0

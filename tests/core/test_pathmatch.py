@@ -127,3 +127,53 @@ def test_return_and_goto() -> None:
     hits = [(h.rule.chain, h.target) for h in walk(rs, "filter", "FORWARD", pkt())]
     # A returns at once (its DROP is never met); the goto to B does not come back to FORWARD.
     assert hits == [("FORWARD", "A"), ("A", "RETURN"), ("FORWARD", "B")]
+
+
+def test_address_matching_agrees_with_the_ipaddress_module() -> None:
+    """-s/-d are matched by integer spans (fast at kube-proxy's thousands of rules): on random
+    networks and packets, the answer is what ipaddress's subnet_of/overlaps say it must be."""
+    import ipaddress
+    import random
+
+    from natbox.pathmatch import Match, _net, _nets_match, _span
+
+    rng = random.Random(7)
+
+    def net4() -> str:
+        addr = ipaddress.IPv4Address(rng.choice([0x0A000000, 0xC0A80100]) + rng.randrange(1 << 12))
+        bits = rng.choice([0, 8, 16, 20, 24, 28, 30, 31, 32])
+        return f"{addr}/{bits}" if rng.random() < 0.8 else str(addr)
+
+    def oracle(have: tuple[ipaddress.IPv4Network, ...] | None, rule: str) -> Match:
+        net = ipaddress.ip_network(rule, strict=False)
+        if net.prefixlen == 0:
+            return Match.ALL if not have or any(n.version == 4 for n in have) else Match.NONE
+        if have is None:
+            return Match.SOME
+        inside = sum(1 for n in have if n.subnet_of(net))
+        if any(n.overlaps(net) and not n.subnet_of(net) for n in have):
+            return Match.SOME
+        if inside and inside < len(have):
+            return Match.SOME
+        return Match.ALL if inside else Match.NONE
+
+    seen = set()
+    for _ in range(3000):
+        rule = net4()
+        have = (
+            None
+            if rng.random() < 0.05
+            else tuple(ipaddress.ip_network(net4(), strict=False) for _ in range(rng.randrange(3)))
+        )
+        spans = None if have is None else tuple(_span(n) for n in have)
+        got = _nets_match(spans, _net(rule))
+        assert got is oracle(have, rule), (have, rule)
+        seen.add(got)
+    assert seen == {Match.ALL, Match.SOME, Match.NONE}
+    v6 = (_span(ipaddress.ip_network("2001:db8::/64")),)
+    assert _nets_match(v6, _net("2001:db8::/32")) is Match.ALL
+    assert _nets_match(v6, _net("10.0.0.0/8")) is Match.NONE
+    assert _nets_match(v6, _net("::/0")) is Match.ALL
+    for bad in ("10.0.0.256/8", "10.0.0.1/33", "nonsense"):
+        with pytest.raises(ValueError):
+            _net(bad)

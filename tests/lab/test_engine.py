@@ -202,3 +202,42 @@ def test_auto_on_an_nft_host_creates_no_legacy_table(lab: Lab) -> None:
         out = lab.natbox(*args)
         assert out.returncode == 0, out.stderr
     assert lab.nat_exec("cat", names).stdout == "", "python-iptables must not touch an nft host"
+
+
+PREFETCH = r"""
+import json, sys
+from natbox import backends
+from natbox.engine import Engine
+
+reads = []
+real = backends.Backend.read
+def counted(self, natbox_only=False):
+    reads.append(self.family)
+    return real(self, natbox_only)
+backends.Backend.read = counted
+
+engine = Engine()
+engine.prefetch()
+early = len(reads)
+if sys.argv[1] == "change":
+    import subprocess, time
+    time.sleep(0.5)  # the prefetched read is done: it shows the firewall as it was
+    subprocess.run(["iptables-nft", "-t", "nat", "-A", "POSTROUTING", "-s", "10.9.9.9", "-j", "MASQUERADE"], check=True)
+data = engine.dashboard()
+rules = [r.text for rs in data.rulesets for r in rs.rules("nat")]
+print(json.dumps({"early": early, "reads": len(reads), "masq": any("10.9.9.9" in t for t in rules), "fwds": [s.name for s in data.forwards]}))
+"""
+
+
+def test_the_dashboards_first_read_starts_early_and_is_dropped_once_the_firewall_changed(
+    lab: Lab,
+) -> None:
+    """`natbox` starts the first ruleset read before Textual loads (Engine.prefetch); the first
+    dashboard uses it only if the nft generation is still the one taken before it was read."""
+    assert lab.natbox("add", f"{NAT_LAN_IP}:1234", f"{SERVER_IP}:80", "--yes").returncode == 0
+    same = json.loads(lab.nat_exec(sys.executable, "-c", PREFETCH, "same").stdout)
+    # The reads ran in the prefetch (IPv4 and IPv6), and the dashboard made none of its own.
+    assert same["reads"] == 2 and same["fwds"] == ["tcp-1234"] and not same["masq"], same
+    changed = json.loads(lab.nat_exec(sys.executable, "-c", PREFETCH, "change").stdout)
+    # Changed after the early read: it is dropped, the dashboard reads again and shows the rule.
+    assert changed["reads"] == 4 and changed["masq"] and changed["fwds"] == ["tcp-1234"], changed
