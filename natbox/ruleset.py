@@ -48,6 +48,8 @@ _JUMPS = {
     for builtin, own in pairs
 }
 """natbox's jumps exactly as iptables-save prints them: any other `natbox` jump is a look-alike."""
+_INTO_OWN = tuple(f" -j {own}" for own in sorted(_OWN))
+"""How a rule that jumps into one of natbox's chains ends (one str.endswith for all of them)."""
 FORGED = "forged"
 """The owner of a rule that carries natbox's tag where natbox never writes one: a look-alike."""
 
@@ -316,7 +318,7 @@ def tampering(rs: Ruleset, states: list[ForwardState] | None = None) -> list[str
     for r in rs.rules():
         if r.owner == FORGED:
             out.append(f"a rule carries natbox's tag but is not natbox's (left alone): {r.text}")
-        elif r.owner != COMMENT_PREFIX and any(r.text.endswith(f" -j {o}") for o in _OWN):
+        elif r.owner != COMMENT_PREFIX and r.text.endswith(_INTO_OWN):
             out.append(f"a rule natbox did not write jumps into natbox's chain: {r.text}")
         elif r.chain in _OWN and not r.owner.startswith(COMMENT_PREFIX):
             out.append(f"a rule in natbox's chain {r.chain} was not written by natbox: {r.text}")

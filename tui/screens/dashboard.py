@@ -359,6 +359,8 @@ class DashboardScreen(Screen[None]):
         change (an apply, a confirm, a remove) are stale when they end, however late."""
         self._shown = 0
         """The seq of the read on screen: an older read that ends later never replaces it."""
+        self._flows_started = False
+        """Whether the flow count has started (after the first rule read, never before)."""
 
     def compose(self) -> ComposeResult:
         yield Header(icon="≡")
@@ -397,8 +399,9 @@ class DashboardScreen(Screen[None]):
         # Tab goes from the forwards straight to the rules (1-4 switch tabs; no stop on the tab bar).
         self.query_one("#tabs", TabbedContent).query_one(Tabs).can_focus = False
         self.forwards_table.focus()
+        # The rules first: the flow count (a read of up to 100,000s of flows) starts once the first
+        # rule read is on screen, so it never holds the forwards back (#13).
         self._read_rules(None)
-        self.count_flows(self.engine, None)
 
     # ---------------------------------------------------------------- workers
 
@@ -472,6 +475,9 @@ class DashboardScreen(Screen[None]):
         if event.state in (WorkerState.SUCCESS, WorkerState.ERROR):
             if worker.group == "rules":
                 self._schedule("rules", RULES_EVERY, self._poll_rules)
+                if not self._flows_started:
+                    self._flows_started = True
+                    self.count_flows(self.engine, None)
             elif worker.group == "flows":
                 self._schedule("flows", FLOWS_EVERY, self._poll_flows)
 
