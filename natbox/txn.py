@@ -501,19 +501,22 @@ def apply(
         )
     with lock.held(f"adding {fwd.name}"):
         refuse_disabled_name(fwd.name)
-        for other in families(backend):
-            # Forwards live only in natbox's chains: those few chains answer the name question.
-            names = (
-                other.read_chains(natbox_chains()).forward_names()
+        # Forwards live only in natbox's chains: the other family's few chains answer the name
+        # question (read under the lock, while this family's full read runs).
+        elsewhere = in_background(
+            lambda: [
+                (other.family, other.read_chains(natbox_chains()).forward_names())
+                for other in families(backend)
                 if other.family != fwd.family
-                else []
-            )
+            ]
+        )
+        rs = trusted_read(backend, natbox_only=gate is None)
+        for family, names in elsewhere():
             if fwd.name in names:
                 raise ConflictError(
-                    f"a forward named {fwd.name} already exists (IPv{other.family})",
+                    f"a forward named {fwd.name} already exists (IPv{family})",
                     f"pick another --name, or `natbox remove {fwd.name}` first",
                 )
-        rs = trusted_read(backend, natbox_only=gate is None)
         plan = build_plan(fwd)
         per_table = apply_lines(rs, plan)
         # `iptables-restore --test` (it changes nothing) runs while the preflight thinks.
@@ -540,7 +543,7 @@ def apply(
             raise
         # The flows the new DNAT cannot catch are looked up (not touched) during the read-back.
         stale = in_background(lambda: find_stale(fwd, runner))
-        after = backend.read_chains(natbox_chains(plan.chains))
+        after = backend.read_chains(natbox_chains(plan.chains), known=per_table.keys())
         state = next(iter(forward_states(after, only=fwd.name)), None)
         if state is None or not state.intact or state.forward != fwd:
             undone = _undo(backend, per_table, [t for t in TABLE_ORDER if t in per_table])
@@ -613,7 +616,13 @@ def remove_claimed(
         journal.fault("before-journal-end")
         journal.end()
         gone = {f"-A {x[3:]}" for lines in per_table.values() for x in lines if x.startswith("-D ")}
-        after = backend.read_chains(natbox_chains())
+        # The chains that were there (a builtin never listed before is never listed now: some
+        # iptables versions create it when asked), in the tables just committed to.
+        was = {
+            table: [c for c in chains if rs.chain(table, c) is not None]
+            for table, chains in natbox_chains().items()
+        }
+        after = backend.read_chains(was, known=per_table.keys())
         left = [r for r in after.rules() if r.text in gone and r.forward_name == name]
     if left:
         raise BackendError(

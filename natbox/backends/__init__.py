@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 
 from natbox.errors import BackendError, NotRootError
 from natbox.model import Ruleset
@@ -77,10 +78,17 @@ class Backend(ABC):
         )
         return rs
 
-    def read_chains(self, wanted: dict[str, list[str]]) -> Ruleset:
+    def read_chains(
+        self, wanted: dict[str, list[str]], known: Collection[str] = frozenset()
+    ) -> Ruleset:
         """Only the named chains (`iptables -S CHAIN`, natbox's rules only), for a read-back proof:
         a few ms each where a full iptables-nft-save of a 10,000-rule host takes ~0.3 s. A chain
-        that does not exist is left out. No counters."""
+        that does not exist is left out. No counters.
+
+        On nft, a chain is listed only once `nft list chain` says it is there (listing a missing
+        one could create its table on some iptables versions), except in the `known` tables (the
+        caller has just committed to them, so they exist): there a chain iptables cannot list
+        counts as missing."""
         binary = f"ip{'6' if self.family == 6 else ''}tables-{self.flavour}"
         wait = str(max(1, int(lock_wait())))
         out: list[str] = []
@@ -89,13 +97,14 @@ class Backend(ABC):
                 continue  # listing would load (create) the legacy table
             out.append(f"*{table}")
             for chain in chains:
-                if self.flavour == "nft" and not self._chain_exists(table, chain):
-                    continue  # iptables-nft -S on a missing chain creates its table
+                probe = self.flavour == "nft" and table not in known
+                if probe and not self._chain_exists(table, chain):
+                    continue  # iptables-nft -S on a missing chain may create its table
 
                 res = self.runner.run([binary, "-w", wait, "-t", table, "-S", chain])
                 if not res.ok:
                     lock_busy(res.stderr)
-                    if "No chain" in res.stderr:
+                    if "No chain" in res.stderr or (not probe and "incompatible" in res.stderr):
                         continue
                     raise BackendError(
                         f"{binary} -t {table} -S {chain} failed: {res.first_error_line()}",
