@@ -360,13 +360,21 @@ def main() -> int:
             f"on {os.cpu_count()} CPUs; {args.runs} runs, medians"
         )
         py = sys.executable
-        ref = timed(lab, "conntrack", "-L", runs=args.runs) * 1000
-        text = timed(lab, py, "-m", "natbox", "conntrack", runs=args.runs) * 1000
-        js = timed(lab, py, "-m", "natbox", "conntrack", "--json", runs=args.runs) * 1000
-        jl = timed(lab, py, "-m", "natbox", "conntrack", "--json-lines", runs=args.runs) * 1000
-        save = timed(lab, "iptables-nft-save", runs=args.runs) * 1000
-        start = timed(lab, py, "-c", "pass", runs=args.runs) * 1000
-        listed = timed(lab, py, "-m", "natbox", "list", runs=args.runs) * 1000
+        # Interleaved, a round of every command per run: a busy spell slows all of them alike.
+        commands = {
+            "ref": ["conntrack", "-L"],
+            "text": [py, "-m", "natbox", "conntrack"],
+            "json": [py, "-m", "natbox", "conntrack", "--json"],
+            "jl": [py, "-m", "natbox", "conntrack", "--json-lines"],
+            "save": ["iptables-nft-save"],
+            "start": [py, "-c", "pass"],
+            "list": [py, "-m", "natbox", "list"],
+        }
+        took: dict[str, list[float]] = {k: [] for k in commands}
+        for _ in range(args.runs):
+            for key, argv in commands.items():
+                took[key].append(timed(lab, *argv, runs=1) * 1000)
+        ref, text, js, jl, save, start, listed = (statistics.median(v) for v in took.values())
         imports = []
         for _ in range(args.runs):
             err = subprocess.run(
