@@ -649,7 +649,7 @@ def diagnose_change(
     incoming = [*change.added, *(new for _, new in change.replaced)]
     if not incoming:
         return {}
-    box = box_facts(flows=True)
+    box = box_facts(flows=True, only=incoming)
     out: dict[str, list[Finding]] = {}
     for fwd in incoming:
         rs = without(change.before[fwd.family], going)

@@ -271,7 +271,7 @@ class Engine:
         box: BoxFacts | None = None
         forwards = [s.forward for s in states if s.forward is not None]
         if forwards:
-            box = box_facts(flows=flows)  # once for all forwards
+            box = box_facts(flows=flows, only=forwards)  # once for all forwards
             prefetch(box, forwards, probe=probe)  # each backend once, in parallel
         for state in states:
             findings = [

@@ -817,9 +817,11 @@ def flows_to(ip: str, proto: str, ports: range) -> list[Any]:
     family, attrs = dump_filter(ip, proto, ports[0] if len(ports) == 1 else None)
     want = str(ipaddress.ip_address(ip))
     found: list[Any] = []
+    first, last = ports[0], ports[-1]
     for rows in batches(Decoder("row"), dump_request(family=family, attrs=attrs)):
         for flow in rows:
-            orig = flow.orig
-            if flow.proto == proto and orig.dst == want and orig.dport in ports:
-                found.append(flow)
+            key = flow.listen_key  # (proto, original destination, its port): no Tuple built
+            if key[0] == proto and key[1] == want and key[2].isdigit():
+                if first <= int(key[2]) <= last:
+                    found.append(flow)
     return found

@@ -253,6 +253,12 @@ class Flow(tuple[str, ...]):
         return (self[_PROTO], self[_D1], self[_DP1])
 
     @property
+    def reply_src(self) -> str:
+        """`reply.src` (the backend of a DNATed flow) without building the Tuple: scans of
+        100,000 flows ask it of every one."""
+        return self[_RS]
+
+    @property
     def dnat(self) -> bool:
         """The destination was rewritten: replies come from somewhere else than the client asked."""
         return self[_RS] != self[_D1] or self[_RSP] != self[_DP1]
