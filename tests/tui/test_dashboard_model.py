@@ -97,6 +97,10 @@ async def test_forwards_and_rules_show_while_the_flows_are_still_read() -> None:
                 break
             await asyncio.sleep(0.05)
         assert names(screen) == ["dns", "web"], "forwards are on screen before the flows"
+        for _ in range(40):  # the flow count starts once the first rules are on screen
+            if engine.flow_reads:
+                break
+            await asyncio.sleep(0.05)
         assert engine.flow_reads == 1 and screen.counts is None, "the flow read is still running"
         assert screen.forwards_table.get_cell("web", "flows") == "…"
         assert screen.rules_table.row_count > 10
