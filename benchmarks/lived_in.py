@@ -389,6 +389,15 @@ def main() -> int:
         row("natbox conntrack (text)", text, ref, "conntrack -L", 1.5)
         row("natbox conntrack --json", js, ref, "conntrack -L", 1.5)
         row("natbox conntrack --json-lines", jl, ref, "conntrack -L", 1.5)
+        why = subprocess.run(
+            ["ip", "netns", "exec", lab.nat, py, "-m", "natbox", "conntrack", "--json-lines"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**lab.env, "NATBOX_DEBUG": "1"},
+            check=False,
+        ).stderr.strip()
+        print(f"  (reader: {why or 'ctnetlink, no fallback to /proc'})")
         row("natbox list", listed, save + start, "iptables-nft-save + start-up", 1.5)
         row("import natbox.cli (-X importtime)", statistics.median(imports), None, "", 150)
         print(
