@@ -18,11 +18,8 @@ from natbox import (
     conntrack,
     converge,
     disabled,
-    export,
-    modify,
     persist,
     tables,
-    trace,
     txn,
     watchdog,
 )
@@ -32,6 +29,7 @@ from natbox.backends.detect import choose_backend
 from natbox.checks import ERROR, Finding, diagnose, preflight
 from natbox.errors import NatboxError, NotFoundError
 from natbox.facts import BoxFacts, box_facts, gather_facts, listeners, prefetch, probed
+from natbox.lazy import OnUse
 from natbox.model import Forward, Ruleset
 from natbox.plan import OWN_CHAINS, build_plan, jump_rule
 from natbox.ruleset import ForwardState, forward_states, tampering
@@ -45,6 +43,13 @@ from natbox.system import (
     is_root,
     route_to,
 )
+
+if TYPE_CHECKING:
+    from natbox import export, modify, trace
+else:  # edit/disable/enable, the trace and export are imported when first used
+    export = OnUse("natbox.export")
+    modify = OnUse("natbox.modify")
+    trace = OnUse("natbox.trace")
 
 __all__ = [
     "Dashboard",
