@@ -52,6 +52,12 @@ _CTA_TIMEOUT, _CTA_MARK, _CTA_COUNTERS_ORIG, _CTA_COUNTERS_REPLY = 7, 8, 9, 10
 _CTA_ZONE, _CTA_TIMESTAMP = 18, 20
 _CTA_TUPLE_IP, _CTA_TUPLE_PROTO = 1, 2
 _CTA_IP_V4_SRC, _CTA_IP_V4_DST, _CTA_IP_V6_SRC, _CTA_IP_V6_DST = 1, 2, 3, 4
+_ADDRESS_SIZE = {  # bytes of an address attribute, by the message's family
+    _CTA_IP_V4_SRC: {_AF_INET: 4},
+    _CTA_IP_V4_DST: {_AF_INET: 4},
+    _CTA_IP_V6_SRC: {_AF_INET6: 16},
+    _CTA_IP_V6_DST: {_AF_INET6: 16},
+}
 _CTA_PROTO_NUM, _CTA_PROTO_SRC_PORT, _CTA_PROTO_DST_PORT = 1, 2, 3
 _CTA_PROTO_ICMP = {4: "id", 5: "type", 6: "code", 7: "id", 8: "type", 9: "code"}
 _CTA_PROTOINFO_TCP, _CTA_PROTOINFO_DCCP, _CTA_PROTOINFO_SCTP = 1, 2, 3
@@ -469,6 +475,12 @@ def _walk(msg: bytes) -> _Layout:
             if kind == _CTA_TUPLE_IP:
                 for ip_kind, ip_at, ip_size, ip_hdr in _attrs(msg, at, at + size):
                     fixed.append((ip_hdr, 4))
+                    if ip_kind in _ADDRESS_SIZE and ip_size != _ADDRESS_SIZE[ip_kind].get(msg[16]):
+                        # /proc prints an address of the flow's family; this is not one
+                        raise Unsupported(
+                            f"an address attribute of {ip_size} bytes in an "
+                            f"IPv{6 if msg[16] == _AF_INET6 else 4} flow"
+                        )
                     if ip_kind in (_CTA_IP_V4_SRC, _CTA_IP_V6_SRC):
                         values.append((ip_at, f"{ip_size}s", "src" + d))
                     elif ip_kind in (_CTA_IP_V4_DST, _CTA_IP_V6_DST):
@@ -565,7 +577,11 @@ def _v6(packed: bytes) -> str:
 
 
 def _addr(packed: bytes) -> str:
-    return socket.inet_ntoa(packed) if len(packed) == 4 else _v6(packed)
+    if len(packed) == 4:
+        return socket.inet_ntoa(packed)
+    if len(packed) == 16:
+        return _v6(packed)
+    raise Unsupported(f"an address of {len(packed)} bytes")  # _walk lets none through
 
 
 def _flags(status: int) -> tuple[str, ...]:

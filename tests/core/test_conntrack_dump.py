@@ -421,3 +421,45 @@ def test_a_refusal_after_a_message_that_is_no_flow_falls_back_to_proc_at_once(
         assert proc_read and time.monotonic() - start < 3.0
     finally:
         kernel.close()
+
+
+@pytest.mark.parametrize(
+    ("family", "kind", "size"),
+    [
+        (socket.AF_INET, 1, 0),
+        (socket.AF_INET, 2, 5),
+        (socket.AF_INET, 1, 16),  # an IPv6-sized address in an IPv4 flow
+        (socket.AF_INET6, 3, 4),
+        (socket.AF_INET6, 4, 0),
+    ],
+)
+@pytest.mark.parametrize("out", ["row", "text", "json"])
+def test_an_address_of_a_size_proc_would_not_show_sends_the_reader_to_proc(
+    monkeypatch: pytest.MonkeyPatch, family: int, kind: int, size: int, out: str
+) -> None:
+    """An address attribute of the wrong size: Unsupported (read_flows reads /proc), not an
+    internal error from the address parser."""
+    from natbox.conntrack import read
+
+    v6 = family == socket.AF_INET6
+    src, dst = ("2001:db8::1", "2001:db8::2") if v6 else ("10.0.0.1", "10.0.0.2")
+    good = tuple_attr(1, src, dst, 17, (1000, 53))
+    ip = attr(kind, b"\x0a" * size) + attr(
+        kind + 1 if kind % 2 else kind - 1, socket.inet_pton(family, dst)
+    )
+    proto = attr(1, bytes([17])) + attr(2, struct.pack("!H", 53)) + attr(3, struct.pack("!H", 1000))
+    odd = attr(2, attr(1, ip, True) + attr(2, proto, True), True)
+    msg = message(good, odd, attr(3, struct.pack("!I", 0x2)), family=family)
+    with pytest.raises(dump.Unsupported, match="address"):
+        dump.Decoder(out, owners={}).feed(msg + DONE)
+    kernel = fake_kernel(monkeypatch, msg + DONE)
+    try:
+        proc_read: list[bool] = []
+        monkeypatch.setattr(
+            read, "parse_text", lambda text: proc_read.append(True) or read.FlowRead([])
+        )  # type: ignore[func-returns-value]
+        monkeypatch.setattr("builtins.open", lambda *a, **k: __import__("io").StringIO(""))
+        read.read_flows()
+        assert proc_read
+    finally:
+        kernel.close()
