@@ -293,8 +293,9 @@ def _remove(args: argparse.Namespace) -> int:
     if not args.dry_run:
         txn.require_root()
     backend = _backend(args)
+    shown: Forward | None = None  # asked about: what goes must be what the question showed
     if args.dry_run or not args.yes:
-        pending = txn.preview_remove(backend, args.name)
+        pending, shown = txn.preview_remove_shown(backend, args.name)
         if args.json and args.dry_run:
             print(json.dumps({"name": args.name, "would_commit": pending}, indent=2))
             return 0
@@ -305,7 +306,7 @@ def _remove(args: argparse.Namespace) -> int:
         _confirm(args, f"Remove forward {args.name}?")
     _recover(backend)
     with tables.tracked(backend):  # an nft table natbox created goes again once empty
-        outcome = txn.remove(backend, args.name)
+        outcome = txn.remove(backend, args.name, shown)
     if args.json:
         print(json.dumps(outcome.to_dict(), indent=2))
         return 0

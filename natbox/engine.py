@@ -379,14 +379,15 @@ class Engine:
                 raise
             return {}
 
-    def remove(self, name: str) -> txn.Outcome:
+    def remove(self, name: str, *, expect: Forward | None = None) -> txn.Outcome:
         """Remove a forward (all its rules, or none); an nft table natbox created goes if empty.
-        A disabled forward is forgotten (nothing in the kernel changes)."""
+        A disabled forward is forgotten (nothing in the kernel changes). Refused, nothing
+        touched, if the forward is no longer `expect` (as the user saw it)."""
         try:
             with tables.tracked(self.backend()):
-                return txn.remove(self.backend(), name)
+                return txn.remove(self.backend(), name, expect)
         except NotFoundError:
-            if not modify.discard(name):
+            if not modify.discard(name, expect):
                 raise
             return txn.Outcome(
                 "forget", name, self.backend().label, notes=[f"forgot the disabled {name}"]

@@ -533,9 +533,27 @@ def apply(
     return out
 
 
-def remove(backend: Backend, name: str) -> Outcome:
-    """Delete exactly the rules tagged natbox:<name>, as the kernel has them now."""
-    out = remove_claimed(backend, name)
+def as_shown(name: str, now: Forward | None, expect: Forward | None) -> None:
+    """Refuse a change of `name` made from a view of it that is out of date (another shell, a
+    playbook changed it since): the change would wipe out what it does not show."""
+    if expect is not None and now != expect:
+        shown = f"{now.listen} → {now.backend}" if now is not None else "not readable"
+        raise ConflictError(
+            f"{name} changed since it was shown (now {shown})",
+            "look at it again (natbox list, or r in the dashboard) and redo the change",
+        )
+
+
+def _forward_in(rs: Ruleset, name: str) -> Forward | None:
+    """Forward `name` as read back from `rs` (None: not readable)."""
+    states = forward_states(rs, only=name)
+    return states[0].forward if states else None
+
+
+def remove(backend: Backend, name: str, expect: Forward | None = None) -> Outcome:
+    """Delete exactly the rules tagged natbox:<name>, as the kernel has them now; refused
+    (ConflictError, nothing touched) if the forward is no longer `expect`, as the user saw it."""
+    out = remove_claimed(backend, name, expect=expect)
     assert out is not None  # without a claim there is nobody to lose it to
     return out
 
@@ -546,6 +564,7 @@ def remove_claimed(
     *,
     claim: Callable[[], bool] | None = None,
     missing_ok: bool = False,
+    expect: Forward | None = None,
 ) -> Outcome | None:
     """`remove`, for the confirm window's rollback: `claim()` runs after the removal is journaled
     and before the kernel is touched; if it returns False (the change was confirmed meanwhile),
@@ -565,6 +584,8 @@ def remove_claimed(
                 f"there is no forward named {name}", f"natbox list shows them (now: {known})"
             )
         backend, rs = found
+        if expect is not None:  # checked under the lock: what is removed is what was shown
+            as_shown(name, _forward_in(rs, name), expect)
         per_table = remove_lines(rs, name)
         journal.begin("remove", [name], backend.family, per_table)
         journal.fault("journal-written")
@@ -590,10 +611,18 @@ def remove_claimed(
 
 def preview_remove(backend: Backend, name: str) -> dict[str, list[str]]:
     """The lines `remove` would commit, without committing them."""
+    return preview_remove_shown(backend, name)[0]
+
+
+def preview_remove_shown(
+    backend: Backend, name: str
+) -> tuple[dict[str, list[str]], Forward | None]:
+    """The lines `remove` would commit, and the forward as read with them (None: not readable):
+    what to pass as `remove(expect=)` once the user said yes to these lines."""
     found = locate(backend, name)
     if found is None:
         raise NotFoundError(f"there is no forward named {name}", "natbox list shows them")
-    return remove_lines(found[1], name)
+    return remove_lines(found[1], name), _forward_in(found[1], name)
 
 
 def refuse_disabled_name(name: str) -> None:

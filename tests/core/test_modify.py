@@ -616,3 +616,53 @@ def test_a_change_made_from_an_out_of_date_view_is_refused(box: MemoryBackend) -
     assert view(box) == before
     planned = modify.plan_disable(box, "web", expect=WEB)  # as it is: fine
     assert planned.after is None
+
+
+def test_a_removal_made_from_an_out_of_date_view_is_refused(
+    box: MemoryBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dashboard's d (and natbox remove's question) name the forward as they showed it: if
+    another shell changed it since, nothing is removed, nor a disabled copy forgotten."""
+    from natbox.engine import Engine
+
+    monkeypatch.setattr(txn, "require_root", lambda: None)
+    engine = Engine()
+    engine._backend = box
+    before = view(box)
+    seen = replace(WEB, sources=(ip_network("10.0.0.0/8"),))  # not what the kernel holds
+    with pytest.raises(ConflictError, match="web changed since it was shown"):
+        engine.remove("web", expect=seen)
+    assert view(box) == before and not journal.path().exists()
+    lines, shown = txn.preview_remove_shown(box, "web")
+    assert shown == WEB and lines == txn.preview_remove(box, "web")
+    engine.remove("web", expect=shown)  # as it is: removed
+    assert "web" not in states(box)
+    modify.carry(box, modify.plan_disable(box, "dns"))
+    with pytest.raises(ConflictError, match="dns changed since it was shown"):
+        engine.remove("dns", expect=replace(DNS, sources=(ip_network("10.0.0.0/8"),)))
+    assert disabled.load() == [DNS], "the disabled copy is still remembered"
+    assert engine.remove("dns", expect=DNS).action == "forget" and disabled.load() == []
+
+
+def test_natbox_remove_removes_only_the_forward_its_question_showed(
+    box: MemoryBackend, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Between `natbox remove web`'s question and the y, another shell edits web: exit 2, one
+    line, and the edited web is still there."""
+    from natbox import cli
+
+    monkeypatch.setattr(txn, "require_root", lambda: None)
+    monkeypatch.setattr(cli, "_backend", lambda args: box)
+    monkeypatch.setattr(cli, "_supervise", lambda: None)
+    edited = replace(WEB, sources=(ip_network("10.0.0.0/8"),))
+
+    def meanwhile(args: object, question: str) -> None:
+        converge.converge(box, {"web": edited})
+
+    monkeypatch.setattr(cli, "_confirm", meanwhile)
+    assert cli.main(["remove", "web"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("natbox: web changed since it was shown") and "(hint: " in err
+    assert states(box)["web"] == edited
+    monkeypatch.setattr(cli, "_confirm", lambda args, question: None)
+    assert cli.main(["remove", "web"]) == 0 and "web" not in states(box)

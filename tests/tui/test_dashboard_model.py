@@ -457,3 +457,38 @@ async def test_an_edit_of_a_forward_changed_meanwhile_touches_nothing() -> None:
         assert next(f for f in engine.forwards if f.name == "web") == narrowed, "untouched"
         messages = [n.message for n in app._notifications]
         assert any("web changed since it was shown" in m for m in messages), messages
+
+
+async def test_a_removal_of_a_forward_changed_meanwhile_touches_nothing() -> None:
+    """Another shell changes web while d's question is open: removing it would take away what the
+    question never showed, so the engine refuses and the dashboard says why; unchanged, d removes."""
+    from dataclasses import replace
+    from ipaddress import ip_network
+
+    engine = SampleEngine()
+    app = make_app(engine)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await settle(pilot)
+        await pilot.press("down", "d")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        # Meanwhile, elsewhere: web now admits only 10.0.0.0/8.
+        web = next(f for f in engine.forwards if f.name == "web")
+        narrowed = replace(web, sources=(ip_network("10.0.0.0/8"),))
+        engine.forwards = [narrowed if f.name == "web" else f for f in engine.forwards]
+        await pilot.press("y")
+        await settle(pilot)
+        assert engine.removed == []
+        assert next(f for f in engine.forwards if f.name == "web") == narrowed, "untouched"
+        messages = [n.message for n in app._notifications]
+        assert any("web changed since it was shown" in m for m in messages), messages
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        assert screen.history == [], "nothing was removed, nothing to undo"
+        await pilot.press("r")  # read again: the question now shows web as it is
+        await settle(pilot)
+        await pilot.press("d")
+        await settle(pilot)
+        await pilot.press("y")
+        await settle(pilot)
+        assert engine.removed == ["web"]

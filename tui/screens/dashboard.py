@@ -1328,7 +1328,8 @@ class DashboardScreen(Screen[None]):
     def _do_remove(
         self, engine: EngineAPI, name: str, before: Forward | None, undo: Change | None = None
     ) -> None:
-        outcome = engine.remove(name)
+        # `before`: the forward as the dashboard showed it; changed meanwhile, nothing is touched
+        outcome = engine.remove(name, expect=before)
         self.app.call_from_thread(self._record_removal, before, undo)
         self.post_message(ForwardRemoved(name, outcome.seconds))
 
