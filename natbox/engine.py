@@ -33,6 +33,7 @@ from natbox.checks import ERROR, Finding, diagnose, preflight
 from natbox.errors import NatboxError, NotFoundError
 from natbox.facts import BoxFacts, box_facts, gather_facts, listeners, prefetch
 from natbox.model import Forward, Ruleset
+from natbox.paths import writes
 from natbox.plan import OWN_CHAINS, build_plan, jump_rule
 from natbox.ruleset import ForwardState, forward_states, tampering
 from natbox.status import disabled_forwards, display_chains
@@ -498,8 +499,17 @@ class Engine:
         txn.require_root()
         fwd = self._forward(name)
         saved = [f for f in persist.load() if f.name != name]
-        path = persist.write([*saved, fwd])
-        persist.install_boot(txn.forwarding_enabled_by_natbox())
+        with writes(
+            f"{name} was not saved: the saved set could not be written (its rules in the kernel "
+            "stay as they are)",
+            "free space or fix the permissions there, then w again",
+        ):
+            path = persist.write([*saved, fwd])
+        with writes(
+            f"saved {name} to {path}, but the boot-time restore could not be installed",
+            "free space or fix the permissions there, then w again",
+        ):
+            persist.install_boot(txn.forwarding_enabled_by_natbox())
         return f"saved {name} to {path}: restored at boot"
 
     def forget(self, name: str) -> str:
@@ -508,7 +518,12 @@ class Engine:
         saved = persist.load()
         if name not in [f.name for f in saved]:
             raise NatboxError(f"{name} is not saved", "w saves the marked forward")
-        persist.write([f for f in saved if f.name != name])
+        with writes(
+            f"{name} was not forgotten: the saved set could not be written (boot still restores "
+            "it; its rules in the kernel stay as they are)",
+            "free space or fix the permissions there, then f again",
+        ):
+            persist.write([f for f in saved if f.name != name])
         return f"forgot {name}: its rules stay until removed, it is not restored at boot"
 
     def export(self, name: str, fmt: str) -> str:

@@ -20,7 +20,7 @@ from natbox import disabled, journal, lock
 from natbox.backends import Backend
 from natbox.errors import BackendError, ConflictError, NatboxError, NotFoundError, NotRootError
 from natbox.model import Forward, Rule, Ruleset
-from natbox.paths import state_dir, write_text
+from natbox.paths import state_dir, write_text, writes
 from natbox.plan import OWN_CHAINS, TABLE_ORDER, Plan, build_plan, jump_rule
 from natbox.ruleset import ForwardState, conflicts, forward_states
 from natbox.runner import Runner
@@ -52,6 +52,15 @@ class Outcome:
             "notes": self.notes,
             "seconds": round(self.seconds, 4),
         }
+
+
+_NOT_JOURNALED = "nothing was changed: the journal could not be written"
+_AGAIN = "free space or fix the permissions there, then run the command again"
+_UNCLEARED = "the journal of the change could not be cleared"
+_CLEARS = (
+    "fix that (space, permissions); the next natbox command sees the change finished and clears "
+    "its journal (natbox recover)"
+)
 
 
 def require_root() -> None:
@@ -499,7 +508,8 @@ def apply(
                 "remove them (or the chain) first, or pass --adopt to use the chain as it is",
             )
         per_table = apply_lines(rs, plan)
-        journal.begin("apply", [fwd.name], fwd.family, per_table, [fwd.to_dict()])
+        with writes(_NOT_JOURNALED, _AGAIN):
+            journal.begin("apply", [fwd.name], fwd.family, per_table, [fwd.to_dict()])
         journal.fault("journal-written")
         try:
             _commit_all(backend, per_table, TABLE_ORDER)
@@ -518,7 +528,8 @@ def apply(
                 f"the kernel did not keep forward {fwd.name} as planned: {detail}", undone
             )
         journal.fault("before-journal-end")
-        journal.end()
+        with writes(f"{fwd.name} is in the kernel, all its rules; {_UNCLEARED}", _CLEARS):
+            journal.end()
     out = Outcome("apply", fwd.name, backend.label, per_table)
     if foreign:
         out.notes.append(
@@ -587,7 +598,8 @@ def remove_claimed(
         if expect is not None:  # checked under the lock: what is removed is what was shown
             as_shown(name, _forward_in(rs, name), expect)
         per_table = remove_lines(rs, name)
-        journal.begin("remove", [name], backend.family, per_table)
+        with writes(_NOT_JOURNALED, _AGAIN):
+            journal.begin("remove", [name], backend.family, per_table)
         journal.fault("journal-written")
         if claim is not None and not claim():
             journal.end()
@@ -598,7 +610,8 @@ def remove_claimed(
             journal.end()
             raise
         journal.fault("before-journal-end")
-        journal.end()
+        with writes(f"{name} is removed from the kernel; {_UNCLEARED}", _CLEARS):
+            journal.end()
         gone = {f"-A {x[3:]}" for lines in per_table.values() for x in lines if x.startswith("-D ")}
         after = backend.read_chains(natbox_chains())
         left = [r for r in after.rules() if r.text in gone and r.forward_name == name]
