@@ -492,3 +492,32 @@ async def test_a_removal_of_a_forward_changed_meanwhile_touches_nothing() -> Non
         await pilot.press("y")
         await settle(pilot)
         assert engine.removed == ["web"]
+
+
+async def test_forgetting_a_disabled_forward_changed_meanwhile_forgets_nothing() -> None:
+    """d on a disabled forward forgets it for good: not if another shell re-disabled it with
+    other settings while the question was open (that copy was never shown)."""
+    from dataclasses import replace
+    from ipaddress import ip_network
+
+    engine = SampleEngine()
+    engine.disable("web")
+    app = make_app(engine)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        while screen.selected != "web":
+            await pilot.press("down")
+            await settle(pilot)
+        await pilot.press("d")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        assert "Forget the disabled web" in str(app.screen.query_one("#question").render())
+        narrowed = replace(engine.disabled[0], sources=(ip_network("10.0.0.0/8"),))
+        engine.disabled = [narrowed]
+        await pilot.press("y")
+        await settle(pilot)
+        assert engine.disabled == [narrowed] and engine.removed == []
+        messages = [n.message for n in app._notifications]
+        assert any("web changed since it was shown" in m for m in messages), messages
