@@ -20,7 +20,7 @@ from natbox import disabled, journal, lock
 from natbox.backends import Backend
 from natbox.errors import BackendError, ConflictError, NatboxError, NotFoundError, NotRootError
 from natbox.model import Forward, Rule, Ruleset
-from natbox.paths import state_dir, write_text, writes
+from natbox.paths import StateWriteError, state_dir, write_text, writes
 from natbox.plan import OWN_CHAINS, TABLE_ORDER, Plan, build_plan, jump_rule
 from natbox.ruleset import ForwardState, conflicts, forward_states
 from natbox.runner import Runner
@@ -56,11 +56,21 @@ class Outcome:
 
 _NOT_JOURNALED = "nothing was changed: the journal could not be written"
 _AGAIN = "free space or fix the permissions there, then run the command again"
-_UNCLEARED = "the journal of the change could not be cleared"
-_CLEARS = (
-    "fix that (space, permissions); the next natbox command sees the change finished and clears "
-    "its journal (natbox recover)"
-)
+
+
+def _end_journal(done: str) -> StateWriteError | None:
+    """journal.end() after a commit; the error to raise once the change's other steps are done
+    if the journal could not be cleared (`done`: what the kernel has)."""
+    try:
+        with writes(
+            f"{done}; the journal of the change could not be cleared",
+            "fix that (space, permissions); the next natbox command sees the change finished "
+            "and clears its journal (natbox recover)",
+        ):
+            journal.end()
+    except StateWriteError as exc:
+        return exc
+    return None
 
 
 def require_root() -> None:
@@ -528,8 +538,7 @@ def apply(
                 f"the kernel did not keep forward {fwd.name} as planned: {detail}", undone
             )
         journal.fault("before-journal-end")
-        with writes(f"{fwd.name} is in the kernel, all its rules; {_UNCLEARED}", _CLEARS):
-            journal.end()
+        uncleared = _end_journal(f"{fwd.name} is in the kernel, all its rules")
     out = Outcome("apply", fwd.name, backend.label, per_table)
     if foreign:
         out.notes.append(
@@ -540,6 +549,8 @@ def apply(
         mark_forwarding_enabled()
         out.notes.append("enabled net.ipv4.ip_forward (until reboot; natbox save keeps it)")
     out.notes.extend(flush_flows(fwd, runner))
+    if uncleared is not None:  # said once the rest of the apply is done too
+        raise uncleared
     out.seconds = time.perf_counter() - start
     return out
 
@@ -610,8 +621,7 @@ def remove_claimed(
             journal.end()
             raise
         journal.fault("before-journal-end")
-        with writes(f"{name} is removed from the kernel; {_UNCLEARED}", _CLEARS):
-            journal.end()
+        uncleared = _end_journal(f"{name} is removed from the kernel")
         gone = {f"-A {x[3:]}" for lines in per_table.values() for x in lines if x.startswith("-D ")}
         after = backend.read_chains(natbox_chains())
         left = [r for r in after.rules() if r.text in gone and r.forward_name == name]
@@ -619,6 +629,8 @@ def remove_claimed(
         raise BackendError(
             f"{len(left)} rules of {name} are still there", "run natbox remove again"
         )
+    if uncleared is not None:
+        raise uncleared
     return Outcome("remove", name, backend.label, per_table, seconds=time.perf_counter() - start)
 
 
