@@ -210,8 +210,9 @@ class EngineAPI(Protocol):
         """The exact lines removing `name` would commit."""
         ...
 
-    def remove(self, name: str) -> Outcome:
-        """Remove a forward (all its rules, or none); a disabled forward is forgotten."""
+    def remove(self, name: str, *, expect: Forward | None = None) -> Outcome:
+        """Remove a forward (all its rules, or none); a disabled forward is forgotten. `expect`:
+        the forward as the user saw it; refused (ConflictError) if it changed since."""
         ...
 
     def preview_edit(self, name: str, fwd: Forward) -> ChangePreview:

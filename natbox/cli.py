@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -23,6 +24,7 @@ from natbox.backends import Backend
 from natbox.backends.detect import BACKEND_CHOICES, choose_backend
 from natbox.errors import NatboxError, NotFoundError
 from natbox.model import PROTOS, Forward
+from natbox.paths import writes
 from natbox.plan import OWN_CHAINS, build_plan
 from natbox.ruleset import ForwardState, forward_states
 from natbox.runner import Runner
@@ -293,8 +295,9 @@ def _remove(args: argparse.Namespace) -> int:
     if not args.dry_run:
         txn.require_root()
     backend = _backend(args)
+    shown: Forward | None = None  # asked about: what goes must be what the question showed
     if args.dry_run or not args.yes:
-        pending = txn.preview_remove(backend, args.name)
+        pending, shown = txn.preview_remove_shown(backend, args.name)
         if args.json and args.dry_run:
             print(json.dumps({"name": args.name, "would_commit": pending}, indent=2))
             return 0
@@ -305,7 +308,7 @@ def _remove(args: argparse.Namespace) -> int:
         _confirm(args, f"Remove forward {args.name}?")
     _recover(backend)
     with tables.tracked(backend):  # an nft table natbox created goes again once empty
-        outcome = txn.remove(backend, args.name)
+        outcome = txn.remove(backend, args.name, shown)
     if args.json:
         print(json.dumps(outcome.to_dict(), indent=2))
         return 0
@@ -508,9 +511,14 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 def _recover(backend: Backend) -> None:
     """Finish or undo what a crashed natbox (or a dead watchdog) left behind, and say so."""
-    for message in (txn.recover(backend), converge.recover_set(backend)):
-        if message:
-            print(f"natbox: recovered: {message}", file=sys.stderr)
+    with writes(
+        "recovering the change a crashed natbox left: its journal could not be cleared or its "
+        "record written (natbox list shows what the kernel holds now)",
+        "free space or fix the permissions there, then natbox recover",
+    ):
+        for message in (txn.recover(backend), converge.recover_set(backend)):
+            if message:
+                print(f"natbox: recovered: {message}", file=sys.stderr)
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
@@ -549,8 +557,7 @@ def cmd_save(args: argparse.Namespace) -> int:
     names = ", ".join(f.name for f in forwards) or "none"
     print(f"saving forwards: {names} -> {persist.saved_path()}")
     _confirm(args, "Write them and install the boot-time restore?")
-    path = persist.write(forwards)
-    unit, sysctl, notes = persist.install_boot(txn.forwarding_enabled_by_natbox())
+    path, unit, sysctl, notes = _save(forwards)
     print(f"saved {len(forwards)} forwards to {path}")
     if unit:
         print(f"installed {unit} (enabled)")
@@ -561,6 +568,24 @@ def cmd_save(args: argparse.Namespace) -> int:
     return 0
 
 
+def _save(forwards: list[Forward]) -> tuple[Path, Path | None, Path | None, list[str]]:
+    """Write the saved set, then install the boot-time restore; a file that cannot be written is
+    one error that says what was saved (the rules in the kernel are never touched here)."""
+    with writes(
+        "nothing was saved: the saved set could not be written (the rules in the kernel stay "
+        "as they are; boot restores the saved set as it was)",
+        "free space or fix the permissions there, then natbox save again",
+    ):
+        path = persist.write(forwards)
+    with writes(
+        f"saved {len(forwards)} forwards to {path}, but the boot-time restore could not be "
+        "installed (the rules in the kernel stay as they are)",
+        "free space or fix the permissions there, then natbox save again",
+    ):
+        unit, sysctl, notes = persist.install_boot(txn.forwarding_enabled_by_natbox())
+    return path, unit, sysctl, notes
+
+
 def cmd_forget(args: argparse.Namespace) -> int:
     """Drop one forward from the saved set (its rules stay until natbox remove)."""
     txn.require_root()
@@ -568,7 +593,12 @@ def cmd_forget(args: argparse.Namespace) -> int:
     if args.name not in [f.name for f in saved]:
         known = ", ".join(f.name for f in saved) or "none"
         raise NatboxError(f"{args.name} is not saved", f"saved now: {known}")
-    persist.write([f for f in saved if f.name != args.name])
+    with writes(
+        f"{args.name} was not forgotten: the saved set could not be written (boot still "
+        "restores it; its rules in the kernel stay as they are)",
+        "free space or fix the permissions there, then natbox forget again",
+    ):
+        persist.write([f for f in saved if f.name != args.name])
     print(f"forgot {args.name} (its rules stay until: natbox remove {args.name})")
     return 0
 

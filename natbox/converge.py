@@ -35,7 +35,7 @@ from natbox.backends import Backend
 from natbox.backends.restore import RestoreBackend
 from natbox.errors import BackendError, NatboxError, ValidationError
 from natbox.model import Forward, Rule, Ruleset, forward_from_dict
-from natbox.paths import read_json, remove, state_dir, write_json
+from natbox.paths import read_json, remove, state_dir, write_json, writes
 from natbox.plan import OWN_CHAINS, TABLE_ORDER, build_plan, jump_rule
 from natbox.ruleset import ForwardState, forward_states
 from natbox.txn import families, trusted_read
@@ -368,6 +368,19 @@ def _settle(body: dict[str, object], finished: bool) -> list[str]:
     return []
 
 
+def _kernel_has(target: Target) -> str:
+    """What the kernel holds once `target` is reached, in words: "web is in the kernel as
+    changed", "dns is out of the kernel"."""
+    parts = []
+    for names, where in (
+        ([n for n, f in target.items() if f is not None], "in the kernel as changed"),
+        ([n for n, f in target.items() if f is None], "out of the kernel"),
+    ):
+        if names:
+            parts.append(f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} {where}")
+    return "; ".join(parts) or "natbox's jumps are repaired"
+
+
 def execute(backend: Backend, change: Change, *, keep: bool = True) -> float:
     """Commit `change` as one transaction with the crash journal, then prove it by reading back.
 
@@ -397,7 +410,11 @@ def execute(backend: Backend, change: Change, *, keep: bool = True) -> float:
                 "run natbox again",
             )
         body = _journal_body(change, keep)
-        journal.begin_set(body)
+        with writes(
+            "nothing was changed: the journal could not be written",
+            "free space or fix the permissions there, then run the command again",
+        ):
+            journal.begin_set(body)
         journal.fault("set-journal-written")
         try:
             commit(backend, change.units)
@@ -409,9 +426,15 @@ def execute(backend: Backend, change: Change, *, keep: bool = True) -> float:
             undone = _undo(_writers(backend, change.units), _order(change.units))
             journal.end_set()
             raise BackendError(f"the kernel did not keep the change: {wrong[0]}", undone)
-        change.notes.extend(_settle(body, finished=True))
-        journal.fault("set-before-journal-end")
-        journal.end_set()
+        with writes(
+            f"{_kernel_has(change.target())} (read back), but natbox's record of the change "
+            "could not be written",
+            "fix that (space, permissions); the next natbox command (natbox recover) finishes "
+            "the record from the change's journal",
+        ):
+            change.notes.extend(_settle(body, finished=True))
+            journal.fault("set-before-journal-end")
+            journal.end_set()
     return time.perf_counter() - start
 
 

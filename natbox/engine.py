@@ -31,6 +31,7 @@ from natbox.errors import NatboxError, NotFoundError
 from natbox.facts import BoxFacts, box_facts, gather_facts, listeners, prefetch, probed
 from natbox.lazy import OnUse
 from natbox.model import Forward, Ruleset
+from natbox.paths import writes
 from natbox.plan import OWN_CHAINS, build_plan, jump_rule
 from natbox.ruleset import ForwardState, forward_states, tampering
 from natbox.runner import in_background
@@ -425,14 +426,15 @@ class Engine:
                 raise
             return {}
 
-    def remove(self, name: str) -> txn.Outcome:
+    def remove(self, name: str, *, expect: Forward | None = None) -> txn.Outcome:
         """Remove a forward (all its rules, or none); an nft table natbox created goes if empty.
-        A disabled forward is forgotten (nothing in the kernel changes)."""
+        A disabled forward is forgotten (nothing in the kernel changes). Refused, nothing
+        touched, if the forward is no longer `expect` (as the user saw it)."""
         try:
             with tables.tracked(self.backend()):
-                return txn.remove(self.backend(), name)
+                return txn.remove(self.backend(), name, expect)
         except NotFoundError:
-            if not modify.discard(name):
+            if not modify.discard(name, expect):
                 raise
             return txn.Outcome(
                 "forget", name, self.backend().label, notes=[f"forgot the disabled {name}"]
@@ -543,8 +545,17 @@ class Engine:
         txn.require_root()
         fwd = self._forward(name)
         saved = [f for f in persist.load() if f.name != name]
-        path = persist.write([*saved, fwd])
-        persist.install_boot(txn.forwarding_enabled_by_natbox())
+        with writes(
+            f"{name} was not saved: the saved set could not be written (its rules in the kernel "
+            "stay as they are)",
+            "free space or fix the permissions there, then w again",
+        ):
+            path = persist.write([*saved, fwd])
+        with writes(
+            f"saved {name} to {path}, but the boot-time restore could not be installed",
+            "free space or fix the permissions there, then w again",
+        ):
+            persist.install_boot(txn.forwarding_enabled_by_natbox())
         return f"saved {name} to {path}: restored at boot"
 
     def forget(self, name: str) -> str:
@@ -553,7 +564,12 @@ class Engine:
         saved = persist.load()
         if name not in [f.name for f in saved]:
             raise NatboxError(f"{name} is not saved", "w saves the marked forward")
-        persist.write([f for f in saved if f.name != name])
+        with writes(
+            f"{name} was not forgotten: the saved set could not be written (boot still restores "
+            "it; its rules in the kernel stay as they are)",
+            "free space or fix the permissions there, then f again",
+        ):
+            persist.write([f for f in saved if f.name != name])
         return f"forgot {name}: its rules stay until removed, it is not restored at boot"
 
     def export(self, name: str, fmt: str) -> str:

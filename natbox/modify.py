@@ -325,15 +325,7 @@ def plan_edit(
     return _diagnose(planned, diagnose, other_side or [], enable_forwarding)
 
 
-def _as_shown(name: str, now: Forward | None, expect: Forward | None) -> None:
-    """Refuse a change of `name` made from a view of it that is out of date (another shell, a
-    playbook changed it since): the change would wipe out what it does not show."""
-    if expect is not None and now != expect:
-        shown = f"{now.listen} → {now.backend}" if now is not None else "not readable"
-        raise ConflictError(
-            f"{name} changed since it was shown (now {shown})",
-            "look at it again (natbox list, or r in the dashboard) and redo the change",
-        )
+_as_shown = txn.as_shown
 
 
 def plan_disable(backend: Backend, name: str, expect: Forward | None = None) -> Planned:
@@ -420,11 +412,13 @@ def carry(
     )
 
 
-def discard(name: str) -> bool:
-    """Forget the disabled forward `name` for good (False: there is none)."""
+def discard(name: str, expect: Forward | None = None) -> bool:
+    """Forget the disabled forward `name` for good (False: there is none); refused if it is no
+    longer `expect`."""
     with lock.held(f"forgetting {name}"):
         held = disabled.load()
         if all(f.name != name for f in held):
             return False
+        _as_shown(name, next(f for f in held if f.name == name), expect)
         disabled.write([f for f in held if f.name != name])
     return True

@@ -23,6 +23,8 @@ import math
 import os
 import stat
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from natbox.errors import NatboxError, shown
@@ -33,6 +35,22 @@ MAX_STATE_BYTES = 16 * 1024 * 1024
 
 class StateFileError(NatboxError):
     """A state or config file natbox refuses to trust or cannot read."""
+
+
+class StateWriteError(StateFileError):
+    """A state or config file natbox could not write or delete (a full disk, a read-only mount,
+    permissions): said with what the kernel has then (see `writes`)."""
+
+
+@contextmanager
+def writes(what: str, then: str) -> Iterator[None]:
+    """Turn an OSError of the state files written inside into one StateWriteError: `what` says
+    what is true of the kernel then and what was not written, `then` what to do about it."""
+    try:
+        yield
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise StateWriteError(f"{what} ({where}{exc.strerror or exc})", then) from None
 
 
 def state_dir() -> Path:
@@ -202,7 +220,17 @@ def read_json(path: Path, limit: int = MAX_STATE_BYTES) -> object | None:
 
 
 def write_text(path: Path, text: str, mode: int = 0o600, dir_mode: int = 0o700) -> Path:
-    """Write `text` to `path` atomically and durably (the one writer natbox uses)."""
+    """Write `text` to `path` atomically and durably (the one writer natbox uses). An OSError
+    names `path` (a full disk fails a write or fsync, which name no file)."""
+    try:
+        return _write_text(path, text, mode, dir_mode)
+    except OSError as exc:
+        if exc.filename is None or str(exc.filename).endswith(".tmp"):
+            exc.filename = str(path)
+        raise
+
+
+def _write_text(path: Path, text: str, mode: int, dir_mode: int) -> Path:
     ensure_dir(path.parent, dir_mode)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

@@ -344,9 +344,14 @@ class SampleEngine:
             raise NotFoundError(f"there is no forward named {name}", "natbox list shows them")
         return lines
 
-    def remove(self, name: str) -> Outcome:
-        """Drop the forward from the sample box (a disabled one is forgotten)."""
+    def remove(self, name: str, *, expect: Forward | None = None) -> Outcome:
+        """Drop the forward from the sample box (a disabled one is forgotten); refused if it is
+        no longer `expect`."""
         lines = self.preview_remove(name)
+        if expect is not None:
+            now = next((f for f in [*self.forwards, *self.disabled] if f.name == name), None)
+            if now != expect:
+                raise ConflictError(f"{name} changed since it was shown", "r reads it again")
         self.forwards = [f for f in self.forwards if f.name != name]
         self.disabled = [f for f in self.disabled if f.name != name]
         self.removed.append(name)

@@ -21,7 +21,7 @@ from natbox import disabled, journal, lock
 from natbox.backends import Backend
 from natbox.errors import BackendError, ConflictError, NatboxError, NotFoundError, NotRootError
 from natbox.model import Forward, Rule, Ruleset
-from natbox.paths import state_dir, write_text
+from natbox.paths import StateWriteError, state_dir, write_text, writes
 from natbox.plan import OWN_CHAINS, TABLE_ORDER, Plan, build_plan, jump_rule
 from natbox.ruleset import ForwardState, conflicts, forward_states
 from natbox.runner import Runner, in_background
@@ -53,6 +53,25 @@ class Outcome:
             "notes": self.notes,
             "seconds": round(self.seconds, 4),
         }
+
+
+_NOT_JOURNALED = "nothing was changed: the journal could not be written"
+_AGAIN = "free space or fix the permissions there, then run the command again"
+
+
+def _end_journal(done: str) -> StateWriteError | None:
+    """journal.end() after a commit; the error to raise once the change's other steps are done
+    if the journal could not be cleared (`done`: what the kernel has)."""
+    try:
+        with writes(
+            f"{done}; the journal of the change could not be cleared",
+            "fix that (space, permissions); the next natbox command sees the change finished "
+            "and clears its journal (natbox recover)",
+        ):
+            journal.end()
+    except StateWriteError as exc:
+        return exc
+    return None
 
 
 def require_root() -> None:
@@ -534,7 +553,8 @@ def apply(
                 "remove them (or the chain) first, or pass --adopt to use the chain as it is",
             )
         validated()
-        journal.begin("apply", [fwd.name], fwd.family, per_table, [fwd.to_dict()])
+        with writes(_NOT_JOURNALED, _AGAIN):
+            journal.begin("apply", [fwd.name], fwd.family, per_table, [fwd.to_dict()])
         journal.fault("journal-written")
         try:
             _commit_all(backend, per_table, TABLE_ORDER, validated=True)
@@ -555,7 +575,7 @@ def apply(
                 f"the kernel did not keep forward {fwd.name} as planned: {detail}", undone
             )
         journal.fault("before-journal-end")
-        journal.end()
+        uncleared = _end_journal(f"{fwd.name} is in the kernel, all its rules")
     out = Outcome("apply", fwd.name, backend.label, per_table)
     if foreign:
         out.notes.append(
@@ -566,13 +586,33 @@ def apply(
         mark_forwarding_enabled()
         out.notes.append("enabled net.ipv4.ip_forward (until reboot; natbox save keeps it)")
     out.notes.extend(flush_flows(fwd, runner, stale()))
+    if uncleared is not None:  # said once the rest of the apply is done too
+        raise uncleared
     out.seconds = time.perf_counter() - start
     return out
 
 
-def remove(backend: Backend, name: str) -> Outcome:
-    """Delete exactly the rules tagged natbox:<name>, as the kernel has them now."""
-    out = remove_claimed(backend, name)
+def as_shown(name: str, now: Forward | None, expect: Forward | None) -> None:
+    """Refuse a change of `name` made from a view of it that is out of date (another shell, a
+    playbook changed it since): the change would wipe out what it does not show."""
+    if expect is not None and now != expect:
+        shown = f"{now.listen} → {now.backend}" if now is not None else "not readable"
+        raise ConflictError(
+            f"{name} changed since it was shown (now {shown})",
+            "look at it again (natbox list, or r in the dashboard) and redo the change",
+        )
+
+
+def _forward_in(rs: Ruleset, name: str) -> Forward | None:
+    """Forward `name` as read back from `rs` (None: not readable)."""
+    states = forward_states(rs, only=name)
+    return states[0].forward if states else None
+
+
+def remove(backend: Backend, name: str, expect: Forward | None = None) -> Outcome:
+    """Delete exactly the rules tagged natbox:<name>, as the kernel has them now; refused
+    (ConflictError, nothing touched) if the forward is no longer `expect`, as the user saw it."""
+    out = remove_claimed(backend, name, expect=expect)
     assert out is not None  # without a claim there is nobody to lose it to
     return out
 
@@ -583,6 +623,7 @@ def remove_claimed(
     *,
     claim: Callable[[], bool] | None = None,
     missing_ok: bool = False,
+    expect: Forward | None = None,
 ) -> Outcome | None:
     """`remove`, for the confirm window's rollback: `claim()` runs after the removal is journaled
     and before the kernel is touched; if it returns False (the change was confirmed meanwhile),
@@ -602,8 +643,11 @@ def remove_claimed(
                 f"there is no forward named {name}", f"natbox list shows them (now: {known})"
             )
         backend, rs = found
+        if expect is not None:  # checked under the lock: what is removed is what was shown
+            as_shown(name, _forward_in(rs, name), expect)
         per_table = remove_lines(rs, name)
-        journal.begin("remove", [name], backend.family, per_table)
+        with writes(_NOT_JOURNALED, _AGAIN):
+            journal.begin("remove", [name], backend.family, per_table)
         journal.fault("journal-written")
         if claim is not None and not claim():
             journal.end()
@@ -614,7 +658,7 @@ def remove_claimed(
             journal.end()
             raise
         journal.fault("before-journal-end")
-        journal.end()
+        uncleared = _end_journal(f"{name} is removed from the kernel")
         gone = {f"-A {x[3:]}" for lines in per_table.values() for x in lines if x.startswith("-D ")}
         # The chains that were there (a builtin never listed before is never listed now: some
         # iptables versions create it when asked), in the tables just committed to.
@@ -628,15 +672,25 @@ def remove_claimed(
         raise BackendError(
             f"{len(left)} rules of {name} are still there", "run natbox remove again"
         )
+    if uncleared is not None:
+        raise uncleared
     return Outcome("remove", name, backend.label, per_table, seconds=time.perf_counter() - start)
 
 
 def preview_remove(backend: Backend, name: str) -> dict[str, list[str]]:
     """The lines `remove` would commit, without committing them."""
+    return preview_remove_shown(backend, name)[0]
+
+
+def preview_remove_shown(
+    backend: Backend, name: str
+) -> tuple[dict[str, list[str]], Forward | None]:
+    """The lines `remove` would commit, and the forward as read with them (None: not readable):
+    what to pass as `remove(expect=)` once the user said yes to these lines."""
     found = locate(backend, name)
     if found is None:
         raise NotFoundError(f"there is no forward named {name}", "natbox list shows them")
-    return remove_lines(found[1], name)
+    return remove_lines(found[1], name), _forward_in(found[1], name)
 
 
 def refuse_disabled_name(name: str) -> None:

@@ -27,6 +27,7 @@ import errno
 import ipaddress
 import os
 import queue
+import select
 import socket
 import struct
 import threading
@@ -51,6 +52,12 @@ _CTA_TIMEOUT, _CTA_MARK, _CTA_COUNTERS_ORIG, _CTA_COUNTERS_REPLY = 7, 8, 9, 10
 _CTA_ZONE, _CTA_TIMESTAMP = 18, 20
 _CTA_TUPLE_IP, _CTA_TUPLE_PROTO = 1, 2
 _CTA_IP_V4_SRC, _CTA_IP_V4_DST, _CTA_IP_V6_SRC, _CTA_IP_V6_DST = 1, 2, 3, 4
+_ADDRESS_SIZE = {  # bytes of an address attribute, by the message's family
+    _CTA_IP_V4_SRC: {_AF_INET: 4},
+    _CTA_IP_V4_DST: {_AF_INET: 4},
+    _CTA_IP_V6_SRC: {_AF_INET6: 16},
+    _CTA_IP_V6_DST: {_AF_INET6: 16},
+}
 _CTA_PROTO_NUM, _CTA_PROTO_SRC_PORT, _CTA_PROTO_DST_PORT = 1, 2, 3
 _CTA_PROTO_ICMP = {4: "id", 5: "type", 6: "code", 7: "id", 8: "type", 9: "code"}
 _CTA_PROTOINFO_TCP, _CTA_PROTOINFO_DCCP, _CTA_PROTOINFO_SCTP = 1, 2, 3
@@ -468,6 +475,12 @@ def _walk(msg: bytes) -> _Layout:
             if kind == _CTA_TUPLE_IP:
                 for ip_kind, ip_at, ip_size, ip_hdr in _attrs(msg, at, at + size):
                     fixed.append((ip_hdr, 4))
+                    if ip_kind in _ADDRESS_SIZE and ip_size != _ADDRESS_SIZE[ip_kind].get(msg[16]):
+                        # /proc prints an address of the flow's family; this is not one
+                        raise Unsupported(
+                            f"an address attribute of {ip_size} bytes in an "
+                            f"IPv{6 if msg[16] == _AF_INET6 else 4} flow"
+                        )
                     if ip_kind in (_CTA_IP_V4_SRC, _CTA_IP_V6_SRC):
                         values.append((ip_at, f"{ip_size}s", "src" + d))
                     elif ip_kind in (_CTA_IP_V4_DST, _CTA_IP_V6_DST):
@@ -564,7 +577,11 @@ def _v6(packed: bytes) -> str:
 
 
 def _addr(packed: bytes) -> str:
-    return socket.inet_ntoa(packed) if len(packed) == 4 else _v6(packed)
+    if len(packed) == 4:
+        return socket.inet_ntoa(packed)
+    if len(packed) == 16:
+        return _v6(packed)
+    raise Unsupported(f"an address of {len(packed)} bytes")  # _walk lets none through
 
 
 def _flags(status: int) -> tuple[str, ...]:
@@ -723,9 +740,11 @@ _DONE_HEAD = struct.pack("=IH", 20, _NLMSG_DONE)
 
 
 def ends(buf: bytes) -> bool:
-    """Whether this datagram holds the end of the dump, from its headers alone. A dump ends with
-    NLMSG_DONE (20 bytes, the last message of its datagram) or, refused, with an NLMSG_ERROR (the
-    first); the walk over the headers only confirms a datagram whose last bytes look like it."""
+    """Whether this datagram holds the end of the dump, from its headers at its edges: the kernel
+    ends a dump with NLMSG_DONE (20 bytes, the last message of its datagram) or, refused, with an
+    NLMSG_ERROR (the first, alone); the walk over the headers only confirms a datagram whose last
+    bytes look like it. An end elsewhere in a datagram (never seen from a kernel) is the decoder's
+    to find (`Decoder.done`): the caller stops, and `datagrams` stops receiving."""
     if len(buf) >= 16 and struct.unpack_from("=H", buf, 4)[0] == _NLMSG_ERROR:
         return True
     if buf[-20:-14] != _DONE_HEAD:
@@ -739,18 +758,37 @@ def ends(buf: bytes) -> bool:
     return False
 
 
+_TIMEOUT = 10.0
+"""Seconds without a datagram before a dump is given up (the kernel sends the next at once)."""
+
+
 def datagrams(sock: socket.socket) -> Iterator[bytes]:
     """The dump's datagrams until its end, received by a thread of their own: the kernel fills the
     next one (~0.2 ms of its time each, ~0.1 s for 100,000 flows) while this thread decodes the
     last, on the other CPU. The caller should keep the switch interval short (the receiving thread
-    needs the GIL for a moment after each datagram)."""
+    needs the GIL for a moment after each datagram).
+
+    The datagrams stop at an end `ends` sees, or when the caller stops taking them (its decoder
+    met an NLMSG_DONE or NLMSG_ERROR anywhere, or it raised): the receiving thread is woken then,
+    never left waiting for a datagram that does not come."""
     got: queue.SimpleQueue[bytes | BaseException] = queue.SimpleQueue()
-    # A receive blocked past the end (it never is: the end is seen first) gives up, not hangs.
-    sock.settimeout(10.0)
+    wake, woken = socket.socketpair()
 
     def receive_all() -> None:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        poller.register(woken, select.POLLIN)
+        stop = woken.fileno()
         try:
             while True:
+                ready = poller.poll(int(_TIMEOUT * 1000))
+                if any(fd == stop for fd, _ in ready):
+                    return  # the caller has what it needs
+                if not ready:  # it never is: the end is seen first
+                    raise NatboxError(
+                        f"the conntrack dump over ctnetlink sent nothing for {_TIMEOUT:.0f} s",
+                        _HINT,
+                    )
                 data = receive(sock)
                 got.put(data)
                 if ends(data):
@@ -769,7 +807,10 @@ def datagrams(sock: socket.socket) -> Iterator[bytes]:
             if ends(data):
                 return
     finally:
-        thread.join()  # the dump ends by itself: the kernel sends all of it unasked
+        wake.send(b"\0")  # a thread still waiting for a datagram stops now
+        thread.join()
+        wake.close()
+        woken.close()
 
 
 def receive(sock: socket.socket) -> bytes:

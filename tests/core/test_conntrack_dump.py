@@ -10,13 +10,14 @@ import json
 import re
 import socket
 import struct
+import time
 from pathlib import Path
 
 import pytest
 
 from natbox.conntrack import Flow, ForwardIndex, dump, parse_text, select, text_lines
 from natbox.conntrack.flow import Decoded
-from natbox.errors import NotRootError
+from natbox.errors import NatboxError, NotRootError
 from natbox.model import Forward
 
 FIX = Path(__file__).parent / "fixtures" / "ctnetlink"
@@ -352,3 +353,113 @@ def test_read_flows_falls_back_to_proc(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(read.READER_ENV, "bogus")
     with pytest.raises(read.NatboxError):
         read.read_flows()
+
+
+def fake_kernel(monkeypatch: pytest.MonkeyPatch, *sent: bytes) -> socket.socket:
+    """open_dump answered by datagrams queued on a socket pair (the caller closes the kernel's
+    end when done: until then a receive past the last one waits, as on a real socket)."""
+    ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    for datagram in sent:
+        kernel.send(datagram)
+    monkeypatch.setattr(dump, "open_dump", lambda request=None: ours)
+    return kernel
+
+
+def error_msg(code: int) -> bytes:
+    return struct.pack("=IHHIIi", 36, 2, 0, 1, 0, -code) + b"\0" * 16
+
+
+@pytest.mark.parametrize(
+    ("datagram", "rows", "raises"),
+    [
+        # An NLMSG_ERROR after the flows of its datagram: the dump stopped midway, said so.
+        (udp() + error_msg(errno.ENOBUFS), 0, "the kernel stopped the conntrack dump"),
+        # NLMSG_DONE in the middle of its datagram: the end, whatever follows it.
+        (udp() + DONE + udp(sport=2000), 1, None),
+        (udp() + udp(sport=2000) + DONE + message(kind=0x101), 2, None),
+    ],
+    ids=["error-after-a-flow", "done-between-flows", "done-before-another-message"],
+)
+def test_an_end_anywhere_in_a_datagram_ends_the_dump_at_once(
+    monkeypatch: pytest.MonkeyPatch, datagram: bytes, rows: int, raises: str | None
+) -> None:
+    """Not only the first or the last message of a datagram: the reader stops there, without
+    waiting for a datagram that never comes (it waited for its 10 s receive timeout)."""
+    kernel = fake_kernel(monkeypatch, udp(sport=500) + udp(sport=501), datagram)
+    try:
+        start = time.monotonic()
+        got: list[object] = []
+        if raises is None:
+            for batch in dump.batches():
+                got += batch
+            assert len(got) == 2 + rows
+        else:
+            with pytest.raises(NatboxError, match=raises):
+                for batch in dump.batches():
+                    got += batch
+        assert time.monotonic() - start < 3.0
+    finally:
+        kernel.close()
+
+
+def test_a_refusal_after_a_message_that_is_no_flow_falls_back_to_proc_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The request refused (no flow came before the NLMSG_ERROR, even if something else did):
+    read_flows reads /proc, and promptly."""
+    from natbox.conntrack import read
+
+    kernel = fake_kernel(monkeypatch, message(kind=0x101) + error_msg(errno.EOPNOTSUPP))
+    try:
+        proc_read: list[bool] = []
+        monkeypatch.setattr(
+            read, "parse_text", lambda text: proc_read.append(True) or read.FlowRead([])
+        )  # type: ignore[func-returns-value]
+        monkeypatch.setattr("builtins.open", lambda *a, **k: __import__("io").StringIO(""))
+        start = time.monotonic()
+        read.read_flows()
+        assert proc_read and time.monotonic() - start < 3.0
+    finally:
+        kernel.close()
+
+
+@pytest.mark.parametrize(
+    ("family", "kind", "size"),
+    [
+        (socket.AF_INET, 1, 0),
+        (socket.AF_INET, 2, 5),
+        (socket.AF_INET, 1, 16),  # an IPv6-sized address in an IPv4 flow
+        (socket.AF_INET6, 3, 4),
+        (socket.AF_INET6, 4, 0),
+    ],
+)
+@pytest.mark.parametrize("out", ["row", "text", "json"])
+def test_an_address_of_a_size_proc_would_not_show_sends_the_reader_to_proc(
+    monkeypatch: pytest.MonkeyPatch, family: int, kind: int, size: int, out: str
+) -> None:
+    """An address attribute of the wrong size: Unsupported (read_flows reads /proc), not an
+    internal error from the address parser."""
+    from natbox.conntrack import read
+
+    v6 = family == socket.AF_INET6
+    src, dst = ("2001:db8::1", "2001:db8::2") if v6 else ("10.0.0.1", "10.0.0.2")
+    good = tuple_attr(1, src, dst, 17, (1000, 53))
+    ip = attr(kind, b"\x0a" * size) + attr(
+        kind + 1 if kind % 2 else kind - 1, socket.inet_pton(family, dst)
+    )
+    proto = attr(1, bytes([17])) + attr(2, struct.pack("!H", 53)) + attr(3, struct.pack("!H", 1000))
+    odd = attr(2, attr(1, ip, True) + attr(2, proto, True), True)
+    msg = message(good, odd, attr(3, struct.pack("!I", 0x2)), family=family)
+    with pytest.raises(dump.Unsupported, match="address"):
+        dump.Decoder(out, owners={}).feed(msg + DONE)
+    kernel = fake_kernel(monkeypatch, msg + DONE)
+    try:
+        proc_read: list[bool] = []
+        monkeypatch.setattr(
+            read, "parse_text", lambda text: proc_read.append(True) or read.FlowRead([])
+        )  # type: ignore[func-returns-value]
+        monkeypatch.setattr("builtins.open", lambda *a, **k: __import__("io").StringIO(""))
+        read.read_flows()
+        assert proc_read
+    finally:
+        kernel.close()

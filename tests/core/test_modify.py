@@ -6,15 +6,18 @@ entry follows a kept edit, and bad input is refused before anything is read."""
 from __future__ import annotations
 
 import copy
+import errno
 import json
-from collections.abc import Iterator
+import os
+from collections.abc import Collection, Iterator
 from dataclasses import replace
 from ipaddress import ip_network
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from natbox import converge, disabled, journal, modify, persist, txn
+from natbox import converge, declare, disabled, journal, modify, persist, txn
 from natbox.backends import Backend
 from natbox.errors import BackendError, ConflictError, NatboxError, ValidationError
 from natbox.model import Chain, Forward, IPAddress, Rule, Ruleset, Table, parse_ip
@@ -116,7 +119,9 @@ class MemoryBackend(Backend):
     def read(self, natbox_only: bool = False) -> Ruleset:
         return parse_save(self.kernel[self.family], natbox_only)
 
-    def read_chains(self, wanted: dict[str, list[str]]) -> Ruleset:
+    def read_chains(
+        self, wanted: dict[str, list[str]], known: Collection[str] = frozenset()
+    ) -> Ruleset:
         return self.read(natbox_only=True)
 
     def validate(self, per_table: dict[str, list[str]]) -> None:
@@ -616,3 +621,140 @@ def test_a_change_made_from_an_out_of_date_view_is_refused(box: MemoryBackend) -
     assert view(box) == before
     planned = modify.plan_disable(box, "web", expect=WEB)  # as it is: fine
     assert planned.after is None
+
+
+def test_a_removal_made_from_an_out_of_date_view_is_refused(
+    box: MemoryBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dashboard's d (and natbox remove's question) name the forward as they showed it: if
+    another shell changed it since, nothing is removed, nor a disabled copy forgotten."""
+    from natbox.engine import Engine
+
+    monkeypatch.setattr(txn, "require_root", lambda: None)
+    engine = Engine()
+    engine._backend = box
+    before = view(box)
+    seen = replace(WEB, sources=(ip_network("10.0.0.0/8"),))  # not what the kernel holds
+    with pytest.raises(ConflictError, match="web changed since it was shown"):
+        engine.remove("web", expect=seen)
+    assert view(box) == before and not journal.path().exists()
+    lines, shown = txn.preview_remove_shown(box, "web")
+    assert shown == WEB and lines == txn.preview_remove(box, "web")
+    engine.remove("web", expect=shown)  # as it is: removed
+    assert "web" not in states(box)
+    modify.carry(box, modify.plan_disable(box, "dns"))
+    with pytest.raises(ConflictError, match="dns changed since it was shown"):
+        engine.remove("dns", expect=replace(DNS, sources=(ip_network("10.0.0.0/8"),)))
+    assert disabled.load() == [DNS], "the disabled copy is still remembered"
+    assert engine.remove("dns", expect=DNS).action == "forget" and disabled.load() == []
+
+
+def test_natbox_remove_removes_only_the_forward_its_question_showed(
+    box: MemoryBackend, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Between `natbox remove web`'s question and the y, another shell edits web: exit 2, one
+    line, and the edited web is still there."""
+    from natbox import cli
+
+    monkeypatch.setattr(txn, "require_root", lambda: None)
+    monkeypatch.setattr(cli, "_backend", lambda args: box)
+    monkeypatch.setattr(cli, "_supervise", lambda: None)
+    edited = replace(WEB, sources=(ip_network("10.0.0.0/8"),))
+
+    def meanwhile(args: object, question: str) -> None:
+        converge.converge(box, {"web": edited})
+
+    monkeypatch.setattr(cli, "_confirm", meanwhile)
+    assert cli.main(["remove", "web"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("natbox: web changed since it was shown") and "(hint: " in err
+    assert states(box)["web"] == edited
+    monkeypatch.setattr(cli, "_confirm", lambda args, question: None)
+    assert cli.main(["remove", "web"]) == 0 and "web" not in states(box)
+
+
+def _fail_writing(monkeypatch: pytest.MonkeyPatch, module: object, name: str, code: int) -> None:
+    """`module.name` (a state-file write) fails as a full disk or a read-only mount makes it."""
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(module, name, fail)
+
+
+@pytest.fixture
+def cli_box(
+    box: MemoryBackend, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[MemoryBackend, object]]:
+    from natbox import cli
+
+    monkeypatch.setattr(txn, "require_root", lambda: None)
+    monkeypatch.setattr(cli, "_backend", lambda args: box)
+    detected = SimpleNamespace(warnings=[])
+    monkeypatch.setattr(cli, "choose_backend", lambda choice: (box, detected))
+    monkeypatch.setattr(cli, "_supervise", lambda: None)
+    monkeypatch.setattr(cli, "_other_side", lambda warnings: [])
+    monkeypatch.setattr(declare, "ip_forward_enabled", lambda family=4: True)  # read, never set
+    yield box, cli
+
+
+EDITED = Forward.from_text("192.168.1.30:1234", "10.0.2.50:81", name="web", snat="10.0.2.40")
+
+
+@pytest.mark.parametrize(
+    ("argv", "module", "name", "code", "says", "web_after"),
+    [
+        # After the commit: the kernel has the change, a state file did not follow.
+        (["remove", "web", "--yes"], "journal", "end", errno.EACCES, "web is removed", None),
+        (["disable", "web", "--yes"], "disabled", "write", errno.ENOSPC, "web is out of", None),
+        (
+            # --force: the SNAT source is no address of the machine running the tests
+            ["edit", "web", "--backend", "10.0.2.50:81", "--force", "--yes"],
+            "persist",
+            "write",
+            errno.ENOSPC,
+            "web is in the kernel as changed",
+            EDITED,
+        ),
+        (["disable", "web", "--yes"], "journal", "end_set", errno.EROFS, "web is out of", None),
+        # Before it: nothing changed.
+        (["remove", "web", "--yes"], "journal", "begin", errno.ENOSPC, "nothing was changed", WEB),
+        (["disable", "web", "--yes"], "journal", "begin_set", errno.EROFS, "nothing was", WEB),
+        (["save", "--yes"], "persist", "write", errno.ENOSPC, "nothing was saved", WEB),
+        (["forget", "web"], "persist", "write", errno.EACCES, "web was not forgotten", WEB),
+    ],
+)
+def test_a_state_file_that_cannot_be_written_is_one_line_that_says_what_the_kernel_has(
+    cli_box: tuple[MemoryBackend, object],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    module: str,
+    name: str,
+    code: int,
+    says: str,
+    web_after: Forward | None,
+) -> None:
+    """A full disk, a read-only mount: not an internal error (exit 70) but one line, exit 2, that
+    says whether the kernel has the change; and it does have it exactly then. The next command
+    finishes the record from the journal the change wrote before it touched the kernel."""
+    box, cli = cli_box
+    persist.write([WEB])  # web is saved: an edit's saved entry follows it
+    capsys.readouterr()
+    target = {"journal": journal, "disabled": disabled, "persist": persist}[module]
+    working = getattr(target, name)
+    _fail_writing(monkeypatch, target, name, code)
+    assert cli.main(argv) == 2  # type: ignore[attr-defined]
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "internal error" not in err, err
+    assert err.startswith("natbox: ") and says in err and os.strerror(code) in err, err
+    assert "(hint: " in err
+    assert states(box).get("web") == web_after, "the kernel is as the message says"
+    monkeypatch.setattr(target, name, working)  # room again: the next command finishes it
+    if journal.path().exists() or journal.set_path().exists():
+        assert txn.recover(box) or converge.recover_set(box)
+    assert not journal.path().exists() and not journal.set_path().exists()
+    if argv[0] == "disable" and web_after is None:
+        assert disabled.load() == [WEB], "the disabled copy was written from the journal"
+    if argv[0] == "edit":
+        assert persist.load() == [EDITED], "the saved entry followed from the journal"

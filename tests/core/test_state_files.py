@@ -379,3 +379,29 @@ def test_fuzz_case_count_is_printed(capsys: pytest.CaptureFixture[str]) -> None:
     """Shows how many cases the fuzz tests above generated (run with -s to see it)."""
     with capsys.disabled():
         print(f"\nfuzz cases: {CASES}")
+
+
+def test_a_write_that_fails_on_a_full_disk_names_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC comes from a write or an fsync, which name no file: the error names the state file
+    (not its temporary copy), and `writes` makes it one line that says what is true then."""
+    import errno
+
+    from natbox import paths
+
+    target = tmp_path / "state" / "journal.json"
+    target.parent.mkdir(mode=0o700)
+    target.write_text("before\n")
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(paths.os, "fsync", full)
+    with pytest.raises(paths.StateWriteError) as info:
+        with paths.writes("nothing was changed: the journal could not be written", "free space"):
+            write_json(target, {"a": 1})
+    assert info.value.message == (
+        f"nothing was changed: the journal could not be written ({target}: No space left on device)"
+    )
+    assert target.read_text() == "before\n" and list(target.parent.iterdir()) == [target]

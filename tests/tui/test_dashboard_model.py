@@ -461,3 +461,67 @@ async def test_an_edit_of_a_forward_changed_meanwhile_touches_nothing() -> None:
         assert next(f for f in engine.forwards if f.name == "web") == narrowed, "untouched"
         messages = [n.message for n in app._notifications]
         assert any("web changed since it was shown" in m for m in messages), messages
+
+
+async def test_a_removal_of_a_forward_changed_meanwhile_touches_nothing() -> None:
+    """Another shell changes web while d's question is open: removing it would take away what the
+    question never showed, so the engine refuses and the dashboard says why; unchanged, d removes."""
+    from dataclasses import replace
+    from ipaddress import ip_network
+
+    engine = SampleEngine()
+    app = make_app(engine)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await settle(pilot)
+        await pilot.press("down", "d")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        # Meanwhile, elsewhere: web now admits only 10.0.0.0/8.
+        web = next(f for f in engine.forwards if f.name == "web")
+        narrowed = replace(web, sources=(ip_network("10.0.0.0/8"),))
+        engine.forwards = [narrowed if f.name == "web" else f for f in engine.forwards]
+        await pilot.press("y")
+        await settle(pilot)
+        assert engine.removed == []
+        assert next(f for f in engine.forwards if f.name == "web") == narrowed, "untouched"
+        messages = [n.message for n in app._notifications]
+        assert any("web changed since it was shown" in m for m in messages), messages
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        assert screen.history == [], "nothing was removed, nothing to undo"
+        await pilot.press("r")  # read again: the question now shows web as it is
+        await settle(pilot)
+        await pilot.press("d")
+        await settle(pilot)
+        await pilot.press("y")
+        await settle(pilot)
+        assert engine.removed == ["web"]
+
+
+async def test_forgetting_a_disabled_forward_changed_meanwhile_forgets_nothing() -> None:
+    """d on a disabled forward forgets it for good: not if another shell re-disabled it with
+    other settings while the question was open (that copy was never shown)."""
+    from dataclasses import replace
+    from ipaddress import ip_network
+
+    engine = SampleEngine()
+    engine.disable("web")
+    app = make_app(engine)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        while screen.selected != "web":
+            await pilot.press("down")
+            await settle(pilot)
+        await pilot.press("d")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        assert "Forget the disabled web" in str(app.screen.query_one("#question").render())
+        narrowed = replace(engine.disabled[0], sources=(ip_network("10.0.0.0/8"),))
+        engine.disabled = [narrowed]
+        await pilot.press("y")
+        await settle(pilot)
+        assert engine.disabled == [narrowed] and engine.removed == []
+        messages = [n.message for n in app._notifications]
+        assert any("web changed since it was shown" in m for m in messages), messages

@@ -1306,7 +1306,7 @@ class DashboardScreen(Screen[None]):
         if await self.app.push_screen_wait(
             ConfirmScreen(f"Forget the disabled {self._named_forward(fwd)}?", detail)
         ):
-            self._do_remove(self.engine, fwd.name, None)
+            self._do_remove(self.engine, fwd.name, None, expect=fwd)
 
     @work(exclusive=True, group="remove", exit_on_error=False, description="remove")
     async def _confirm_remove(self, name: str, before: Forward | None) -> None:
@@ -1321,7 +1321,7 @@ class DashboardScreen(Screen[None]):
         if await self.app.push_screen_wait(
             ConfirmScreen(f"Remove forward {self._named(name)}? These rules go:", detail)
         ):
-            self._do_remove(self.engine, name, before)
+            self._do_remove(self.engine, name, before, expect=before)
 
     async def _preview_remove(self, name: str) -> dict[str, list[str]]:
         engine = self.engine
@@ -1332,9 +1332,17 @@ class DashboardScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="remove", exit_on_error=False, description="removing")
     def _do_remove(
-        self, engine: EngineAPI, name: str, before: Forward | None, undo: Change | None = None
+        self,
+        engine: EngineAPI,
+        name: str,
+        before: Forward | None,
+        undo: Change | None = None,
+        *,
+        expect: Forward | None = None,
     ) -> None:
-        outcome = engine.remove(name)
+        """Remove (or forget) `name`; `before`: what u puts back (None: nothing); `expect`: the
+        forward as the dashboard showed it (changed meanwhile: nothing is touched)."""
+        outcome = engine.remove(name, expect=expect)
         self.app.call_from_thread(self._record_removal, before, undo)
         self.post_message(ForwardRemoved(name, outcome.seconds))
 
