@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from natbox import __version__, converge, disabled, persist, tables, txn, watchdog
+from natbox import __version__, disabled, watchdog
 from natbox.backends import Backend
 from natbox.backends.detect import BACKEND_CHOICES, choose_backend
 from natbox.errors import NatboxError, NotFoundError
@@ -46,14 +46,29 @@ class _OnUse(ModuleType):
 
 
 if TYPE_CHECKING:
-    from natbox import checks, conntrack, declare, export, modify, trace
+    from natbox import (
+        checks,
+        conntrack,
+        converge,
+        declare,
+        export,
+        modify,
+        persist,
+        tables,
+        trace,
+        txn,
+    )
 else:
     checks = _OnUse("natbox.checks")
     conntrack = _OnUse("natbox.conntrack")
+    converge = _OnUse("natbox.converge")
     declare = _OnUse("natbox.declare")
     export = _OnUse("natbox.export")
     modify = _OnUse("natbox.modify")
+    persist = _OnUse("natbox.persist")
+    tables = _OnUse("natbox.tables")
     trace = _OnUse("natbox.trace")
+    txn = _OnUse("natbox.txn")
 
 
 class UsageError(NatboxError):

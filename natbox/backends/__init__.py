@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from collections.abc import Collection, Mapping
 
 from natbox.errors import BackendError, NotRootError
 from natbox.model import Ruleset
@@ -61,7 +62,9 @@ class Backend(ABC):
         """How the UI names this backend, e.g. `restore (nft)`."""
         return f"{self.name} ({self.flavour})"
 
-    def read(self, natbox_only: bool = False) -> Ruleset:
+    def read(
+        self, natbox_only: bool = False, keep: Mapping[str, Collection[str]] | None = None
+    ) -> Ruleset:
         """The current ruleset of this backend's flavour, with counters (see parse_save)."""
         res = self.runner.run([self.tool("save"), "-c"])
         if not res.ok:
@@ -71,7 +74,7 @@ class Backend(ABC):
                 f"{self.tool('save')} failed: {res.first_error_line()}",
                 "is the iptables package installed and the kernel's netfilter available?",
             )
-        rs = parse_save(res.stdout, natbox_only)
+        rs = parse_save(res.stdout, natbox_only, keep)
         rs.warnings.extend(
             line.lstrip("# ").strip() for line in res.stderr.splitlines() if "Warning" in line
         )
