@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from natbox import __version__, disabled, watchdog
+from natbox import __version__, disabled, prefetch, watchdog
 from natbox.backends import Backend
 from natbox.backends.detect import BACKEND_CHOICES, choose_backend
 from natbox.errors import NatboxError, NotFoundError
@@ -1279,14 +1279,16 @@ def _supervise() -> None:
     try:
         message = watchdog.supervise()
     except NatboxError as exc:
+        prefetch.discard()
         print(f"natbox: warning: {exc.one_line().removeprefix('natbox: ')}", file=sys.stderr)
         return
     if message:
+        prefetch.discard()  # it may have changed the rules: `natbox list` reads them afresh
         print(f"natbox: {message}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `natbox` script."""
+    """The command line (the `natbox` script and `python -m natbox` run it: natbox.__main__)."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(args_list)
@@ -1311,3 +1313,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 70
+    finally:
+        prefetch.discard()  # a command that failed before its read leaves no save running

@@ -70,8 +70,9 @@ def _v6_ruleset(backend: Backend) -> Ruleset | None:
 def listing_read(backend: Backend) -> Ruleset:
     """What the snapshot needs of a ruleset: natbox's rules (every line naming natbox, so every
     tampering warning is found) and every rule of the WATCHED chains (the foreign rules shown);
-    the thousands of rules of other chains (kube-proxy's) are neither shown nor classified."""
-    return backend.read(natbox_only=True, keep=WATCHED)
+    the thousands of rules of other chains (kube-proxy's) are neither shown nor classified. The
+    save started early for `natbox list` (natbox.prefetch) is used when there is one."""
+    return backend.read(natbox_only=True, keep=WATCHED, early=True)
 
 
 def _chains(rs: Ruleset, family: int) -> list[dict[str, object]]:

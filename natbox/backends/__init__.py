@@ -11,11 +11,12 @@ import copy
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping
 
+from natbox import prefetch
 from natbox.errors import BackendError, NotRootError
 from natbox.model import Ruleset
 from natbox.paths import env_seconds
 from natbox.ruleset import parse_save
-from natbox.runner import Runner
+from natbox.runner import Result, Runner
 from natbox.system import is_root
 
 
@@ -63,10 +64,22 @@ class Backend(ABC):
         return f"{self.name} ({self.flavour})"
 
     def read(
-        self, natbox_only: bool = False, keep: Mapping[str, Collection[str]] | None = None
+        self,
+        natbox_only: bool = False,
+        keep: Mapping[str, Collection[str]] | None = None,
+        early: bool = False,
     ) -> Ruleset:
-        """The current ruleset of this backend's flavour, with counters (see parse_save)."""
-        res = self.runner.run([self.tool("save"), "-c"])
+        """The current ruleset of this backend's flavour, with counters (see parse_save).
+
+        `early`: take the save natbox.prefetch started when the process began, if it did (only
+        `natbox list` reads this way; see natbox.prefetch)."""
+        argv = [self.tool("save"), "-c"]
+        res: Result | None = None
+        if early and type(self.runner) is Runner and not self.runner.prefix:
+            if (got := prefetch.take(argv, self.runner.timeout)) is not None:
+                res = Result(tuple(argv), *got)
+        if res is None:
+            res = self.runner.run(argv)
         if not res.ok:
             if not is_root() or "ermission denied" in res.stderr:
                 raise NotRootError("read the firewall")
