@@ -19,7 +19,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from natbox import __version__, disabled, prefetch, watchdog
-from natbox.backends import Backend
+from natbox.backends import Backend, families
 from natbox.backends.detect import BACKEND_CHOICES, choose_backend
 from natbox.errors import NatboxError, NotFoundError
 from natbox.model import PROTOS, Forward
@@ -69,6 +69,12 @@ else:
     tables = _OnUse("natbox.tables")
     trace = _OnUse("natbox.trace")
     txn = _OnUse("natbox.txn")
+
+
+EXPORT_FORMATS = ("json", "toml", "ansible", "restore", "commands")
+"""export.FORMATS, and FLOW_SORT_KEYS conntrack.SORT_KEYS, spelled out: building the parser
+imports neither module (tests/core/test_cli.py checks they agree)."""
+FLOW_SORT_KEYS = ("age", "bytes", "packets", "timeout")
 
 
 class UsageError(NatboxError):
@@ -471,7 +477,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def _traced_forward(backend: Backend, which: str) -> Forward:
     """The forward in the kernel named `which`, or listening on `which` (ip:port)."""
-    for bound in txn.families(backend):
+    for bound in families(backend):
         for state in forward_states(bound.read(natbox_only=True)):
             fwd = state.forward
             if fwd is not None and which in (fwd.name, str(fwd.listen)):
@@ -812,7 +818,7 @@ class _RulesRead:
             self.found.append(
                 [
                     state
-                    for bound in txn.families(self.backend)
+                    for bound in families(self.backend)
                     for state in forward_states(bound.read_chains(chains))
                 ]
             )
@@ -1185,7 +1191,7 @@ def build_parser() -> argparse.ArgumentParser:
         "restore text or commands",
     )
     p.add_argument("names", nargs="*", metavar="NAME")
-    p.add_argument("--format", choices=export.FORMATS, default="restore")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="restore")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
@@ -1226,7 +1232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forward", metavar="NAME", help="only this forward's flows")
     p.add_argument("--proto", help="tcp, udp, icmp, ...")
     p.add_argument("--state", help="TCP state, e.g. ESTABLISHED")
-    p.add_argument("--sort", choices=conntrack.SORT_KEYS)
+    p.add_argument("--sort", choices=FLOW_SORT_KEYS)
     p.add_argument("--limit", type=int, metavar="N")
     p.add_argument(
         "--tuple", nargs=3, metavar=("PROTO", "SRC:SPORT", "DST:DPORT"), help="kill: one flow"

@@ -27,7 +27,7 @@ from natbox import (
     watchdog,
 )
 from natbox.api import ChangePreview, Dashboard, Derived, EngineAPI, FlowSnapshot, ShownChain
-from natbox.backends import Backend
+from natbox.backends import Backend, families
 from natbox.backends.detect import choose_backend
 from natbox.checks import ERROR, Finding, diagnose, preflight
 from natbox.errors import NatboxError, NotFoundError
@@ -174,7 +174,7 @@ class Engine:
             saved_set = None
         saved = None if saved_set is None else frozenset(f.name for f in saved_set)
         rulesets = [rs]
-        v6 = [b for b in txn.families(backend) if b.family == 6]
+        v6 = [b for b in families(backend) if b.family == 6]
         if v6:
             try:
                 rulesets.append(v6[0].read())
@@ -317,7 +317,7 @@ class Engine:
     def doctor(self, name: str | None = None, probe: bool = True) -> dict[str, list[Finding]]:
         """Findings for the forwards in the kernel (or one), broken ones included."""
         out: dict[str, list[Finding]] = {}
-        for bound in txn.families(self.backend()):
+        for bound in families(self.backend()):
             rs = bound.read()
             states = [s for s in forward_states(rs) if name is None or s.name == name]
             out.update(self._health(rs, states, probe=probe, flows=True))

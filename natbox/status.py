@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from natbox import disabled
-from natbox.backends import Backend
+from natbox.backends import Backend, families
 from natbox.backends.detect import Detection
 from natbox.errors import NatboxError
 from natbox.model import Chain, Forward, Rule, Ruleset
@@ -62,8 +62,6 @@ def foreign_rules(rs: Ruleset) -> list[Rule]:
 
 def _v6_ruleset(backend: Backend) -> Ruleset | None:
     """The IPv6 ruleset as snapshot() reads it (see listing_read), where ip6tables is installed."""
-    from natbox.txn import families
-
     return next((listing_read(b) for b in families(backend) if b.family == 6), None)
 
 

@@ -10,14 +10,13 @@ iptables cannot show whole (native nftables rules in a table it shares) stops ev
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from natbox import disabled, journal, lock
-from natbox.backends import Backend
+from natbox.backends import Backend, families
 from natbox.errors import BackendError, ConflictError, NatboxError, NotFoundError, NotRootError
 from natbox.model import Forward, Rule, Ruleset
 from natbox.paths import state_dir, write_text
@@ -338,15 +337,6 @@ def cleanup_empty(backend: Backend) -> list[str]:
             backend.commit(table, lines)
             done.append(table)
     return done
-
-
-def families(backend: Backend) -> list[Backend]:
-    """The backend for IPv4, and for IPv6 where ip6tables is installed."""
-    out = [backend.for_family(4)]
-    v6 = backend.for_family(6)
-    if shutil.which(v6.tool("save")):
-        out.append(v6)
-    return out
 
 
 def locate(backend: Backend, name: str) -> tuple[Backend, Ruleset] | None:

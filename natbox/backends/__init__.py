@@ -8,6 +8,7 @@ translates them into python-iptables calls.
 from __future__ import annotations
 
 import copy
+import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping
 
@@ -163,3 +164,12 @@ class Backend(ABC):
     @abstractmethod
     def commit(self, table: str, lines: list[str]) -> None:
         """Apply `lines` to `table` as one transaction; raise BackendError if the kernel refuses."""
+
+
+def families(backend: Backend) -> list[Backend]:
+    """The backend for IPv4, and for IPv6 where ip6tables is installed."""
+    out = [backend.for_family(4)]
+    v6 = backend.for_family(6)
+    if shutil.which(v6.tool("save")):
+        out.append(v6)
+    return out

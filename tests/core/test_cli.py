@@ -123,3 +123,25 @@ def test_not_root_refuses_writes_before_touching_anything(
         * 5
     )
     assert called == [], "nothing may be read or touched without root"
+
+
+def test_parser_choices_agree_with_their_modules() -> None:
+    """The parser spells out export's formats and conntrack's sort keys (so building it imports
+    neither module): they must stay the same lists."""
+    from natbox import cli, conntrack, export
+
+    assert cli.EXPORT_FORMATS == export.FORMATS
+    assert cli.FLOW_SORT_KEYS == conntrack.SORT_KEYS
+
+
+def test_list_imports_only_what_it_runs() -> None:
+    """`natbox list` (whose save runs while Python imports) imports neither the conntrack reader,
+    the apply machinery (txn, converge, journal) nor the diagnosis."""
+    code = (
+        "import sys; from natbox import cli; p = cli.build_parser(); p.parse_args(['list']); "
+        "import natbox.status; "
+        "print(' '.join(m for m in ('natbox.conntrack', 'natbox.txn', 'natbox.converge', "
+        "'natbox.journal', 'natbox.checks', 'natbox.export') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from collections.abc import Iterator
 from dataclasses import replace
 from ipaddress import ip_network
@@ -142,7 +143,7 @@ def box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MemoryBacke
     state.mkdir(mode=0o700)
     monkeypatch.setenv("NATBOX_CONFIG_DIR", str(conf))
     monkeypatch.setenv("NATBOX_STATE_DIR", str(state))
-    monkeypatch.setattr(txn.shutil, "which", lambda tool: f"/usr/sbin/{tool}")  # both versions
+    monkeypatch.setattr(shutil, "which", lambda tool: f"/usr/sbin/{tool}")  # both versions
     backend = MemoryBackend()
     converge.converge(backend, {"web": WEB, "dns": DNS})
     yield backend
