@@ -373,6 +373,9 @@ def _log(text: str) -> None:
 
 def watch(token: str) -> int:
     """The watchdog's life: beat, wait for the deadline, roll back unless confirmed."""
+    # What the rollback needs is loaded now, not at the deadline (commands load it lazily).
+    from natbox import converge, tables, txn  # noqa: F401
+
     beat = _beat_path(token)
     while True:
         try:
