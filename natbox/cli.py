@@ -1069,8 +1069,75 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.run(args.flows, args.backend_choice)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line."""
+COMMANDS = (
+    "plan",
+    "list",
+    "add",
+    "edit",
+    "disable",
+    "enable",
+    "check",
+    "doctor",
+    "save",
+    "forget",
+    "restore",
+    "trace",
+    "recover",
+    "export",
+    "apply",
+    "diff",
+    "confirm",
+    "rollback",
+    "conntrack",
+    "demo",
+    "remove",
+)
+"""Every subcommand, in the order `natbox --help` lists them (a test checks the parser agrees)."""
+
+_GLOBAL_VALUED = ("--backend", "--confirm-window")
+"""The options before a command that take a value (as the next argument, or after `=`)."""
+
+
+def command_of(args: Sequence[str]) -> str | None:
+    """The subcommand `args` run, when it is plain to see: only whole global options before a known
+    command name. None otherwise (help, --version, an abbreviation, a typo, no command)."""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in COMMANDS:
+            return arg
+        if arg in _GLOBAL_VALUED:
+            i += 2
+        elif arg.startswith(tuple(f"{o}=" for o in _GLOBAL_VALUED)):
+            i += 1
+        else:
+            return None
+    return None
+
+
+class _Unbuilt:
+    """The parser of a subcommand that is not running: takes its arguments and keeps nothing
+    (argparse spends ~0.5 ms building each of 21 subparsers, most of it on every command)."""
+
+    def __getattr__(self, name: str) -> Callable[..., _Unbuilt]:
+        return lambda *_args, **_kwargs: self
+
+
+class _OnlySub:
+    """add_subparsers() that builds only `command`'s parser (all of them when None)."""
+
+    def __init__(self, real: Any, command: str | None) -> None:
+        self.real, self.command = real, command
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        if self.command is None or name == self.command:
+            return self.real.add_parser(name, **kwargs)  # type: ignore[no-any-return]
+        return _Unbuilt()  # type: ignore[return-value]
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with `command` (see command_of), only that subcommand's parser:
+    what it parses is the same."""
     parser = _Parser(
         prog="natbox",
         description="Forward one port across a dual-homed Linux box (DNAT + SNAT + FORWARD). "
@@ -1091,7 +1158,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="dashboard: how long a new forward waits for y before it is rolled back (default 30)",
     )
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    sub = _OnlySub(
+        parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND"), command
+    )
     p = sub.add_parser("plan", help="show the rules a forward needs (changes nothing)")
     _add_forward_args(p)
     p.add_argument("--format", choices=("text", "restore", "commands", "json"), default="text")
@@ -1297,7 +1366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The command line (the `natbox` script and `python -m natbox` run it: natbox.__main__)."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser().parse_args(args_list)
+        args = build_parser(command_of(args_list)).parse_args(args_list)
         if args.command is None:
             return _run_tui(args.backend_choice, args.confirm_window)
         func: Callable[[argparse.Namespace], int] = args.func

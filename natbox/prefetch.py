@@ -14,6 +14,7 @@ import os
 import subprocess
 
 _started: dict[tuple[str, ...], subprocess.Popen[str]] = {}
+_version: str | None = None
 
 LISTING = (["list"], ["list", "--json"])
 """The command lines that start the saves early."""
@@ -49,6 +50,8 @@ def start(args: list[str]) -> None:
         ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return  # no `iptables`: detect() decides differently; the reads run as usual
+    global _version
+    _version = version
     flavour = "legacy" if "legacy" in version else "nft"
     for tool in (f"iptables-{flavour}-save", f"ip6tables-{flavour}-save"):
         if (proc := _run([tool, "-c"])) is not None:
@@ -68,6 +71,11 @@ def take(argv: list[str], timeout: float) -> tuple[int, str, str] | None:
         proc.communicate()
         return None
     return proc.returncode, out, err
+
+
+def iptables_version() -> str | None:
+    """What `iptables -V` printed when start() asked (detect() need not ask again), or None."""
+    return _version
 
 
 def discard() -> None:

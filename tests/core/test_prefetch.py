@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from natbox import cli, prefetch, watchdog
+from natbox.backends.detect import detect
 from natbox.backends.restore import RestoreBackend
 from natbox.status import listing_read
 
@@ -21,7 +22,7 @@ def tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     said = tmp_path / "said"
     said.write_text("before")
     scripts = {
-        "iptables": "echo 'iptables v1.8.9 (nf_tables)'",
+        "iptables": f"echo ran >> {tmp_path}/ran; echo 'iptables v1.8.9 (nf_tables)'",
         "iptables-nft-save": f"printf '{SAVE}' \"$(cat {said})\"",
         "ip6tables-nft-save": "printf '*nat\\n:PREROUTING ACCEPT [0:0]\\nCOMMIT\\n'",
     }
@@ -30,6 +31,7 @@ def tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         (tmp_path / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
     monkeypatch.delenv("NATBOX_BACKEND", raising=False)
+    monkeypatch.setattr(prefetch, "_version", None)
     yield said
     prefetch.discard()
 
@@ -51,6 +53,8 @@ def test_listing_takes_the_save_started_early_once(tools: Path) -> None:
     assert _comment(backend, early=True) == "after"  # once only
     rs = listing_read(backend.for_family(6))
     assert "nat" in rs.tables and not prefetch._started
+    assert detect().active == "nft"  # from what start() saw: `iptables -V` ran once
+    assert (tools.parent / "ran").read_text() == "ran\n"
 
 
 @pytest.mark.parametrize(
