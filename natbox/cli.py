@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, NoReturn
 
 from natbox import __version__, disabled, prefetch, watchdog
 from natbox.backends import Backend, families
@@ -28,6 +27,10 @@ from natbox.ruleset import ForwardState, forward_states
 from natbox.runner import Runner
 from natbox.status import snapshot
 from natbox.system import route_to
+
+TYPE_CHECKING = False  # not typing's: `natbox list` imports no typing (~4 ms); mypy knows the name
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 
 class _OnUse(ModuleType):

@@ -137,12 +137,12 @@ def test_parser_choices_agree_with_their_modules() -> None:
 
 def test_list_imports_only_what_it_runs() -> None:
     """`natbox list` (whose save runs while Python imports) imports neither the conntrack reader,
-    the apply machinery (txn, converge, journal) nor the diagnosis."""
+    the apply machinery (txn, converge, journal), the diagnosis nor typing."""
     code = (
         "import sys; from natbox import cli; p = cli.build_parser(); p.parse_args(['list']); "
         "import natbox.status; "
         "print(' '.join(m for m in ('natbox.conntrack', 'natbox.txn', 'natbox.converge', "
-        "'natbox.journal', 'natbox.checks', 'natbox.export') if m in sys.modules))"
+        "'natbox.journal', 'natbox.checks', 'natbox.export', 'typing') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
