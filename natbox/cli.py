@@ -17,10 +17,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, NoReturn
 
-from natbox import __version__, converge, disabled, persist, tables, txn, watchdog
-from natbox.backends import Backend
+from natbox import __version__, disabled, prefetch, watchdog
+from natbox.backends import Backend, families
 from natbox.backends.detect import BACKEND_CHOICES, choose_backend
 from natbox.errors import NatboxError, NotFoundError
 from natbox.model import PROTOS, Forward
@@ -30,6 +29,10 @@ from natbox.ruleset import ForwardState, forward_states
 from natbox.runner import Runner
 from natbox.status import snapshot
 from natbox.system import route_to
+
+TYPE_CHECKING = False  # not typing's: `natbox list` imports no typing (~4 ms); mypy knows the name
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 
 class _OnUse(ModuleType):
@@ -48,14 +51,35 @@ class _OnUse(ModuleType):
 
 
 if TYPE_CHECKING:
-    from natbox import checks, conntrack, declare, export, modify, trace
+    from natbox import (
+        checks,
+        conntrack,
+        converge,
+        declare,
+        export,
+        modify,
+        persist,
+        tables,
+        trace,
+        txn,
+    )
 else:
     checks = _OnUse("natbox.checks")
     conntrack = _OnUse("natbox.conntrack")
+    converge = _OnUse("natbox.converge")
     declare = _OnUse("natbox.declare")
     export = _OnUse("natbox.export")
     modify = _OnUse("natbox.modify")
+    persist = _OnUse("natbox.persist")
+    tables = _OnUse("natbox.tables")
     trace = _OnUse("natbox.trace")
+    txn = _OnUse("natbox.txn")
+
+
+EXPORT_FORMATS = ("json", "toml", "ansible", "restore", "commands")
+"""export.FORMATS, and FLOW_SORT_KEYS conntrack.SORT_KEYS, spelled out: building the parser
+imports neither module (tests/core/test_cli.py checks they agree)."""
+FLOW_SORT_KEYS = ("age", "bytes", "packets", "timeout")
 
 
 class UsageError(NatboxError):
@@ -459,7 +483,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def _traced_forward(backend: Backend, which: str) -> Forward:
     """The forward in the kernel named `which`, or listening on `which` (ip:port)."""
-    for bound in txn.families(backend):
+    for bound in families(backend):
         for state in forward_states(bound.read(natbox_only=True)):
             fwd = state.forward
             if fwd is not None and which in (fwd.name, str(fwd.listen)):
@@ -827,7 +851,7 @@ class _RulesRead:
             self.found.append(
                 [
                     state
-                    for bound in txn.families(self.backend)
+                    for bound in families(self.backend)
                     for state in forward_states(bound.read_chains(chains))
                 ]
             )
@@ -1078,8 +1102,75 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.run(args.flows, args.backend_choice)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line."""
+COMMANDS = (
+    "plan",
+    "list",
+    "add",
+    "edit",
+    "disable",
+    "enable",
+    "check",
+    "doctor",
+    "save",
+    "forget",
+    "restore",
+    "trace",
+    "recover",
+    "export",
+    "apply",
+    "diff",
+    "confirm",
+    "rollback",
+    "conntrack",
+    "demo",
+    "remove",
+)
+"""Every subcommand, in the order `natbox --help` lists them (a test checks the parser agrees)."""
+
+_GLOBAL_VALUED = ("--backend", "--confirm-window")
+"""The options before a command that take a value (as the next argument, or after `=`)."""
+
+
+def command_of(args: Sequence[str]) -> str | None:
+    """The subcommand `args` run, when it is plain to see: only whole global options before a known
+    command name. None otherwise (help, --version, an abbreviation, a typo, no command)."""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in COMMANDS:
+            return arg
+        if arg in _GLOBAL_VALUED:
+            i += 2
+        elif arg.startswith(tuple(f"{o}=" for o in _GLOBAL_VALUED)):
+            i += 1
+        else:
+            return None
+    return None
+
+
+class _Unbuilt:
+    """The parser of a subcommand that is not running: takes its arguments and keeps nothing
+    (argparse spends ~0.5 ms building each of 21 subparsers, most of it on every command)."""
+
+    def __getattr__(self, name: str) -> Callable[..., _Unbuilt]:
+        return lambda *_args, **_kwargs: self
+
+
+class _OnlySub:
+    """add_subparsers() that builds only `command`'s parser (all of them when None)."""
+
+    def __init__(self, real: Any, command: str | None) -> None:
+        self.real, self.command = real, command
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        if self.command is None or name == self.command:
+            return self.real.add_parser(name, **kwargs)  # type: ignore[no-any-return]
+        return _Unbuilt()  # type: ignore[return-value]
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with `command` (see command_of), only that subcommand's parser:
+    what it parses is the same."""
     parser = _Parser(
         prog="natbox",
         description="Forward one port across a dual-homed Linux box (DNAT + SNAT + FORWARD). "
@@ -1100,7 +1191,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="dashboard: how long a new forward waits for y before it is rolled back (default 30)",
     )
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    sub = _OnlySub(
+        parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND"), command
+    )
     p = sub.add_parser("plan", help="show the rules a forward needs (changes nothing)")
     _add_forward_args(p)
     p.add_argument("--format", choices=("text", "restore", "commands", "json"), default="text")
@@ -1200,7 +1293,7 @@ def build_parser() -> argparse.ArgumentParser:
         "restore text or commands",
     )
     p.add_argument("names", nargs="*", metavar="NAME")
-    p.add_argument("--format", choices=export.FORMATS, default="restore")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="restore")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
@@ -1241,7 +1334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forward", metavar="NAME", help="only this forward's flows")
     p.add_argument("--proto", help="tcp, udp, icmp, ...")
     p.add_argument("--state", help="TCP state, e.g. ESTABLISHED")
-    p.add_argument("--sort", choices=conntrack.SORT_KEYS)
+    p.add_argument("--sort", choices=FLOW_SORT_KEYS)
     p.add_argument("--limit", type=int, metavar="N")
     p.add_argument(
         "--tuple", nargs=3, metavar=("PROTO", "SRC:SPORT", "DST:DPORT"), help="kill: one flow"
@@ -1298,17 +1391,19 @@ def _supervise() -> None:
     try:
         message = watchdog.supervise()
     except NatboxError as exc:
+        prefetch.discard()
         print(f"natbox: warning: {exc.one_line().removeprefix('natbox: ')}", file=sys.stderr)
         return
     if message:
+        prefetch.discard()  # it may have changed the rules: `natbox list` reads them afresh
         print(f"natbox: {message}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `natbox` script."""
+    """The command line (the `natbox` script and `python -m natbox` run it: natbox.__main__)."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser().parse_args(args_list)
+        args = build_parser(command_of(args_list)).parse_args(args_list)
         if args.command is None:
             return _run_tui(args.backend_choice, args.confirm_window)
         func: Callable[[argparse.Namespace], int] = args.func
@@ -1330,3 +1425,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 70
+    finally:
+        prefetch.discard()  # a command that failed before its read leaves no save running

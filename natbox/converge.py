@@ -28,17 +28,16 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from natbox import disabled, journal, lock, persist, tables
-from natbox.backends import Backend
+from natbox.backends import Backend, families
 from natbox.backends.restore import RestoreBackend
 from natbox.errors import BackendError, NatboxError, ValidationError
 from natbox.model import Forward, Rule, Ruleset, forward_from_dict
-from natbox.paths import read_json, remove, state_dir, write_json, writes
+from natbox.paths import read_json, remove, rollback_record, write_json, writes
 from natbox.plan import OWN_CHAINS, TABLE_ORDER, build_plan, jump_rule
 from natbox.ruleset import ForwardState, forward_states
-from natbox.txn import families, trusted_read
+from natbox.txn import trusted_read
 
 Target = dict[str, Forward | None]
 """Forward name -> what it should be (None: not there). Names not in a target are left alone."""
@@ -480,8 +479,7 @@ def recover_set(backend: Backend) -> str | None:
         return f"undid the interrupted apply of {', '.join(target)}: the forwards are as before it"
 
 
-def _rollback_path() -> Path:
-    return state_dir() / "apply-rollback.json"
+_rollback_path = rollback_record
 
 
 SET_PREFIXES = ("apply:", "edit:", "enable:", "disable:")

@@ -6,7 +6,6 @@ Every method may block (it runs iptables-save, reads /proc); the TUI calls them 
 from __future__ import annotations
 
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -24,17 +23,19 @@ from natbox import (
     watchdog,
 )
 from natbox.api import ChangePreview, Dashboard, Derived, EngineAPI, FlowSnapshot, ShownChain
-from natbox.backends import Backend
+from natbox.backends import Backend, families
 from natbox.backends.detect import choose_backend
 from natbox.checks import ERROR, Finding, diagnose, preflight
 from natbox.errors import NatboxError, NotFoundError
 from natbox.facts import BoxFacts, box_facts, gather_facts, listeners, prefetch, probed
 from natbox.lazy import OnUse
 from natbox.model import Forward, Ruleset
+from natbox.overlap import in_background
 from natbox.paths import writes
 from natbox.plan import OWN_CHAINS, build_plan, jump_rule
+from natbox.prefetch import generation as early_generation
+from natbox.prefetch import nft_generation
 from natbox.ruleset import ForwardState, forward_states, tampering
-from natbox.runner import in_background
 from natbox.status import disabled_forwards, display_chains
 from natbox.system import (
     InterfaceStat,
@@ -137,12 +138,16 @@ class Engine:
             backend = self.backend()
         except NatboxError:
             return
-        generation = nft_generation() if backend.flavour == "nft" else None
+        if backend.flavour != "nft":
+            return
+        # The saves natbox.prefetch started with the process, if it did (and the generation it
+        # noted before them); else they start now.
+        generation = early_generation() or nft_generation()
         if generation is None:
             return
         self._early = (
             generation,
-            in_background(lambda: {b.family: b.read() for b in txn.families(backend)}),
+            in_background(lambda: {b.family: b.read(early=True) for b in families(backend)}),
         )
 
     def _take_prefetched(self) -> dict[int, Ruleset]:
@@ -211,13 +216,15 @@ class Engine:
             if supervised:
                 recovered = supervised
                 rs = backend.read()
+        if recovered:
+            early = {}  # read before natbox's own recovery changed the rules
         try:
             saved_set = persist.load()
         except NatboxError:
             saved_set = None
         saved = None if saved_set is None else frozenset(f.name for f in saved_set)
         rulesets = [rs]
-        v6 = [b for b in txn.families(backend) if b.family == 6]
+        v6 = [b for b in families(backend) if b.family == 6]
         if v6:
             try:
                 rulesets.append(early.get(6) or v6[0].read())
@@ -362,7 +369,7 @@ class Engine:
     def doctor(self, name: str | None = None, probe: bool = True) -> dict[str, list[Finding]]:
         """Findings for the forwards in the kernel (or one), broken ones included."""
         out: dict[str, list[Finding]] = {}
-        for bound in txn.families(self.backend()):
+        for bound in families(self.backend()):
             rs = bound.read()
             states = [s for s in forward_states(rs) if name is None or s.name == name]
             out.update(self._health(rs, states, probe=probe, flows=True))
@@ -575,29 +582,6 @@ class Engine:
     def export(self, name: str, fmt: str) -> str:
         """Forward `name` for other tools (as `natbox export`)."""
         return export.export([self._forward(name)], fmt)
-
-
-def nft_generation() -> int | None:
-    """The nftables ruleset generation (NFT_MSG_GETGEN over netlink): it changes with every rule
-    change, iptables-nft's included, and costs one round trip. None where it cannot be read."""
-    nlmsg_type = (10 << 8) | 16  # NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN
-    request = struct.pack("=IHHII", 20, nlmsg_type, 1, 1, 0) + struct.pack("=BBH", 0, 0, 0)
-    try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12) as sock:  # NETLINK_NETFILTER
-            sock.settimeout(1.0)
-            sock.send(request)
-            reply = sock.recv(4096)
-    except OSError:
-        return None
-    offset = 16 + 4  # nlmsghdr, nfgenmsg; then attributes: NFTA_GEN_ID (1) is a big-endian u32
-    while offset + 4 <= len(reply):
-        length, kind = struct.unpack_from("=HH", reply, offset)
-        if length < 4:
-            break
-        if kind & 0x7FFF == 1 and length >= 8:
-            return int(struct.unpack_from(">I", reply, offset + 4)[0])
-        offset += (length + 3) & ~3
-    return None
 
 
 if TYPE_CHECKING:  # mypy checks that Engine keeps the contract the TUI sees

@@ -12,11 +12,14 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Literal
 
 from natbox.errors import ValidationError, shown
 
-Proto = Literal["tcp", "udp", "both"]
+TYPE_CHECKING = False  # not typing's: `natbox list` imports no typing (~4 ms); mypy knows the name
+if TYPE_CHECKING:
+    from typing import Literal, TypeAlias
+
+    Proto: TypeAlias = Literal["tcp", "udp", "both"]
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
 PROTOS: tuple[str, ...] = ("tcp", "udp", "both")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from natbox import converge, declare, disabled, lock, persist, txn, watchdog
 from natbox.api import ChangePreview
@@ -31,13 +31,15 @@ from natbox.model import (
     Forward,
     IPAddress,
     IPNetwork,
-    Proto,
     name_problem,
     parse_cidr,
     parse_ip,
 )
 from natbox.ruleset import ForwardState, conflicts
 from natbox.system import route_to
+
+if TYPE_CHECKING:
+    from natbox.model import Proto
 from natbox.txn import Outcome
 
 ANY = "any"

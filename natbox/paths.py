@@ -58,6 +58,12 @@ def state_dir() -> Path:
     return Path(os.environ.get("NATBOX_STATE_DIR") or "/var/lib/natbox")
 
 
+def rollback_record() -> Path:
+    """Where a confirm window's rollback record lives (natbox.converge writes it): here, so that
+    watchdog.supervise, which every command runs, can look for it without importing converge."""
+    return state_dir() / "apply-rollback.json"
+
+
 def config_dir() -> Path:
     """Where the saved forwards live."""
     return Path(os.environ.get("NATBOX_CONFIG_DIR") or "/etc/natbox")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections import Counter
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from natbox.errors import ConflictError, NatboxError, ValidationError
@@ -73,15 +74,43 @@ def classify_owner(chain: str, text: str) -> str:
 _INCOMPATIBLE_RE = re.compile(r"[Tt]able `([^']+)' is incompatible")
 
 
-def parse_save(text: str, natbox_only: bool = False) -> Ruleset:
+def parse_save(
+    text: str, natbox_only: bool = False, keep: Mapping[str, Collection[str]] | None = None
+) -> Ruleset:
     """Parse `iptables-save [-c]` output (nft or legacy flavour) into a Ruleset.
 
     With `natbox_only`, every table and chain is kept but only natbox's own rules (its jumps and its
     tagged rules): all that apply and remove need, at a fraction of the cost on big rulesets.
+    `keep` (table -> chain names, with `natbox_only`) adds every rule of those chains, and declares
+    only those chains and natbox's own (NATBOX-*): what `natbox list` shows (the NAT and FORWARD
+    built-ins) without classifying a kube-sized ruleset it never shows. Every line that could make
+    a tampering() warning names natbox, so those warnings stay complete.
     """
     rs = Ruleset()
     table: Table | None = None
+    kept: Collection[str] = ()
+    heads: tuple[str, ...] = ()  # "CHAIN " for each kept chain: where a rule's text goes on
+    declared: tuple[str, ...] = ()  # ":CHAIN " for each kept chain, and natbox's own
+    decls: list[str] = []  # with `keep`: the table's chain lines, declared or not, in order
+    late = False  # with `keep`: a rule landed in a chain left undeclared (see _in_save_order)
     for lineno, raw in enumerate(text.splitlines(), 1):
+        # natbox_only: most lines are other software's rules (and, with `keep`, their chains),
+        # dropped here at the least cost (no strip, no split); the lines kept go the whole way.
+        if natbox_only and table is not None:
+            if raw.startswith(("[", "-")):
+                if "natbox" not in raw and "NATBOX" not in raw:
+                    if not kept:
+                        continue
+                    at = raw.find("-A ") + 3  # where the chain's name starts
+                    if at == 2 or not (
+                        raw.startswith(heads, at)
+                        or (raw.find(" ", at) == -1 and raw[at:].strip() in kept)
+                    ):
+                        continue
+            elif keep is not None and raw.startswith(":"):
+                decls.append(raw)
+                if not raw.startswith(declared) and raw[1:].strip() not in kept:
+                    continue
         line = raw.strip()
         if not line:
             continue
@@ -94,8 +123,14 @@ def parse_save(text: str, natbox_only: bool = False) -> Ruleset:
         if line.startswith("*"):
             table = Table(line[1:])
             rs.tables[table.name] = table
+            kept = keep.get(table.name, ()) if keep is not None else ()
+            heads = tuple(f"{name} " for name in kept)
+            declared = (":NATBOX-", *(f":{name} " for name in kept))
+            decls, late = [], False
             continue
         if line == "COMMIT":
+            if late and table is not None:
+                _in_save_order(table, decls)
             table = None
             continue
         if table is None:
@@ -104,16 +139,15 @@ def parse_save(text: str, natbox_only: bool = False) -> Ruleset:
                 "is this iptables-save output?",
             )
         if line.startswith(":"):
-            parts = line[1:].split()
-            name = parts[0]
-            policy = parts[1] if len(parts) > 1 and parts[1] != "-" else None
-            pk = by = 0
-            if len(parts) > 2 and (m := _COUNTERS_RE.fullmatch(parts[2])):
-                pk, by = int(m.group(1)), int(m.group(2))
-            table.chains[name] = Chain(name, policy, pk, by)
+            declared_chain = _chain_line(line)
+            table.chains[declared_chain.name] = declared_chain
             continue
         if natbox_only and "natbox" not in line and "NATBOX" not in line:
-            continue
+            if not kept:
+                continue
+            body = line.partition(" ")[2] if line.startswith("[") else line
+            if not body.startswith("-A ") or body.split(" ", 2)[1] not in kept:
+                continue
         pk = by = 0
         if line.startswith("["):
             counters, _, line = line.partition(" ")
@@ -128,6 +162,7 @@ def parse_save(text: str, natbox_only: bool = False) -> Ruleset:
         chain = table.chains.get(chain_name)
         if chain is None:
             chain = table.chains[chain_name] = Chain(chain_name)
+            late = keep is not None
         owner = classify_owner(chain_name, line)
         chain.rules.append(Rule(table.name, chain_name, line, pk, by, owner))
     if table is not None:
@@ -136,6 +171,30 @@ def parse_save(text: str, natbox_only: bool = False) -> Ruleset:
             "natbox trusts no partial read; try again",
         )
     return rs
+
+
+def _chain_line(line: str) -> Chain:
+    """The chain a `:NAME POLICY [packets:bytes]` line declares."""
+    parts = line[1:].split()
+    policy = parts[1] if len(parts) > 1 and parts[1] != "-" else None
+    pk = by = 0
+    if len(parts) > 2 and (m := _COUNTERS_RE.fullmatch(parts[2])):
+        pk, by = int(m.group(1)), int(m.group(2))
+    return Chain(parts[0], policy, pk, by)
+
+
+def _in_save_order(table: Table, decls: list[str]) -> None:
+    """A listing parse (`keep`) put a rule in a chain it had not declared (natbox's tag, or a jump
+    into natbox's chain, in another program's chain): declare it from its line and put the chains
+    back in the save's order, as the full parse has them (tampering() reports in that order)."""
+    chains: dict[str, Chain] = {}
+    for line in decls:
+        chain = _chain_line(line.strip())
+        if (have := table.chains.get(chain.name)) is not None:
+            chain.rules = have.rules
+            chains[chain.name] = chain
+    chains.update((name, c) for name, c in table.chains.items() if name not in chains)
+    table.chains = chains
 
 
 @dataclass

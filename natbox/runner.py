@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from natbox.errors import ToolMissingError
 
@@ -97,30 +94,3 @@ class RecordingRunner(Runner):
             if line.startswith(key):
                 return res
         return Result(tuple(argv), 0, "", "")
-
-
-_T = TypeVar("_T")
-
-
-def in_background(fn: Callable[[], _T]) -> Callable[[], _T]:
-    """Start `fn` in a thread now; the returned callable waits for its result (or raises its
-    error). For reads that mostly wait on the kernel, made while another read runs."""
-    out: list[_T] = []
-    err: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            out.append(fn())
-        except BaseException as exc:  # handed to the caller, who decides
-            err.append(exc)
-
-    thread = threading.Thread(target=run, name="natbox-read", daemon=True)
-    thread.start()
-
-    def result() -> _T:
-        thread.join()
-        if err:
-            raise err[0]
-        return out[0]
-
-    return result

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from natbox import disabled
-from natbox.backends import Backend
+from natbox.backends import Backend, families
 from natbox.backends.detect import Detection
 from natbox.errors import NatboxError
 from natbox.model import Chain, Forward, Rule, Ruleset
@@ -61,10 +61,16 @@ def foreign_rules(rs: Ruleset) -> list[Rule]:
 
 
 def _v6_ruleset(backend: Backend) -> Ruleset | None:
-    """The whole IPv6 ruleset, where ip6tables is installed."""
-    from natbox.txn import families
+    """The IPv6 ruleset as snapshot() reads it (see listing_read), where ip6tables is installed."""
+    return next((listing_read(b) for b in families(backend) if b.family == 6), None)
 
-    return next((b.read() for b in families(backend) if b.family == 6), None)
+
+def listing_read(backend: Backend) -> Ruleset:
+    """What the snapshot needs of a ruleset: natbox's rules (every line naming natbox, so every
+    tampering warning is found) and every rule of the WATCHED chains (the foreign rules shown);
+    the thousands of rules of other chains (kube-proxy's) are neither shown nor classified. The
+    save started early for `natbox list` (natbox.prefetch) is used when there is one."""
+    return backend.read(natbox_only=True, keep=WATCHED, early=True)
 
 
 def _chains(rs: Ruleset, family: int) -> list[dict[str, object]]:
@@ -91,8 +97,9 @@ def disabled_forwards(live: set[str]) -> tuple[list[Forward], list[str]]:
 
 
 def snapshot(backend: Backend, det: Detection, rs: Ruleset | None = None) -> dict[str, object]:
-    """Everything `natbox list --json` reports."""
-    rs = rs if rs is not None else backend.read()
+    """Everything `natbox list --json` reports (from `rs` when given: a whole ruleset or a
+    listing_read)."""
+    rs = rs if rs is not None else listing_read(backend)
     policies = {
         f"{t}/{c}": chain.policy
         for t, chains in WATCHED.items()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from ipaddress import ip_address
 from pathlib import Path
@@ -86,6 +85,8 @@ class InterfaceStat:
 
 def interface_stats() -> list[InterfaceStat]:
     """Interfaces with their counters (psutil)."""
+    import socket
+
     import psutil  # imported on use: the CLI's write paths never need it
 
     addrs = psutil.net_if_addrs()

@@ -10,7 +10,6 @@ iptables cannot show whole (native nftables rules in a table it shares) stops ev
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from natbox import disabled, journal, lock
-from natbox.backends import Backend
+from natbox.backends import Backend, families
 from natbox.errors import BackendError, ConflictError, NatboxError, NotFoundError, NotRootError
 from natbox.model import Forward, Rule, Ruleset
+from natbox.overlap import in_background
 from natbox.paths import StateWriteError, state_dir, write_text, writes
 from natbox.plan import OWN_CHAINS, TABLE_ORDER, Plan, build_plan, jump_rule
 from natbox.ruleset import ForwardState, conflicts, forward_states
-from natbox.runner import Runner, in_background
+from natbox.runner import Runner
 from natbox.system import PROC_SYS, ip_forward_enabled, is_root
 
 # At most this many single-port conntrack deletions per protocol; wider ranges go by address.
@@ -386,15 +386,6 @@ def cleanup_empty(backend: Backend) -> list[str]:
             backend.commit(table, lines)
             done.append(table)
     return done
-
-
-def families(backend: Backend) -> list[Backend]:
-    """The backend for IPv4, and for IPv6 where ip6tables is installed."""
-    out = [backend.for_family(4)]
-    v6 = backend.for_family(6)
-    if shutil.which(v6.tool("save")):
-        out.append(v6)
-    return out
 
 
 def locate(backend: Backend, name: str) -> tuple[Backend, Ruleset] | None:

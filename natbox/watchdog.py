@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -21,10 +20,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from natbox import converge, lock, tables, txn
+from natbox import lock
 from natbox.backends.detect import choose_backend
 from natbox.errors import NatboxError, shown
-from natbox.paths import StateFileError, read_json, state_dir, write_json
+from natbox.paths import StateFileError, read_json, rollback_record, state_dir, write_json
+
+# converge, tables and txn are imported where a rollback or a confirmation needs them: every
+# natbox command runs supervise(), which with nothing pending needs none of them.
 
 MIN_WINDOW, MAX_WINDOW = 5.0, 3600.0
 """What `--confirm` accepts (the engine takes down to 1 s, for tests of the TUI's countdown)."""
@@ -201,6 +203,8 @@ def arm(name: str, seconds: float, backend: str | None) -> Pending:
             f"forward {current.name} still waits for confirmation ({current.seconds_left:.0f} s left)",
             "natbox confirm (keep it) or natbox rollback (remove it) first",
         )
+    import secrets
+
     token = secrets.token_hex(8)
     p = Pending(token, name, time.time() + seconds, backend, 0, 0, seconds)
     _write(p)
@@ -212,6 +216,8 @@ def arm(name: str, seconds: float, backend: str | None) -> Pending:
 
 def disarm(p: Pending) -> None:
     """Forget a pending change without touching the rules (the apply itself failed)."""
+    from natbox import converge
+
     if _clear(p.token):
         _stop_watchdog(p)
         _forget_beat(p.token)
@@ -251,6 +257,8 @@ def outcome(token: str) -> str | None:
 def confirm() -> str:
     """Keep the pending change; returns the forward's name, followed by a note in parentheses when
     the change is kept but something around it (the saved set) could not follow."""
+    from natbox import converge
+
     supervise()
     p = pending()
     if p is None:
@@ -295,6 +303,8 @@ def rollback() -> str:
 def _roll_back(p: Pending, text: str) -> str | None:
     """Remove `p`'s forward if this process wins the claim; the removal is journaled before the
     claim, so a natbox that dies anywhere in here leaves a journal the next natbox completes."""
+    from natbox import converge, tables, txn
+
     backend, _ = choose_backend(p.backend)
     if converge.is_set_change(p.name):  # `natbox apply`, edit, enable, disable: put back as it was
         # Lock first, claim second: a busy lock leaves the change pending (and its watchdog
@@ -326,8 +336,10 @@ def supervise() -> str | None:
     Returns what it did, for the user (None when all was well).
     """
     p = pending()
-    if p is None and converge.rollback_pending() and os.geteuid() == 0:
+    if p is None and rollback_record().exists() and os.geteuid() == 0:
         # A rollback claimed its change and died before it finished: finish it.
+        from natbox import converge
+
         backend, _ = choose_backend(None)
         with lock.held("finishing a rollback"):
             return f"finished an interrupted rollback: {converge.rollback_saved(backend)}"
@@ -361,6 +373,9 @@ def _log(text: str) -> None:
 
 def watch(token: str) -> int:
     """The watchdog's life: beat, wait for the deadline, roll back unless confirmed."""
+    # What the rollback needs is loaded now, not at the deadline (commands load it lazily).
+    from natbox import converge, tables, txn  # noqa: F401
+
     beat = _beat_path(token)
     while True:
         try:

@@ -8,14 +8,16 @@ translates them into python-iptables calls.
 from __future__ import annotations
 
 import copy
+import shutil
 from abc import ABC, abstractmethod
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
+from natbox import prefetch
 from natbox.errors import BackendError, NotRootError
 from natbox.model import Ruleset
 from natbox.paths import env_seconds
 from natbox.ruleset import parse_save
-from natbox.runner import Runner
+from natbox.runner import Result, Runner
 from natbox.system import is_root
 
 
@@ -62,9 +64,23 @@ class Backend(ABC):
         """How the UI names this backend, e.g. `restore (nft)`."""
         return f"{self.name} ({self.flavour})"
 
-    def read(self, natbox_only: bool = False) -> Ruleset:
-        """The current ruleset of this backend's flavour, with counters (see parse_save)."""
-        res = self.runner.run([self.tool("save"), "-c"])
+    def read(
+        self,
+        natbox_only: bool = False,
+        keep: Mapping[str, Collection[str]] | None = None,
+        early: bool = False,
+    ) -> Ruleset:
+        """The current ruleset of this backend's flavour, with counters (see parse_save).
+
+        `early`: take the save natbox.prefetch started when the process began, if it did (only
+        `natbox list` reads this way; see natbox.prefetch)."""
+        argv = [self.tool("save"), "-c"]
+        res: Result | None = None
+        if early and type(self.runner) is Runner and not self.runner.prefix:
+            if (got := prefetch.take(argv, self.runner.timeout)) is not None:
+                res = Result(tuple(argv), *got)
+        if res is None:
+            res = self.runner.run(argv)
         if not res.ok:
             if not is_root() or "ermission denied" in res.stderr:
                 raise NotRootError("read the firewall")
@@ -72,7 +88,7 @@ class Backend(ABC):
                 f"{self.tool('save')} failed: {res.first_error_line()}",
                 "is the iptables package installed and the kernel's netfilter available?",
             )
-        rs = parse_save(res.stdout, natbox_only)
+        rs = parse_save(res.stdout, natbox_only, keep)
         rs.warnings.extend(
             line.lstrip("# ").strip() for line in res.stderr.splitlines() if "Warning" in line
         )
@@ -156,3 +172,12 @@ class Backend(ABC):
     @abstractmethod
     def commit(self, table: str, lines: list[str]) -> None:
         """Apply `lines` to `table` as one transaction; raise BackendError if the kernel refuses."""
+
+
+def families(backend: Backend) -> list[Backend]:
+    """The backend for IPv4, and for IPv6 where ip6tables is installed."""
+    out = [backend.for_family(4)]
+    v6 = backend.for_family(6)
+    if shutil.which(v6.tool("save")):
+        out.append(v6)
+    return out

@@ -10,6 +10,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from natbox import prefetch
 from natbox.backends import Backend
 from natbox.errors import ToolMissingError, ValidationError
 from natbox.runner import Runner
@@ -44,8 +45,10 @@ def detect(runner: Runner | None = None, names_file: Path = LEGACY_NAMES) -> Det
     runner = runner or Runner()
     active = "nft"
     if shutil.which("iptables") is not None:
-        res = runner.run(["iptables", "-V"])
-        active = "legacy" if "legacy" in res.stdout else "nft"
+        seen = prefetch.iptables_version() if type(runner) is Runner else None
+        if seen is None or runner.prefix:
+            seen = runner.run(["iptables", "-V"]).stdout
+        active = "legacy" if "legacy" in seen else "nft"
     elif shutil.which("iptables-nft") is None and shutil.which("iptables-legacy") is None:
         raise ToolMissingError("iptables is not installed", "apt-get install iptables")
     elif shutil.which("iptables-nft") is None:
@@ -68,7 +71,6 @@ def choose_backend(
     choice: str | None = None, runner: Runner | None = None
 ) -> tuple[Backend, Detection]:
     """The backend to use: `choice` or $NATBOX_BACKEND, else iptc on legacy hosts, restore on nft."""
-    from natbox.backends.iptc import IptcBackend
     from natbox.backends.restore import RestoreBackend
 
     choice = choice or os.environ.get("NATBOX_BACKEND") or "auto"
@@ -81,6 +83,8 @@ def choose_backend(
     det = detect(runner)
     backend: Backend
     if choice == "iptc" or (choice == "auto" and det.active == "legacy"):
+        from natbox.backends.iptc import IptcBackend  # only when it is the one
+
         backend = IptcBackend(runner)
         if det.active == "nft":
             det.warnings.append(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 
 import pytest
 
-from natbox.cli import main
+from natbox.cli import COMMANDS, UsageError, build_parser, command_of, main
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -123,3 +124,59 @@ def test_not_root_refuses_writes_before_touching_anything(
         * 5
     )
     assert called == [], "nothing may be read or touched without root"
+
+
+def test_parser_choices_agree_with_their_modules() -> None:
+    """The parser spells out export's formats and conntrack's sort keys (so building it imports
+    neither module): they must stay the same lists."""
+    from natbox import cli, conntrack, export
+
+    assert cli.EXPORT_FORMATS == export.FORMATS
+    assert cli.FLOW_SORT_KEYS == conntrack.SORT_KEYS
+
+
+def test_list_imports_only_what_it_runs() -> None:
+    """`natbox list` (whose save runs while Python imports) imports neither the conntrack reader,
+    the apply machinery (txn, converge, journal), the diagnosis nor typing."""
+    code = (
+        "import sys; from natbox import cli; p = cli.build_parser(); p.parse_args(['list']); "
+        "import natbox.status; "
+        "print(' '.join(m for m in ('natbox.conntrack', 'natbox.txn', 'natbox.converge', "
+        "'natbox.journal', 'natbox.checks', 'natbox.export', 'typing') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> list[str]:
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return list(sub.choices)
+
+
+def test_the_one_command_parser_parses_as_the_whole_one() -> None:
+    """main() builds only the running subcommand's parser: the same names, the same Namespace,
+    the same one-line errors."""
+    whole = build_parser()
+    assert tuple(_subcommands(whole)) == COMMANDS
+    assert _subcommands(build_parser("list")) == ["list"]
+    for argv in (
+        ["list"],
+        ["list", "--json"],
+        ["--backend", "restore", "list"],
+        ["--backend=iptc", "--confirm-window", "12", "add", *SEED, "--name", "web", "--yes"],
+        ["edit", "web", "--listen", "192.168.1.30:80", "--no-mss-clamp"],
+        ["conntrack", "--sort", "bytes", "--limit", "5"],
+        ["export", "--format", "toml"],
+    ):
+        command = command_of(argv)
+        assert command is not None and command in argv
+        assert build_parser(command).parse_args(argv) == whole.parse_args(argv), argv
+    for bad in (["list", "--bogus"], ["add", "192.168.1.30:1234"], ["export", "--format", "x"]):
+        errors = []
+        for parser in (build_parser(command_of(bad)), build_parser()):
+            with pytest.raises(UsageError) as info:
+                parser.parse_args(bad)
+            errors.append(info.value.one_line())
+        assert errors[0] == errors[1], errors
+    for unclear in ([], ["--help"], ["--back", "iptc", "list"], ["lst"], ["--version", "list"]):
+        assert command_of(unclear) is None

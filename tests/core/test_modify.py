@@ -9,6 +9,7 @@ import copy
 import errno
 import json
 import os
+import shutil
 from collections.abc import Collection, Iterator
 from dataclasses import replace
 from ipaddress import ip_network
@@ -147,7 +148,7 @@ def box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MemoryBacke
     state.mkdir(mode=0o700)
     monkeypatch.setenv("NATBOX_CONFIG_DIR", str(conf))
     monkeypatch.setenv("NATBOX_STATE_DIR", str(state))
-    monkeypatch.setattr(txn.shutil, "which", lambda tool: f"/usr/sbin/{tool}")  # both versions
+    monkeypatch.setattr(shutil, "which", lambda tool: f"/usr/sbin/{tool}")  # both versions
     backend = MemoryBackend()
     converge.converge(backend, {"web": WEB, "dns": DNS})
     yield backend

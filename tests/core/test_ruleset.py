@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from natbox.errors import NatboxError
-from natbox.model import Forward
+from natbox.model import Forward, Ruleset
 from natbox.plan import build_plan
-from natbox.ruleset import classify_owner, forward_states, parse_save, rule_comment
+from natbox.ruleset import classify_owner, forward_states, parse_save, rule_comment, tampering
+from natbox.status import WATCHED, _chains, _forward_dict, _rule_dict, foreign_rules
 
 FIX = Path(__file__).parent / "fixtures"
 
@@ -205,3 +206,59 @@ def test_conflicts_do_not_rebuild_every_forward(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(ConflictError, match="already forwarded by fwd-999"):
         conflicts(rs, taken)
     assert planned == 0
+
+
+def _shown(rs: Ruleset) -> object:
+    """Everything `natbox list` prints from one family's ruleset (status.snapshot's parts)."""
+    states = forward_states(rs)
+    return (
+        [(t, c, ch.policy) for t, cs in WATCHED.items() for c in cs if (ch := rs.chain(t, c))],
+        _chains(rs, 4),
+        [_forward_dict(s) for s in states],
+        [_rule_dict(r) for r in foreign_rules(rs)],
+        tampering(rs, states),
+        rs.warnings,
+        rs.incompatible,
+    )
+
+
+# What imitates or intrudes on natbox, anywhere: a forged tag in a kube chain and in mangle, a
+# foreign jump into natbox's chain, a foreign rule inside it, a look-alike jump, a rule with no
+# spec in a watched chain, a table iptables cannot show.
+_INTRUDERS = {
+    "*nat\n": "*nat\n:KUBE-X - [0:0]\n",
+    "[0:0] -A NATBOX-PREROUTING -d 192.168.1.30/32 -p tcp": (
+        '[0:0] -A KUBE-X -p tcp -m comment --comment "natbox:web" -j DNAT --to-destination 1.2.3.4\n'
+        "[0:0] -A KUBE-X -j NATBOX-PREROUTING\n"
+        "[0:0] -A NATBOX-PREROUTING -j RETURN\n"
+        "[5:300] -A OUTPUT\n"
+        "[0:0] -A OUTPUT -m comment --comment natbox -j NATBOX-PREROUTING\n"
+        "[0:0] -A NATBOX-PREROUTING -d 192.168.1.30/32 -p tcp"
+    ),
+    "COMMIT\n": (
+        "COMMIT\n# Table `mangle' is incompatible, use 'nft' tool.\n*mangle\n:PREROUTING ACCEPT [0:0]\n"
+        "[0:0] -A PREROUTING -m comment --comment natbox -j MARK --set-mark 1\nCOMMIT\n"
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "name", ["nft-foreign-and-natbox", "legacy-foreign-and-natbox", "nft-kube-scale", "intruders"]
+)
+def test_listing_parse_shows_what_the_full_parse_shows(name: str) -> None:
+    """`natbox list` parses only natbox's lines and the watched chains: it must print exactly what
+    the whole ruleset would have given, warnings about intruders included."""
+    if name == "intruders":
+        text = (FIX / "nft-foreign-and-natbox.save").read_text()
+        for old, new in _INTRUDERS.items():
+            assert old in text
+            text = text.replace(old, new, 1)
+    else:
+        text = (FIX / f"{name}.save").read_text()
+    full, listing = parse_save(text), parse_save(text, natbox_only=True, keep=WATCHED)
+    assert _shown(listing) == _shown(full)
+    assert len(list(listing.rules())) < len(list(full.rules()))
+    if name == "intruders":
+        warnings = tampering(full)
+        assert len(warnings) == 6, warnings
+        assert any("OUTPUT" == r.text.split()[-1] for r in foreign_rules(full))

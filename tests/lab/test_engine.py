@@ -211,9 +211,9 @@ from natbox.engine import Engine
 
 reads = []
 real = backends.Backend.read
-def counted(self, natbox_only=False):
+def counted(self, natbox_only=False, **kw):
     reads.append(self.family)
-    return real(self, natbox_only)
+    return real(self, natbox_only, **kw)
 backends.Backend.read = counted
 
 engine = Engine()

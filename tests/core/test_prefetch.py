@@ -1,0 +1,101 @@
+"""`natbox list`'s early save (natbox.prefetch): started only for a listing, taken only by the
+listing read, once, and thrown away when supervise() did anything. Fake iptables tools on PATH."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from natbox import cli, prefetch, watchdog
+from natbox.backends.detect import detect
+from natbox.backends.restore import RestoreBackend
+from natbox.status import listing_read
+
+SAVE = r"*nat\n:PREROUTING ACCEPT [0:0]\n[1:60] -A PREROUTING -m comment --comment %s -j ACCEPT\nCOMMIT\n"
+
+
+@pytest.fixture
+def tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """iptables (nft) whose saves print the comment in tmp_path/said, read when they start."""
+    said = tmp_path / "said"
+    said.write_text("before")
+    scripts = {
+        "iptables": f"echo ran >> {tmp_path}/ran; echo 'iptables v1.8.9 (nf_tables)'",
+        "iptables-nft-save": f"printf '{SAVE}' \"$(cat {said})\"",
+        "ip6tables-nft-save": "printf '*nat\\n:PREROUTING ACCEPT [0:0]\\nCOMMIT\\n'",
+    }
+    for name, body in scripts.items():
+        (tmp_path / name).write_text(f"#!/bin/sh\n{body}\n")
+        (tmp_path / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    monkeypatch.delenv("NATBOX_BACKEND", raising=False)
+    monkeypatch.setattr(prefetch, "_version", None)
+    yield said
+    prefetch.discard()
+
+
+def _comment(backend: RestoreBackend, early: bool) -> str:
+    chain = backend.read(natbox_only=False, early=early).chain("nat", "PREROUTING")
+    assert chain is not None
+    return chain.rules[0].text.split("--comment ")[1].split()[0]
+
+
+def test_listing_takes_the_save_started_early_once(tools: Path) -> None:
+    prefetch.start(["list", "--json"])
+    assert set(prefetch._started) == {("iptables-nft-save", "-c"), ("ip6tables-nft-save", "-c")}
+    prefetch._started[("iptables-nft-save", "-c")].wait()  # it has read `before`
+    tools.write_text("after")
+    backend = RestoreBackend("nft")
+    assert _comment(backend, early=False) == "after"  # an ordinary read never takes it
+    assert _comment(backend, early=True) == "before"
+    assert _comment(backend, early=True) == "after"  # once only
+    rs = listing_read(backend.for_family(6))
+    assert "nat" in rs.tables and not prefetch._started
+    assert detect().active == "nft"  # from what start() saw: `iptables -V` ran once
+    assert (tools.parent / "ran").read_text() == "ran\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [(["list", "--yes"], None), (["add", "x"], None), ([], "iptc"), (["list"], "iptc")],
+)
+def test_only_a_listing_or_the_dashboard_with_the_automatic_backend_starts_one(
+    tools: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], env: str | None
+) -> None:
+    if env:
+        monkeypatch.setenv("NATBOX_BACKEND", env)
+    prefetch.start(args)
+    assert not prefetch._started
+
+
+def test_the_dashboard_starts_its_saves_early_and_notes_the_generation_first(
+    tools: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`natbox` alone (the dashboard) starts both saves; the nft generation is noted before they
+    start, so the dashboard can tell whether the rules moved since (Engine.prefetch)."""
+    noted: list[int] = []
+    monkeypatch.setattr(
+        prefetch, "nft_generation", lambda: noted.append(len(prefetch._started)) or 41
+    )
+    prefetch.start([])
+    assert set(prefetch._started) == {("iptables-nft-save", "-c"), ("ip6tables-nft-save", "-c")}
+    assert noted == [0] and prefetch.generation() == 41
+    prefetch.discard()
+    assert prefetch.generation() is None
+
+
+def test_supervise_that_did_something_discards_it(
+    tools: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(watchdog, "supervise", lambda: None)
+    prefetch.start(["list"])
+    cli._supervise()
+    assert prefetch._started  # nothing happened: the early save stands
+    monkeypatch.setattr(watchdog, "supervise", lambda: "web rolled back: not confirmed")
+    cli._supervise()
+    assert not prefetch._started
+    tools.write_text("after")
+    assert _comment(RestoreBackend("nft"), early=True) == "after"
