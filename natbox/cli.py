@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
 import json
 import os
 import signal
@@ -16,12 +15,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import ModuleType
 
 from natbox import __version__, disabled, prefetch, watchdog
 from natbox.backends import Backend, families
 from natbox.backends.detect import BACKEND_CHOICES, choose_backend
 from natbox.errors import NatboxError, NotFoundError
+from natbox.lazy import OnUse
 from natbox.model import PROTOS, Forward
 from natbox.paths import writes
 from natbox.plan import OWN_CHAINS, build_plan
@@ -33,21 +32,6 @@ from natbox.system import route_to
 TYPE_CHECKING = False  # not typing's: `natbox list` imports no typing (~4 ms); mypy knows the name
 if TYPE_CHECKING:
     from typing import Any, NoReturn
-
-
-class _OnUse(ModuleType):
-    """A module imported when first used: a command pays only for the parts it runs (the
-    diagnosis, the apply files, the trace and the conntrack reader are most of natbox's import
-    time, and `natbox list` needs none of them)."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self._real: ModuleType | None = None
-
-    def __getattr__(self, attr: str) -> Any:
-        if self._real is None:
-            self._real = importlib.import_module(self.__name__)
-        return getattr(self._real, attr)
 
 
 if TYPE_CHECKING:
@@ -64,16 +48,16 @@ if TYPE_CHECKING:
         txn,
     )
 else:
-    checks = _OnUse("natbox.checks")
-    conntrack = _OnUse("natbox.conntrack")
-    converge = _OnUse("natbox.converge")
-    declare = _OnUse("natbox.declare")
-    export = _OnUse("natbox.export")
-    modify = _OnUse("natbox.modify")
-    persist = _OnUse("natbox.persist")
-    tables = _OnUse("natbox.tables")
-    trace = _OnUse("natbox.trace")
-    txn = _OnUse("natbox.txn")
+    checks = OnUse("natbox.checks")
+    conntrack = OnUse("natbox.conntrack")
+    converge = OnUse("natbox.converge")
+    declare = OnUse("natbox.declare")
+    export = OnUse("natbox.export")
+    modify = OnUse("natbox.modify")
+    persist = OnUse("natbox.persist")
+    tables = OnUse("natbox.tables")
+    trace = OnUse("natbox.trace")
+    txn = OnUse("natbox.txn")
 
 
 EXPORT_FORMATS = ("json", "toml", "ansible", "restore", "commands")

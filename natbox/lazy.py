@@ -1,11 +1,14 @@
 """Provides OnUse: a module imported when first used, so a command (or the dashboard's first
-screen) pays only for the parts it runs."""
+screen) pays only for the parts it runs. Imports no typing (`natbox list` never loads it)."""
 
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import Any
+
+TYPE_CHECKING = False  # not typing's (see above); mypy knows the name
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class OnUse(ModuleType):
