@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from benchmarks import apply_10k, check_10k
 from natbox.lab import Lab
@@ -247,6 +248,17 @@ def dashboard_first(lab: Lab) -> tuple[float, bool]:
         tmux.kill()
 
 
+def empty_app_first(lab: Lab) -> float:
+    """The floor: an empty Textual app (benchmarks/empty_app.py) in the same tmux, seconds until
+    its one line is on screen. Python's start-up and Textual's, with no natbox in it."""
+    tmux = Tmux(lab, [sys.executable, str(Path(__file__).with_name("empty_app.py"))])
+    try:
+        at, _ = tmux.until(lambda screen: "first frame" in screen)
+        return at - tmux.started
+    finally:
+        tmux.kill()
+
+
 PROBE = ["192.168.1.30:8080", "10.0.2.50:80"]  # a tcp forward next to the seed's udp one
 ENGINE_CHANGE = """
 import statistics, sys, time
@@ -454,18 +466,24 @@ def main() -> int:
             f"removed in {c['remove_txn'] * 1000:.0f} ms)"
         )
         if not args.no_tmux:
-            ipt_runs, dash_runs, empty = [], [], False
-            for _ in range(args.runs):  # interleaved: the same load for both
+            ipt_runs, dash_runs, floor_runs, empty = [], [], [], False
+            for _ in range(args.runs):  # interleaved: the same load for all three
                 ipt_runs.append(iptstate_first_screen(lab))
                 took, said_empty = dashboard_first(lab)
                 dash_runs.append(took)
                 empty = empty or said_empty
+                floor_runs.append(empty_app_first(lab))
             row(
                 "dashboard (tmux 120x40) until the forward row",
                 statistics.median(dash_runs) * 1000,
                 statistics.median(ipt_runs) * 1000,
                 "iptstate first screen",
                 0.5,
+            )
+            floor = statistics.median(floor_runs)
+            print(
+                f"  (the floor: an empty Textual app's first frame {floor * 1000:.0f} ms = "
+                f"{floor / statistics.median(ipt_runs):.2f}x iptstate's first screen)"
             )
             print(
                 f'  ("no natbox forwards" on screen before the forward row: '
