@@ -14,8 +14,37 @@ import os
 import socket
 import struct
 import subprocess
+import threading
 
-_started: dict[tuple[str, ...], subprocess.Popen[str]] = {}
+
+class _Early:
+    """One early save: its process and, for a listing, the thread that keeps only the lines the
+    listing's parse looks at while the save streams (ruleset.shown_lines)."""
+
+    __slots__ = ("proc", "shown", "thread")
+
+    def __init__(self, proc: subprocess.Popen[str], listing: bool) -> None:
+        self.proc = proc
+        self.shown: list[str] | None = None
+        self.thread: threading.Thread | None = None
+        if listing:
+            self.thread = threading.Thread(target=self._keep_shown, daemon=True)
+            self.thread.start()
+
+    def _keep_shown(self) -> None:
+        from natbox.ruleset import (
+            WATCHED,
+            shown_lines,  # imported by then, mostly: the save takes ~0.1 s
+        )
+
+        assert self.proc.stdout is not None
+        try:
+            self.shown = list(shown_lines(self.proc.stdout, WATCHED))
+        except (OSError, ValueError):  # discard() killed it meanwhile: nobody will ask
+            self.shown = None
+
+
+_started: dict[tuple[str, ...], _Early] = {}
 _version: str | None = None
 _generation: int | None = None
 
@@ -64,22 +93,33 @@ def start(args: list[str]) -> None:
     _generation = nft_generation() if flavour == "nft" else None
     for tool in (f"iptables-{flavour}-save", f"ip6tables-{flavour}-save"):
         if (proc := _run([tool, "-c"])) is not None:
-            _started[(tool, "-c")] = proc
+            _started[(tool, "-c")] = _Early(proc, listing=args in LISTING)
 
 
-def take(argv: list[str], timeout: float) -> tuple[int, str, str] | None:
+def take(argv: list[str], timeout: float, keep: object = None) -> tuple[int, str, str] | None:
     """(returncode, stdout, stderr) of the early run of exactly `argv`, once; None when there is
-    none (then the caller runs it itself)."""
-    proc = _started.pop(tuple(argv), None)
-    if proc is None:
+    none (then the caller runs it itself). A listing's early save holds only the lines its parse
+    looks at: it is handed out only to a natbox_only read with the listing's `keep`
+    (status.listing_read)."""
+    early = _started.pop(tuple(argv), None)
+    if early is None:
         return None
+    proc = early.proc
+    if early.thread is not None:
+        early.thread.join(timeout)
+        from natbox.ruleset import WATCHED
+
+        if early.thread.is_alive() or early.shown is None or keep != WATCHED:
+            proc.kill()
+            proc.communicate()
+            return None
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
         return None
-    return proc.returncode, out, err
+    return proc.returncode, out if early.shown is None else "".join(early.shown), err
 
 
 def generation() -> int | None:
@@ -98,9 +138,9 @@ def discard() -> None:
     global _generation
     _generation = None
     while _started:
-        _, proc = _started.popitem()
-        proc.kill()
-        proc.communicate()
+        _, early = _started.popitem()
+        early.proc.kill()
+        early.proc.communicate()
 
 
 def nft_generation() -> int | None:

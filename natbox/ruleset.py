@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from natbox.errors import ConflictError, NatboxError, ValidationError
@@ -74,6 +74,46 @@ def classify_owner(chain: str, text: str) -> str:
 _INCOMPATIBLE_RE = re.compile(r"[Tt]able `([^']+)' is incompatible")
 
 
+WATCHED: dict[str, tuple[str, ...]] = {  # what `natbox list` and the dashboard show
+    "nat": ("PREROUTING", "POSTROUTING", "OUTPUT"),
+    "filter": ("FORWARD",),
+}
+"""The built-in chains whose every rule natbox shows (with natbox's own), per table."""
+
+
+def _unshown(raw: str, kept: Collection[str], heads: tuple[str, ...]) -> bool:
+    """Whether a rule line (`-A ...`, or `[pk:by] -A ...`) is one a natbox_only parse drops: it
+    does not name natbox and is not in one of the `kept` chains (`heads`: "CHAIN " for each)."""
+    if "natbox" in raw or "NATBOX" in raw:
+        return False
+    if not kept:
+        return True
+    at = raw.find("-A ") + 3  # where the chain's name starts
+    return at == 2 or not (
+        raw.startswith(heads, at) or (raw.find(" ", at) == -1 and raw[at:].strip() in kept)
+    )
+
+
+def shown_lines(lines: Iterable[str], keep: Mapping[str, Collection[str]]) -> Iterator[str]:
+    """The lines of a save that `parse_save(natbox_only=True, keep=keep)` does not drop unread,
+    taken as they come (natbox.prefetch filters `natbox list`'s save while it streams): parsing
+    what this yields gives the same Ruleset as parsing the whole text."""
+    kept: Collection[str] = ()
+    heads: tuple[str, ...] = ()
+    inside = False
+    for raw in lines:
+        if inside and raw.startswith(("[", "-")) and _unshown(raw, kept, heads):
+            continue
+        line = raw.strip()
+        if line.startswith("*"):
+            inside = True
+            kept = keep.get(line[1:], ())
+            heads = tuple(f"{name} " for name in kept)
+        elif line == "COMMIT":
+            inside = False
+        yield raw
+
+
 def parse_save(
     text: str, natbox_only: bool = False, keep: Mapping[str, Collection[str]] | None = None
 ) -> Ruleset:
@@ -98,15 +138,8 @@ def parse_save(
         # dropped here at the least cost (no strip, no split); the lines kept go the whole way.
         if natbox_only and table is not None:
             if raw.startswith(("[", "-")):
-                if "natbox" not in raw and "NATBOX" not in raw:
-                    if not kept:
-                        continue
-                    at = raw.find("-A ") + 3  # where the chain's name starts
-                    if at == 2 or not (
-                        raw.startswith(heads, at)
-                        or (raw.find(" ", at) == -1 and raw[at:].strip() in kept)
-                    ):
-                        continue
+                if _unshown(raw, kept, heads):
+                    continue
             elif keep is not None and raw.startswith(":"):
                 decls.append(raw)
                 if not raw.startswith(declared) and raw[1:].strip() not in kept:

@@ -7,14 +7,10 @@ from natbox.backends import Backend, families
 from natbox.backends.detect import Detection
 from natbox.errors import NatboxError
 from natbox.model import Chain, Forward, Rule, Ruleset
-from natbox.ruleset import ForwardState, forward_states, tampering
+from natbox.ruleset import WATCHED, ForwardState, forward_states, tampering
 from natbox.system import ip_forward_enabled
 
 # The built-in chains a NAT box's admin cares about.
-WATCHED: dict[str, tuple[str, ...]] = {
-    "nat": ("PREROUTING", "POSTROUTING", "OUTPUT"),
-    "filter": ("FORWARD",),
-}
 
 
 def _rule_dict(r: Rule) -> dict[str, object]:

@@ -77,7 +77,8 @@ class Backend(ABC):
         argv = [self.tool("save"), "-c"]
         res: Result | None = None
         if early and type(self.runner) is Runner and not self.runner.prefix:
-            if (got := prefetch.take(argv, self.runner.timeout)) is not None:
+            listing = keep if natbox_only else None
+            if (got := prefetch.take(argv, self.runner.timeout, listing)) is not None:
                 res = Result(tuple(argv), *got)
         if res is None:
             res = self.runner.run(argv)

@@ -9,7 +9,14 @@ import pytest
 from natbox.errors import NatboxError
 from natbox.model import Forward, Ruleset
 from natbox.plan import build_plan
-from natbox.ruleset import classify_owner, forward_states, parse_save, rule_comment, tampering
+from natbox.ruleset import (
+    classify_owner,
+    forward_states,
+    parse_save,
+    rule_comment,
+    shown_lines,
+    tampering,
+)
 from natbox.status import WATCHED, _chains, _forward_dict, _rule_dict, foreign_rules
 
 FIX = Path(__file__).parent / "fixtures"
@@ -258,6 +265,11 @@ def test_listing_parse_shows_what_the_full_parse_shows(name: str) -> None:
     full, listing = parse_save(text), parse_save(text, natbox_only=True, keep=WATCHED)
     assert _shown(listing) == _shown(full)
     assert len(list(listing.rules())) < len(list(full.rules()))
+    # natbox.prefetch keeps only shown_lines() of the save while it streams: the same listing.
+    lines = list(shown_lines(text.splitlines(keepends=True), WATCHED))
+    streamed = parse_save("".join(lines), natbox_only=True, keep=WATCHED)
+    assert _shown(streamed) == _shown(listing) and streamed.warnings == listing.warnings
+    assert len(lines) < len(text.splitlines())
     if name == "intruders":
         warnings = tampering(full)
         assert len(warnings) == 6, warnings
