@@ -155,11 +155,11 @@ def backend_probe(fwd: Forward, timeout: float = 1.0) -> tuple[bool | None, str]
 def evidence(fwd: Forward, flows: list[conntrack.Flow]) -> tuple[int, int, tuple[str, ...]]:
     """(replied, unreplied, examples of unreplied) among the forward's flows (BoxFacts.flows_for)
     that were DNATed to its backend."""
-    backend = str(fwd.backend.ip)
+    backend = {str(fwd.backend.ip), fwd.backend.ip.exploded}  # /proc prints IPv6 expanded
     replied = unreplied = 0
     examples: list[str] = []
     for f in flows:
-        if f.reply_src != backend:
+        if f.reply_src not in backend:
             continue
         flags = f.flags
         if "UNREPLIED" in flags:

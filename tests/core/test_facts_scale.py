@@ -104,3 +104,8 @@ def test_a_forwards_flows_are_its_listen_address_ports_and_protocols() -> None:
     replied, unreplied, examples = facts.evidence(seed, box.flows_for(seed))
     assert (replied, unreplied, len(examples)) == (1, 1, 1)
     assert facts.stale_flows(box.flows_for(seed)) == 1
+    # /proc prints IPv6 expanded: the backend's replies are found in either form.
+    six = Forward.from_text(
+        "[2001:db8:1::30]:1234", "[2001:db8:2::50]:80", name="s6", masquerade=True
+    )
+    assert facts.evidence(six, box.flows_for(six))[:2] == (1, 0)
