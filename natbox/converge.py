@@ -430,6 +430,7 @@ def execute(backend: Backend, change: Change, *, keep: bool = True) -> float:
             "could not be written",
             "fix that (space, permissions); the next natbox command (natbox recover) finishes "
             "the record from the change's journal",
+            committed=True,
         ):
             change.notes.extend(_settle(body, finished=True))
             journal.fault("set-before-journal-end")

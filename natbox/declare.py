@@ -47,6 +47,7 @@ from natbox.model import (
     parse_cidr,
     parse_ip,
 )
+from natbox.paths import StateWriteError
 from natbox.ruleset import ForwardState
 from natbox.runner import Runner
 from natbox.system import ip_forward_enabled, route_to
@@ -739,6 +740,14 @@ def carry_out(
         converge.save_rollback(change)
     try:
         report.seconds = converge.execute(backend, change, keep=confirm_seconds is None)
+    except StateWriteError as exc:
+        if armed is None or not exc.committed:
+            if armed is not None:
+                watchdog.disarm(armed)
+            raise
+        raise StateWriteError(
+            exc.message, f"{exc.hint}; {watchdog.STILL_ARMED}", committed=True
+        ) from None
     except BaseException:
         if armed is not None:
             watchdog.disarm(armed)

@@ -31,7 +31,7 @@ from natbox.facts import BoxFacts, box_facts, gather_facts, listeners, prefetch,
 from natbox.lazy import OnUse
 from natbox.model import Forward, Ruleset
 from natbox.overlap import in_background
-from natbox.paths import writes
+from natbox.paths import StateWriteError, writes
 from natbox.plan import OWN_CHAINS, build_plan, jump_rule
 from natbox.prefetch import generation as early_generation
 from natbox.prefetch import nft_generation
@@ -412,6 +412,13 @@ class Engine:
         armed = watchdog.arm(fwd.name, confirm_seconds, self._choice)
         try:
             return run()
+        except StateWriteError as exc:
+            if not exc.committed:
+                watchdog.disarm(armed)
+                raise
+            raise StateWriteError(
+                exc.message, f"{exc.hint}; {watchdog.STILL_ARMED}", committed=True
+            ) from None
         except BaseException:
             watchdog.disarm(armed)
             raise

@@ -41,16 +41,24 @@ class StateWriteError(StateFileError):
     """A state or config file natbox could not write or delete (a full disk, a read-only mount,
     permissions): said with what the kernel has then (see `writes`)."""
 
+    def __init__(self, message: str, hint: str = "", *, committed: bool = False) -> None:
+        super().__init__(message, hint)
+        self.committed = committed
+        """The change is in the kernel (only its record failed): a confirm window stays armed."""
+
 
 @contextmanager
-def writes(what: str, then: str) -> Iterator[None]:
+def writes(what: str, then: str, *, committed: bool = False) -> Iterator[None]:
     """Turn an OSError of the state files written inside into one StateWriteError: `what` says
-    what is true of the kernel then and what was not written, `then` what to do about it."""
+    what is true of the kernel then and what was not written, `then` what to do about it;
+    `committed`: the change is in the kernel already."""
     try:
         yield
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
-        raise StateWriteError(f"{what} ({where}{exc.strerror or exc})", then) from None
+        raise StateWriteError(
+            f"{what} ({where}{exc.strerror or exc})", then, committed=committed
+        ) from None
 
 
 def state_dir() -> Path:

@@ -67,6 +67,7 @@ def _end_journal(done: str) -> StateWriteError | None:
             f"{done}; the journal of the change could not be cleared",
             "fix that (space, permissions); the next natbox command sees the change finished "
             "and clears its journal (natbox recover)",
+            committed=True,
         ):
             journal.end()
     except StateWriteError as exc:

@@ -30,6 +30,10 @@ from natbox.paths import StateFileError, read_json, rollback_record, state_dir, 
 
 MIN_WINDOW, MAX_WINDOW = 5.0, 3600.0
 """What `--confirm` accepts (the engine takes down to 1 s, for tests of the TUI's countdown)."""
+STILL_ARMED = (
+    "the confirm window is still open: `natbox confirm` keeps the change, else it is rolled back"
+)
+"""Said when a change is in the kernel but its record failed: the watchdog still counts down."""
 HEARTBEAT = 1.0
 """How often a watchdog proves it is alive; one silent for STALE seconds is taken for dead."""
 STALE = 5.0

@@ -759,3 +759,25 @@ def test_a_state_file_that_cannot_be_written_is_one_line_that_says_what_the_kern
         assert disabled.load() == [WEB], "the disabled copy was written from the journal"
     if argv[0] == "edit":
         assert persist.load() == [EDITED], "the saved entry followed from the journal"
+
+
+def test_a_record_that_fails_after_the_commit_leaves_the_confirm_window_armed(
+    cli_box: tuple[MemoryBackend, object],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`natbox edit --confirm`: the change is in the kernel, only its journal could not be cleared.
+    The watchdog must still roll it back unless confirmed (disarming it would keep an unconfirmed
+    change for good), and the message says the window is open."""
+    from natbox import watchdog
+
+    box, cli = cli_box
+    disarmed: list[object] = []
+    monkeypatch.setattr(watchdog, "arm", lambda *args, **kwargs: "token")
+    monkeypatch.setattr(watchdog, "disarm", disarmed.append)
+    _fail_writing(monkeypatch, journal, "end_set", errno.EROFS)
+    argv = ["edit", "web", "--backend", "10.0.2.50:81", "--force", "--yes", "--confirm", "30"]
+    assert cli.main(argv) == 2  # type: ignore[attr-defined]
+    err = capsys.readouterr().err.strip()
+    assert "web is in the kernel as changed" in err and "confirm window is still open" in err, err
+    assert states(box).get("web") == EDITED and disarmed == []
