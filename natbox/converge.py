@@ -455,7 +455,14 @@ def _load_target(data: object) -> Target:
 
 def recover_set(backend: Backend) -> str | None:
     """Finish or undo the set operation natbox died in; say which (None when there was none)."""
-    with lock.held("recover"):
+    with (
+        lock.held("recover"),
+        writes(
+            "an interrupted change could not be finished: its record could not be written",
+            "free space or fix the permissions there; the next natbox command (natbox recover) "
+            "finishes it",
+        ),
+    ):
         entry = journal.pending_set()
         if entry is None:
             return None

@@ -781,3 +781,24 @@ def test_a_record_that_fails_after_the_commit_leaves_the_confirm_window_armed(
     err = capsys.readouterr().err.strip()
     assert "web is in the kernel as changed" in err and "confirm window is still open" in err, err
     assert states(box).get("web") == EDITED and disarmed == []
+
+
+def test_a_recovery_whose_record_cannot_be_written_is_a_natbox_error_not_a_crash(
+    cli_box: tuple[MemoryBackend, object],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The set journal is left (its end failed); the next command's recovery cannot write the
+    disabled list either: one StateWriteError (exit 2, the dashboard says it), never a raw OSError
+    (exit 70 on every command after)."""
+    from natbox.paths import StateWriteError
+
+    box, cli = cli_box
+    working = journal.end_set
+    _fail_writing(monkeypatch, journal, "end_set", errno.EROFS)
+    assert cli.main(["disable", "web", "--yes"]) == 2  # type: ignore[attr-defined]
+    monkeypatch.setattr(journal, "end_set", working)
+    assert journal.set_path().exists()
+    _fail_writing(monkeypatch, disabled, "write", errno.ENOSPC)
+    with pytest.raises(StateWriteError, match="could not be finished"):
+        converge.recover_set(box)
+    assert journal.set_path().exists(), "left for the next try"
