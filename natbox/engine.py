@@ -142,9 +142,11 @@ class Engine:
             return
         # The saves natbox.prefetch started with the process, if it did (and the generation it
         # noted before them); else they start now.
-        generation = early_generation() or nft_generation()
-        if generation is None:
-            return
+        generation = early_generation()
+        if generation is None:  # no early saves (or none with a generation): they start now
+            generation = nft_generation()
+            if generation is None:
+                return
         self._early = (
             generation,
             in_background(lambda: {b.family: b.read(early=True) for b in families(backend)}),

@@ -265,11 +265,17 @@ def _write_text(path: Path, text: str, mode: int, dir_mode: int) -> Path:
         except OSError:
             pass
         raise
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    # The file is in place, whole and synced; the directory's sync only makes its name survive a
+    # power cut sooner. If that fails, the write stands (saying it failed would be false: a
+    # journal said "not written" would still be found and acted on by the next command).
     try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
     return path
 
 

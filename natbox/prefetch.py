@@ -91,6 +91,8 @@ def start(args: list[str]) -> None:
     _version = version
     flavour = "legacy" if "legacy" in version else "nft"
     _generation = nft_generation() if flavour == "nft" else None
+    if args == DASHBOARD and _generation is None:
+        return  # the dashboard takes early saves only with their generation (Engine.prefetch)
     for tool in (f"iptables-{flavour}-save", f"ip6tables-{flavour}-save"):
         if (proc := _run([tool, "-c"])) is not None:
             _started[(tool, "-c")] = _Early(proc, listing=args in LISTING)

@@ -652,10 +652,12 @@ def remove_claimed(
         journal.fault("before-journal-end")
         uncleared = _end_journal(f"{name} is removed from the kernel")
         gone = {f"-A {x[3:]}" for lines in per_table.values() for x in lines if x.startswith("-D ")}
-        # The chains that were there (a builtin never listed before is never listed now: some
-        # iptables versions create it when asked), in the tables just committed to.
+        # The chains that were there and are not deleted by the removal (a builtin never listed
+        # before is never listed now: some iptables versions create it when asked), in the
+        # tables just committed to: each must list, or the proof fails.
+        dropped = {line[3:] for lines in per_table.values() for line in lines if line[:3] == "-X "}
         was = {
-            table: [c for c in chains if rs.chain(table, c) is not None]
+            table: [c for c in chains if rs.chain(table, c) is not None and c not in dropped]
             for table, chains in natbox_chains().items()
         }
         after = backend.read_chains(was, known=per_table.keys())

@@ -104,8 +104,8 @@ class Backend(ABC):
 
         On nft, a chain is listed only once `nft list chain` says it is there (listing a missing
         one could create its table on some iptables versions), except in the `known` tables (the
-        caller has just committed to them, so they exist): there a chain iptables cannot list
-        counts as missing."""
+        caller has just committed to them, so they exist, and asks only for chains that must be
+        there): a chain iptables cannot list there is an error, never taken for a missing one."""
         binary = f"ip{'6' if self.family == 6 else ''}tables-{self.flavour}"
         wait = str(max(1, int(lock_wait())))
         out: list[str] = []
@@ -121,7 +121,7 @@ class Backend(ABC):
                 res = self.runner.run([binary, "-w", wait, "-t", table, "-S", chain])
                 if not res.ok:
                     lock_busy(res.stderr)
-                    if "No chain" in res.stderr or (not probe and "incompatible" in res.stderr):
+                    if "No chain" in res.stderr:
                         continue
                     raise BackendError(
                         f"{binary} -t {table} -S {chain} failed: {res.first_error_line()}",

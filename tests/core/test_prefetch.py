@@ -96,6 +96,10 @@ def test_the_dashboard_starts_its_saves_early_and_notes_the_generation_first(
     assert noted == [0] and prefetch.generation() == 41
     prefetch.discard()
     assert prefetch.generation() is None
+    # Without a generation the dashboard could not tell a stale early read: none is started.
+    monkeypatch.setattr(prefetch, "nft_generation", lambda: None)
+    prefetch.start([])
+    assert not prefetch._started
 
 
 def test_supervise_that_did_something_discards_it(

@@ -405,3 +405,26 @@ def test_a_write_that_fails_on_a_full_disk_names_its_file(
         f"nothing was changed: the journal could not be written ({target}: No space left on device)"
     )
     assert target.read_text() == "before\n" and list(target.parent.iterdir()) == [target]
+
+
+def test_a_directory_sync_that_fails_after_the_file_is_in_place_is_not_a_failed_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file is whole, synced and renamed into place: saying the write failed would be false
+    (a journal called "not written" would still be found and acted on by the next command)."""
+    import errno
+    import os
+
+    from natbox import paths
+
+    real_open = os.open
+
+    def no_dir_sync(path: object, flags: int, *args: object) -> int:
+        if flags & os.O_DIRECTORY:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(paths.os, "open", no_dir_sync)
+    target = tmp_path / "journal.json"
+    assert paths.write_text(target, "{}\n") == target
+    assert target.read_text() == "{}\n"
