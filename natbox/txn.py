@@ -75,6 +75,16 @@ def _end_journal(done: str) -> StateWriteError | None:
     return None
 
 
+def _end_after_failure() -> None:
+    """journal.end() on the way out of a change that failed (the kernel is as before it): a journal
+    that cannot be cleared then must not hide the failure being raised; the next command's
+    recovery finds the kernel as before and clears it."""
+    try:
+        journal.end()
+    except OSError:
+        pass
+
+
 def require_root() -> None:
     """Refuse a write without root, before anything is read or touched."""
     if not is_root():
@@ -551,7 +561,7 @@ def apply(
         try:
             _commit_all(backend, per_table, TABLE_ORDER, validated=True)
         except BaseException:
-            journal.end()  # undone (or nothing done): the state before
+            _end_after_failure()  # undone (or nothing done): the state before
             raise
         # The flows the new DNAT cannot catch are looked up (not touched) during the read-back.
         stale = in_background(lambda: find_stale(fwd, runner))
@@ -562,7 +572,8 @@ def apply(
             detail = (
                 state.problems[0] if state and state.problems else "its rules did not read back"
             )
-            journal.end()
+            if not undone.startswith("could not undo"):
+                _end_after_failure()  # else the journal stays: recovery finishes the undo
             raise BackendError(
                 f"the kernel did not keep forward {fwd.name} as planned: {detail}", undone
             )
@@ -578,8 +589,10 @@ def apply(
         mark_forwarding_enabled()
         out.notes.append("enabled net.ipv4.ip_forward (until reboot; natbox save keeps it)")
     out.notes.extend(flush_flows(fwd, runner, stale()))
-    if uncleared is not None:  # said once the rest of the apply is done too
-        raise uncleared
+    if uncleared is not None:  # said once the rest of the apply is done too, with its notes
+        raise StateWriteError(
+            uncleared.message, "; ".join([*out.notes, uncleared.hint]), committed=True
+        )
     out.seconds = time.perf_counter() - start
     return out
 
@@ -642,12 +655,12 @@ def remove_claimed(
             journal.begin("remove", [name], backend.family, per_table)
         journal.fault("journal-written")
         if claim is not None and not claim():
-            journal.end()
+            _end_after_failure()
             return None
         try:
             _commit_all(backend, per_table, ("nat", "filter"))
         except BaseException:
-            journal.end()
+            _end_after_failure()
             raise
         journal.fault("before-journal-end")
         uncleared = _end_journal(f"{name} is removed from the kernel")
