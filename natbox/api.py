@@ -82,6 +82,10 @@ class Dashboard:
     them is in `forwards`."""
     rulesets: tuple[Ruleset, ...] = field(default=(), compare=False, repr=False)
     """The rulesets read (IPv4, then IPv6 if any): the health check works on them, not a new read."""
+    complete: bool = True
+    """Whether `rulesets` hold every rule. False for the first screen's early read, which parsed
+    only what the dashboard shows (natbox's rules and the NAT/FORWARD built-ins'): the health
+    check, which follows jumps into other software's chains, reads the whole ruleset itself."""
 
 
 @dataclass(frozen=True)

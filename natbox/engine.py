@@ -35,7 +35,7 @@ from natbox.paths import StateWriteError, writes
 from natbox.plan import OWN_CHAINS, build_plan, jump_rule
 from natbox.prefetch import generation as early_generation
 from natbox.prefetch import nft_generation
-from natbox.ruleset import ForwardState, forward_states, tampering
+from natbox.ruleset import WATCHED, ForwardState, forward_states, tampering
 from natbox.status import disabled_forwards, display_chains
 from natbox.system import (
     InterfaceStat,
@@ -115,6 +115,7 @@ class Engine:
         self._forwards: list[Forward] = []
         self._recovered = False
         self._early: tuple[int, Callable[[], dict[int, Ruleset]]] | None = None
+        self._first: Callable[[], tuple[Dashboard, int | None]] | None = None
 
     @property
     def read_only(self) -> bool:
@@ -149,8 +150,22 @@ class Engine:
                 return
         self._early = (
             generation,
-            in_background(lambda: {b.family: b.read(early=True) for b in families(backend)}),
+            in_background(
+                lambda: {
+                    # Only what the dashboard shows is parsed (the listing's lines, kept while the
+                    # save streams): the first screen waits for no 10,000-rule parse.
+                    b.family: b.read(natbox_only=True, keep=WATCHED, early=True)
+                    for b in families(backend)
+                }
+            ),
         )
+
+        def first() -> tuple[Dashboard, int | None]:
+            # The whole first Dashboard, while Textual loads: the screen shows it once mounted.
+            now = nft_generation()
+            return self._read_dashboard(), now
+
+        self._first = in_background(first)
 
     def _take_prefetched(self) -> dict[int, Ruleset]:
         """The prefetched rulesets per family (once), if nothing changed since they were read."""
@@ -175,7 +190,20 @@ class Engine:
         return (generation, conntrack.table_fill().count)
 
     def dashboard(self) -> Dashboard:
-        """Read rules (IPv4 and IPv6), forwards, facts and interfaces: one ruleset read per family."""
+        """Read rules (IPv4 and IPv6), forwards, facts and interfaces: one ruleset read per family.
+        The first call takes the Dashboard `prefetch` made, if the nft generation it was made
+        under is still the current one."""
+        first, self._first = self._first, None
+        if first is not None:
+            try:
+                data, generation = first()
+            except NatboxError:
+                data, generation = None, None
+            if data is not None and generation is not None and nft_generation() == generation:
+                return data
+        return self._read_dashboard()
+
+    def _read_dashboard(self) -> Dashboard:
         taken_at = time.time()
         try:
             backend = self.backend()
@@ -225,11 +253,14 @@ class Engine:
         except NatboxError:
             saved_set = None
         saved = None if saved_set is None else frozenset(f.name for f in saved_set)
+        complete = rs is not early.get(backend.family)
         rulesets = [rs]
         v6 = [b for b in families(backend) if b.family == 6]
         if v6:
             try:
-                rulesets.append(early.get(6) or v6[0].read())
+                six = early.get(6)
+                complete = complete and six is None
+                rulesets.append(six or v6[0].read())
             except NatboxError as exc:
                 base = replace(base, error=f"IPv6: {exc.one_line().removeprefix('natbox: ')}")
         per_family = [forward_states(r) for r in rulesets]
@@ -267,13 +298,18 @@ class Engine:
             drifted=drifted,
             recovered=recovered,
             rulesets=tuple(rulesets),
+            complete=complete,
             disabled=tuple(held),
         )
 
     def health(self, data: Dashboard) -> dict[str, list[Finding]]:
-        """The cheap checks of each forward in `data`, on the rulesets it was read from."""
+        """The cheap checks of each forward in `data`, on the rulesets it was read from (read
+        whole now if `data` holds only what the dashboard shows)."""
         out: dict[str, list[Finding]] = {}
-        for rs in data.rulesets:
+        rulesets = data.rulesets
+        if not data.complete:
+            rulesets = tuple(b.read() for b in families(self.backend()))
+        for rs in rulesets:
             names = set(rs.forward_names())
             states = [s for s in data.forwards if s.name in names]
             out.update(self._health(rs, states, probe=False, flows=False))

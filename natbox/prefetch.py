@@ -1,10 +1,15 @@
-"""Provides the early start of `natbox list`'s reads: its iptables-save runs while Python imports.
+"""Provides the early start of `natbox list`'s and the dashboard's reads: their iptables-save runs
+while Python imports.
 
-On a lived-in box `iptables-nft-save -c` takes ~0.2 s and natbox's imports ~0.07 s: started by the
-entry point (natbox.__main__.run) before the command line module is imported, the save runs
-alongside the imports instead of after them. Only `natbox list` (and `list --json`) with the
-automatic backend starts one; only status.listing_read() takes it (Backend.read(early=True)), and
-only when nothing happened in between: _supervise() discards it when it did anything, so a read
+On a lived-in box `iptables-nft-save -c` takes ~0.2 s and natbox's imports ~0.07 s (the dashboard's,
+with Textual, ~0.3 s): started by the entry point (natbox.__main__.run) before the command line
+module is imported, the save runs alongside the imports instead of after them, and a thread keeps
+only the lines a listing's parse looks at while the save streams (ruleset.shown_lines: natbox's
+rules and the NAT/FORWARD built-ins'). Only `natbox list` (and `list --json`) and `natbox` alone
+(the dashboard) with the automatic backend start them; only a listing read takes them
+(Backend.read(natbox_only=True, keep=WATCHED, early=True): status.listing_read, Engine.prefetch),
+and only when nothing happened in between: _supervise() discards them when it did anything, and
+the dashboard uses them only under the nft ruleset generation noted before they started, so a read
 that must be fresh (an apply's, a rollback's) never sees one. Imports only what the saves need.
 """
 
@@ -18,18 +23,16 @@ import threading
 
 
 class _Early:
-    """One early save: its process and, for a listing, the thread that keeps only the lines the
-    listing's parse looks at while the save streams (ruleset.shown_lines)."""
+    """One early save: its process and the thread that keeps only the lines a listing's parse
+    looks at while the save streams (ruleset.shown_lines)."""
 
     __slots__ = ("proc", "shown", "thread")
 
-    def __init__(self, proc: subprocess.Popen[str], listing: bool) -> None:
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
         self.proc = proc
         self.shown: list[str] | None = None
-        self.thread: threading.Thread | None = None
-        if listing:
-            self.thread = threading.Thread(target=self._keep_shown, daemon=True)
-            self.thread.start()
+        self.thread = threading.Thread(target=self._keep_shown, daemon=True)
+        self.thread.start()
 
     def _keep_shown(self) -> None:
         from natbox.ruleset import (
@@ -95,33 +98,33 @@ def start(args: list[str]) -> None:
         return  # the dashboard takes early saves only with their generation (Engine.prefetch)
     for tool in (f"iptables-{flavour}-save", f"ip6tables-{flavour}-save"):
         if (proc := _run([tool, "-c"])) is not None:
-            _started[(tool, "-c")] = _Early(proc, listing=args in LISTING)
+            _started[(tool, "-c")] = _Early(proc)
 
 
 def take(argv: list[str], timeout: float, keep: object = None) -> tuple[int, str, str] | None:
     """(returncode, stdout, stderr) of the early run of exactly `argv`, once; None when there is
-    none (then the caller runs it itself). A listing's early save holds only the lines its parse
-    looks at: it is handed out only to a natbox_only read with the listing's `keep`
-    (status.listing_read)."""
+    none (then the caller runs it itself). An early save holds only the lines a listing's parse
+    looks at: it is handed out only to a natbox_only read with the listing's `keep`, WATCHED
+    (status.listing_read, Engine.prefetch); any other read drops it and runs its own."""
+    from natbox.ruleset import WATCHED
+
     early = _started.pop(tuple(argv), None)
     if early is None:
         return None
     proc = early.proc
-    if early.thread is not None:
+    if keep == WATCHED:
         early.thread.join(timeout)
-        from natbox.ruleset import WATCHED
-
-        if early.thread.is_alive() or early.shown is None or keep != WATCHED:
-            proc.kill()
-            proc.communicate()
-            return None
+    if early.thread.is_alive() or early.shown is None or keep != WATCHED:
+        proc.kill()
+        proc.communicate()
+        return None
     try:
-        out, err = proc.communicate(timeout=timeout)
+        _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
         return None
-    return proc.returncode, out if early.shown is None else "".join(early.shown), err
+    return proc.returncode, "".join(early.shown), err
 
 
 def generation() -> int | None:

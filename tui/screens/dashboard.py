@@ -477,7 +477,8 @@ class DashboardScreen(Screen[None]):
                 self._schedule("rules", RULES_EVERY, self._poll_rules)
                 if not self._flows_started:
                     self._flows_started = True
-                    self.count_flows(self.engine, None)
+                    # After the screen has been painted: its thread would hold up the paint.
+                    self.call_after_refresh(self.count_flows, self.engine, None)
             elif worker.group == "flows":
                 self._schedule("flows", FLOWS_EVERY, self._poll_flows)
 
@@ -532,7 +533,8 @@ class DashboardScreen(Screen[None]):
             self._fill_rules()
             self._fill_interfaces(data.interfaces, data.taken_at)
             self._fill_health()
-        self.check_health(self.engine, data)
+        # After the paint (the check may read the whole ruleset first: Dashboard.complete).
+        self.call_after_refresh(self.check_health, self.engine, data)
 
     @on(DashboardUnchanged)
     def _unchanged(self, message: DashboardUnchanged) -> None:
