@@ -32,7 +32,14 @@ from dataclasses import dataclass, field
 from natbox import disabled, journal, lock, persist, tables
 from natbox.backends import Backend, families
 from natbox.backends.restore import RestoreBackend
-from natbox.errors import BackendError, NatboxError, ValidationError
+from natbox.errors import (
+    UNDO_FAILED,
+    BackendError,
+    NatboxError,
+    UndoFailed,
+    ValidationError,
+    undone_or_not,
+)
 from natbox.model import Forward, Rule, Ruleset, forward_from_dict
 from natbox.paths import read_json, remove, rollback_record, write_json, writes
 from natbox.plan import OWN_CHAINS, TABLE_ORDER, build_plan, jump_rule
@@ -263,7 +270,7 @@ def _undo(bound: dict[int, Backend], done: list[Unit]) -> str:
         except BackendError:
             failed.append(f"IPv{unit.family} {unit.table}")
     if failed:
-        return f"could not undo the {', '.join(failed)} table; run `natbox list` and check"
+        return f"{UNDO_FAILED} the {', '.join(failed)} table; run `natbox list` and check"
     if done:
         what = ", ".join(f"IPv{u.family} {u.table}" for u in done)
         return f"the {what} table{'s were' if len(done) > 1 else ' was'} undone: nothing changed"
@@ -290,7 +297,7 @@ def commit(backend: Backend, units: list[Unit]) -> None:
         try:
             bound[unit.family].commit(unit.table, list(unit.lines))
         except BackendError as exc:
-            raise BackendError(exc.message, _undo(bound, done)) from None
+            raise undone_or_not(exc.message, _undo(bound, done)) from None
         done.append(unit)
         journal.fault(f"set-committed-{unit.family}-{unit.table}")
 
@@ -417,14 +424,17 @@ def execute(backend: Backend, change: Change, *, keep: bool = True) -> float:
         journal.fault("set-journal-written")
         try:
             commit(backend, change.units)
+        except UndoFailed:
+            raise  # part of it is in the kernel: the journal stays for recovery
         except BaseException:
             journal.end_set()
             raise
         wrong = mismatches(backend, change.target())
         if wrong:
             undone = _undo(_writers(backend, change.units), _order(change.units))
-            journal.end_set()
-            raise BackendError(f"the kernel did not keep the change: {wrong[0]}", undone)
+            if not undone.startswith(UNDO_FAILED):
+                journal.end_set()  # else it stays: recovery finishes the undo
+            raise undone_or_not(f"the kernel did not keep the change: {wrong[0]}", undone)
         with writes(
             f"{_kernel_has(change.target())} (read back), but natbox's record of the change "
             "could not be written",

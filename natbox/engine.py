@@ -201,6 +201,11 @@ class Engine:
                 data, generation = None, None
             if data is not None and generation is not None and nft_generation() == generation:
                 return data
+            if data is not None and data.recovered:
+                # Its recovery (or rollback) changed the rules, so it is read again: what natbox
+                # did must still be said (the read again does not recover twice).
+                fresh = self._read_dashboard()
+                return replace(fresh, recovered=fresh.recovered or data.recovered)
         return self._read_dashboard()
 
     def _read_dashboard(self) -> Dashboard:

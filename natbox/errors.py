@@ -53,6 +53,21 @@ class BackendError(NatboxError):
     """iptables (or python-iptables) refused or failed an operation."""
 
 
+class UndoFailed(BackendError):
+    """A change failed and undoing what it had committed failed too: the kernel holds part of it,
+    and its journal stays for recovery (natbox recover)."""
+
+
+UNDO_FAILED = "could not undo"
+"""How the message of a failed undo begins (txn._undo, converge._undo)."""
+
+
+def undone_or_not(message: str, undone: str) -> BackendError:
+    """The error for a change that failed with `message`, after the undo said `undone`."""
+    cls = UndoFailed if undone.startswith(UNDO_FAILED) else BackendError
+    return cls(message, undone)
+
+
 class ConflictError(NatboxError):
     """The forward clashes with one that already exists."""
 

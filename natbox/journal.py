@@ -81,10 +81,21 @@ def begin(
     lines: dict[str, list[str]],
     forwards: list[dict[str, object]] | None = None,
 ) -> Entry:
-    """Record the intent (durably) before the kernel is touched."""
+    """Record the intent (durably) before the kernel is touched; refused while another change's
+    journal is still there (one whose undo failed: overwriting it would lose what recovery needs)."""
+    _refuse_pending()
     entry = Entry(op, tuple(names), family, lines, tuple(forwards or ()), time.time())
     write_json(path(), entry.to_dict())
     return entry
+
+
+def _refuse_pending() -> None:
+    for pending in (path(), set_path()):
+        if pending.exists():
+            raise StateFileError(
+                f"an interrupted change is still pending ({pending}): nothing was changed",
+                "run `natbox recover` (it finishes or undoes it), then try again",
+            )
 
 
 def end() -> None:
@@ -178,7 +189,9 @@ def set_path() -> Path:
 
 
 def begin_set(body: dict[str, object]) -> None:
-    """Record a set operation's intent (durably) before the kernel is touched."""
+    """Record a set operation's intent (durably) before the kernel is touched (refused as `begin`
+    is)."""
+    _refuse_pending()
     write_json(set_path(), {**body, "started": time.time()})
 
 

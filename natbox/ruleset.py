@@ -133,7 +133,9 @@ def parse_save(
     declared: tuple[str, ...] = ()  # ":CHAIN " for each kept chain, and natbox's own
     decls: list[str] = []  # with `keep`: the table's chain lines, declared or not, in order
     late = False  # with `keep`: a rule landed in a chain left undeclared (see _in_save_order)
-    for lineno, raw in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" only: iptables-save prints a comment's form feeds and other line breaks
+    # str.splitlines() would split at as they are (a comment must never make a rule).
+    for lineno, raw in enumerate(text.split("\n"), 1):
         # natbox_only: most lines are other software's rules (and, with `keep`, their chains),
         # dropped here at the least cost (no strip, no split); the lines kept go the whole way.
         if natbox_only and table is not None:

@@ -18,7 +18,16 @@ from typing import Any
 
 from natbox import disabled, journal, lock
 from natbox.backends import Backend, families
-from natbox.errors import BackendError, ConflictError, NatboxError, NotFoundError, NotRootError
+from natbox.errors import (
+    UNDO_FAILED,
+    BackendError,
+    ConflictError,
+    NatboxError,
+    NotFoundError,
+    NotRootError,
+    UndoFailed,
+    undone_or_not,
+)
 from natbox.model import Forward, Rule, Ruleset
 from natbox.overlap import in_background
 from natbox.paths import StateWriteError, state_dir, write_text, writes
@@ -271,8 +280,7 @@ def _commit_all(
         try:
             backend.commit(table, per_table[table])
         except BackendError as exc:
-            undone = _undo(backend, per_table, done)
-            raise BackendError(exc.message, undone) from None
+            raise undone_or_not(exc.message, _undo(backend, per_table, done)) from None
         done.append(table)
         journal.fault(f"committed-{table}")
 
@@ -285,7 +293,7 @@ def _undo(backend: Backend, per_table: dict[str, list[str]], done: list[str]) ->
         except BackendError:
             failed.append(table)
     if failed:
-        return f"could not undo the {', '.join(failed)} table; run `natbox list` and check"
+        return f"{UNDO_FAILED} the {', '.join(failed)} table; run `natbox list` and check"
     if done:
         return f"the {', '.join(done)} table was undone: nothing changed"
     return "nothing was changed"
@@ -560,6 +568,8 @@ def apply(
         journal.fault("journal-written")
         try:
             _commit_all(backend, per_table, TABLE_ORDER, validated=True)
+        except UndoFailed:
+            raise  # part of it is in the kernel: the journal stays for recovery
         except BaseException:
             _end_after_failure()  # undone (or nothing done): the state before
             raise
@@ -572,9 +582,9 @@ def apply(
             detail = (
                 state.problems[0] if state and state.problems else "its rules did not read back"
             )
-            if not undone.startswith("could not undo"):
+            if not undone.startswith(UNDO_FAILED):
                 _end_after_failure()  # else the journal stays: recovery finishes the undo
-            raise BackendError(
+            raise undone_or_not(
                 f"the kernel did not keep forward {fwd.name} as planned: {detail}", undone
             )
         journal.fault("before-journal-end")
@@ -659,6 +669,8 @@ def remove_claimed(
             return None
         try:
             _commit_all(backend, per_table, ("nat", "filter"))
+        except UndoFailed:
+            raise  # part of it is in the kernel: the journal stays for recovery
         except BaseException:
             _end_after_failure()
             raise

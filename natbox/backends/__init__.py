@@ -127,7 +127,7 @@ class Backend(ABC):
                         f"{binary} -t {table} -S {chain} failed: {res.first_error_line()}",
                         "natbox cannot prove what it wrote; run natbox list",
                     )
-                for line in res.stdout.splitlines():
+                for line in res.stdout.split("\n"):
                     if line.startswith("-P "):
                         _, name, policy = line.split()[:3]
                         out.append(f":{name} {policy} [0:0]")

@@ -802,3 +802,34 @@ def test_a_recovery_whose_record_cannot_be_written_is_a_natbox_error_not_a_crash
     with pytest.raises(StateWriteError, match="could not be finished"):
         converge.recover_set(box)
     assert journal.set_path().exists(), "left for the next try"
+
+
+def test_a_change_whose_undo_fails_keeps_its_journal_and_blocks_the_next_change(
+    box: MemoryBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The filter table is refused after nat was committed, and the undo of nat is refused too:
+    half a removal is in the kernel. Its journal must stay (recovery needs it), and no other change
+    may overwrite it until `natbox recover` has finished it."""
+    from natbox.errors import UndoFailed
+    from natbox.paths import StateFileError
+
+    monkeypatch.setattr(txn, "require_root", lambda: None)
+    real = MemoryBackend.commit
+    start = len(box.commits)
+
+    def refusing(self: MemoryBackend, table: str, lines: list[str]) -> None:
+        if len(self.commits) - start in (1, 2):  # filter, then the undo of nat
+            self.commits.append((self.family, table, list(lines)))
+            raise BackendError(f"the kernel refused the {table} table", "")
+        real(self, table, lines)
+
+    monkeypatch.setattr(MemoryBackend, "commit", refusing)
+    with pytest.raises(UndoFailed, match="refused the filter table") as info:
+        txn.remove(box, "web")
+    assert info.value.hint.startswith("could not undo the nat table")
+    assert journal.path().exists(), "half a removal in the kernel: the journal stays"
+    monkeypatch.setattr(MemoryBackend, "commit", real)
+    with pytest.raises(StateFileError, match="interrupted change is still pending"):
+        txn.remove(box, "dns")
+    assert txn.recover(box) and not journal.path().exists()
+    assert "web" not in states(box) and states(box)["dns"] == DNS

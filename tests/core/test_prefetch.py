@@ -115,3 +115,26 @@ def test_supervise_that_did_something_discards_it(
     assert not prefetch._started
     tools.write_text("after")
     assert _comment(RestoreBackend("nft"), early=True) == "after"
+
+
+def test_a_first_dashboard_whose_recovery_moved_the_rules_still_says_what_natbox_did(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first Dashboard (made while Textual loads) ran the start-up recovery, which changed the
+    rules, so its generation is stale and the dashboard reads again; that read does not recover
+    twice, so what the first one did (a rollback, an undone change) must be carried over."""
+    from natbox import engine as engine_module
+    from natbox.api import Dashboard
+    from natbox.conntrack import Fill
+
+    def board(recovered: str | None) -> Dashboard:
+        return Dashboard(
+            "box", "restore (nft)", False, True, Fill(0, 0, False, False), recovered=recovered
+        )
+
+    engine = engine_module.Engine()
+    engine._first = lambda: (board("rolled back web: not confirmed within 30 s"), 7)
+    monkeypatch.setattr(engine_module, "nft_generation", lambda: 8)  # the rollback moved it
+    monkeypatch.setattr(engine, "_read_dashboard", lambda: board(None))
+    assert engine.dashboard().recovered == "rolled back web: not confirmed within 30 s"
+    assert engine.dashboard().recovered is None  # once: later reads are the dashboard's own

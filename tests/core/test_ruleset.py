@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -274,3 +275,23 @@ def test_listing_parse_shows_what_the_full_parse_shows(name: str) -> None:
         warnings = tampering(full)
         assert len(warnings) == 6, warnings
         assert any("OUTPUT" == r.text.split()[-1] for r in foreign_rules(full))
+
+
+def test_a_line_break_inside_a_comment_never_makes_a_rule() -> None:
+    """iptables-save prints a comment's form feed (or \\x1c, \\x85, \\u2028) as it is: only "\\n" ends
+    a line, or a comment could forge a rule, a natbox tag or a COMMIT (both parses agree)."""
+    text = (
+        "*filter\n:FORWARD ACCEPT [0:0]\n:KUBE-X - [0:0]\n"
+        '-A KUBE-X -m comment --comment "a\x0c-A FORWARD -j ACCEPT\x1cCOMMIT" -j RETURN\n'
+        "COMMIT\n"
+    )
+    for rs in (
+        parse_save(text),
+        parse_save(text, natbox_only=True, keep=WATCHED),
+        # as natbox.prefetch reads the save's pipe: lines end at "\n" only
+        parse_save("".join(shown_lines(io.StringIO(text, newline=""), WATCHED))),
+    ):
+        forward = rs.chain("filter", "FORWARD")
+        assert forward is not None and forward.rules == []
+    (rule,) = parse_save(text).rules("filter")
+    assert rule.chain == "KUBE-X" and "\x0c" in rule.text

@@ -5,6 +5,7 @@ toasts off the dialog's buttons, and a 1,000-forward table that stays usable."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from textual.widgets import Button
@@ -525,3 +526,35 @@ async def test_forgetting_a_disabled_forward_changed_meanwhile_forgets_nothing()
         assert engine.disabled == [narrowed] and engine.removed == []
         messages = [n.message for n in app._notifications]
         assert any("web changed since it was shown" in m for m in messages), messages
+
+
+async def test_a_change_in_the_kernel_whose_record_failed_still_gets_its_countdown() -> None:
+    """The apply is in the kernel, only its journal could not be cleared (StateWriteError with
+    committed): the watchdog still counts down, so the TUI shows the countdown (keep it, or it is
+    rolled back) and says what could not be written, instead of calling the change failed."""
+    from natbox.paths import StateWriteError
+
+    engine = SampleEngine()
+    applied = engine.apply
+
+    def apply_then_fail_the_record(*args: Any, **kwargs: Any) -> Any:
+        applied(*args, **kwargs)
+        raise StateWriteError(
+            "tcp-8082 is in the kernel, all its rules; the journal could not be cleared",
+            "fix that",
+            committed=True,
+        )
+
+    engine.apply = apply_then_fail_the_record  # type: ignore[method-assign]
+    app = make_app(engine, confirm_seconds=30)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await settle(pilot)
+        await pilot.press("a", "tab", *"8082", "enter", *"10.0.2.50:80")
+        await settle(pilot)
+        await pilot.press("enter", "enter")
+        await settle(pilot)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert isinstance(app.screen, CountdownScreen)
+        (board,) = [s for s in app.screen_stack if isinstance(s, DashboardScreen)]
+        assert any("journal could not be cleared" in e for e in board.events), board.events

@@ -29,6 +29,7 @@ from natbox.api import ChangePreview, Dashboard, EngineAPI, ShownChain
 from natbox.checks import Finding, worst
 from natbox.errors import NatboxError
 from natbox.model import Forward, Rule
+from natbox.paths import StateWriteError
 from natbox.plan import build_plan
 from natbox.ruleset import ForwardState
 from natbox.txn import Outcome
@@ -476,11 +477,17 @@ class DashboardScreen(Screen[None]):
             if worker.group == "rules":
                 self._schedule("rules", RULES_EVERY, self._poll_rules)
                 if not self._flows_started:
-                    self._flows_started = True
                     # After the screen has been painted: its thread would hold up the paint.
-                    self.call_after_refresh(self.count_flows, self.engine, None)
+                    self.call_after_refresh(self._start_flows)
             elif worker.group == "flows":
                 self._schedule("flows", FLOWS_EVERY, self._poll_flows)
+
+    def _start_flows(self) -> None:
+        # Marked started here, not when asked: a callback dropped (a modal came and went before
+        # the refresh) is asked again when the next rule read ends.
+        if not self._flows_started:
+            self._flows_started = True
+            self.count_flows(self.engine, None)
 
     def _polling_paused(self) -> bool:
         # Nothing is read while a modal (or another screen) is in front.
@@ -1033,6 +1040,14 @@ class DashboardScreen(Screen[None]):
         self._applying = True
         try:
             await self._in_thread(lambda: call(window), "applying")
+        except StateWriteError as exc:
+            self._applying = False
+            if not exc.committed:
+                self.say(exc.one_line(), severity="error")
+                return False
+            # In the kernel, only its record failed: the watchdog still counts down, so the
+            # countdown is shown (keep or roll back), with what could not be written.
+            self.say(exc.message, severity="warning", title="natbox", timeout=15)
         except NatboxError as exc:
             self.say(exc.one_line(), severity="error")
             return False
