@@ -163,6 +163,11 @@ class EngineAPI(Protocol):
         """One read of the rules (both families), forwards, facts and interfaces; no flows, no health."""
         ...
 
+    def ready_dashboard(self) -> Dashboard | None:
+        """The first Dashboard, if it was made ahead (while the UI loaded), is there already and
+        is still current; never blocks. None: read one with `dashboard` as usual."""
+        ...
+
     def health(self, data: Dashboard) -> Mapping[str, Sequence[Finding]]:
         """The cheap checks of each forward in `data` (no backend probe, no conntrack read)."""
         ...

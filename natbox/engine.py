@@ -30,7 +30,7 @@ from natbox.errors import NatboxError, NotFoundError
 from natbox.facts import BoxFacts, box_facts, gather_facts, listeners, prefetch, probed
 from natbox.lazy import OnUse
 from natbox.model import Forward, Ruleset
-from natbox.overlap import in_background
+from natbox.overlap import Later, in_background
 from natbox.paths import StateWriteError, writes
 from natbox.plan import OWN_CHAINS, build_plan, jump_rule
 from natbox.prefetch import generation as early_generation
@@ -115,7 +115,7 @@ class Engine:
         self._forwards: list[Forward] = []
         self._recovered = False
         self._early: tuple[int, Callable[[], dict[int, Ruleset]]] | None = None
-        self._first: Callable[[], tuple[Dashboard, int | None]] | None = None
+        self._first: Later[tuple[Dashboard, int | None]] | None = None
 
     @property
     def read_only(self) -> bool:
@@ -188,6 +188,21 @@ class Engine:
         if generation is None:
             return object()
         return (generation, conntrack.table_fill().count)
+
+    def ready_dashboard(self) -> Dashboard | None:
+        """The Dashboard `prefetch` made, if it is done and its nft generation is still the current
+        one (taken once); None otherwise, without waiting (`dashboard` then reads, or waits)."""
+        first = self._first
+        if first is None or not first.done():
+            return None
+        try:
+            data, generation = first()
+        except NatboxError:
+            return None
+        if generation is None or nft_generation() != generation:
+            return None  # left for `dashboard`, which reads again (and keeps what it recovered)
+        self._first = None
+        return data
 
     def dashboard(self) -> Dashboard:
         """Read rules (IPv4 and IPv6), forwards, facts and interfaces: one ruleset read per family.

@@ -5,30 +5,40 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 _T = TypeVar("_T")
 
 
-def in_background(fn: Callable[[], _T]) -> Callable[[], _T]:
-    """Start `fn` in a thread now; the returned callable waits for its result (or raises its
-    error). For reads that mostly wait on the kernel, made while another read runs."""
-    out: list[_T] = []
-    err: list[BaseException] = []
+class Later(Generic[_T]):
+    """A result being made in a thread: call it to wait for it (or for its error)."""
 
-    def run() -> None:
+    def __init__(self, fn: Callable[[], _T]) -> None:
+        self._out: list[_T] = []
+        self._err: list[BaseException] = []
+        self._thread = threading.Thread(
+            target=self._run, args=(fn,), name="natbox-read", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, fn: Callable[[], _T]) -> None:
         try:
-            out.append(fn())
+            self._out.append(fn())
         except BaseException as exc:  # handed to the caller, who decides
-            err.append(exc)
+            self._err.append(exc)
 
-    thread = threading.Thread(target=run, name="natbox-read", daemon=True)
-    thread.start()
+    def done(self) -> bool:
+        """Whether the result is there (calling would not wait)."""
+        return not self._thread.is_alive()
 
-    def result() -> _T:
-        thread.join()
-        if err:
-            raise err[0]
-        return out[0]
+    def __call__(self) -> _T:
+        self._thread.join()
+        if self._err:
+            raise self._err[0]
+        return self._out[0]
 
-    return result
+
+def in_background(fn: Callable[[], _T]) -> Later[_T]:
+    """Start `fn` in a thread now; the result waits for it (or raises its error). For reads that
+    mostly wait on the kernel, made while another read runs."""
+    return Later(fn)

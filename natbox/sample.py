@@ -168,6 +168,10 @@ class SampleEngine:
         self.polls += 1
         return (self.generation, len(self._flows))
 
+    def ready_dashboard(self) -> Dashboard | None:
+        """None: the sample makes nothing ahead."""
+        return None
+
     def dashboard(self) -> Dashboard:
         """The sample box's rules and facts; interface counters grow with each read."""
         self.reads += 1

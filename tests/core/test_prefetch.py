@@ -138,3 +138,35 @@ def test_a_first_dashboard_whose_recovery_moved_the_rules_still_says_what_natbox
     monkeypatch.setattr(engine, "_read_dashboard", lambda: board(None))
     assert engine.dashboard().recovered == "rolled back web: not confirmed within 30 s"
     assert engine.dashboard().recovered is None  # once: later reads are the dashboard's own
+
+
+def test_the_screen_takes_the_first_dashboard_only_when_it_is_ready_and_current(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ready_dashboard() never waits: the screen shows the Dashboard made while the UI loaded in
+    its first frame when it is done and its generation is current, and reads as usual otherwise."""
+    import threading
+    import time
+
+    from natbox import engine as engine_module
+    from natbox.api import Dashboard
+    from natbox.conntrack import Fill
+    from natbox.overlap import in_background
+
+    board = Dashboard("box", "restore (nft)", False, True, Fill(0, 0, False, False))
+    engine = engine_module.Engine()
+    generation = [7]
+    monkeypatch.setattr(engine_module, "nft_generation", lambda: generation[0])
+    release = threading.Event()
+    engine._first = in_background(lambda: (release.wait(5), (board, 7))[1])
+    started = time.monotonic()
+    assert engine.ready_dashboard() is None  # not made yet: no waiting for it
+    assert time.monotonic() - started < 1.0
+    release.set()
+    engine._first()  # made now
+    generation[0] = 8
+    assert engine.ready_dashboard() is None  # stale: left for dashboard(), which reads again
+    assert engine._first is not None
+    generation[0] = 7
+    assert engine.ready_dashboard() is board
+    assert engine.ready_dashboard() is None  # once

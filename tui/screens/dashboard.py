@@ -402,7 +402,16 @@ class DashboardScreen(Screen[None]):
         self.forwards_table.focus()
         # The rules first: the flow count (a read of up to 100,000s of flows) starts once the first
         # rule read is on screen, so it never holds the forwards back (#13).
-        self._read_rules(None)
+        ready = self.engine.ready_dashboard()
+        if ready is None:
+            self._read_rules(None)
+            return
+        # Made while the UI loaded (and still current): in the first frame, with no worker to
+        # wait for; polling goes on as after a read.
+        self._reads += 1
+        self._loaded(DashboardLoaded(ready, self.engine.fingerprint(), self._reads))
+        self._schedule("rules", RULES_EVERY, self._poll_rules)
+        self.call_after_refresh(self._start_flows)
 
     # ---------------------------------------------------------------- workers
 
