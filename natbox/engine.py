@@ -114,7 +114,6 @@ class Engine:
         self._warnings: list[str] = []
         self._forwards: list[Forward] = []
         self._recovered = False
-        self._early: tuple[int, Callable[[], dict[int, Ruleset]]] | None = None
         self._first: Later[tuple[Dashboard, int | None]] | None = None
 
     @property
@@ -148,36 +147,18 @@ class Engine:
             generation = nft_generation()
             if generation is None:
                 return
-        self._early = (
-            generation,
-            in_background(
-                lambda: {
-                    # Only what the dashboard shows is parsed (the listing's lines, kept while the
-                    # save streams): the first screen waits for no 10,000-rule parse.
-                    b.family: b.read(natbox_only=True, keep=WATCHED, early=True)
-                    for b in families(backend)
-                }
-            ),
-        )
 
         def first() -> tuple[Dashboard, int | None]:
             # The whole first Dashboard, while Textual loads: the screen shows it once mounted.
+            # Only what the dashboard shows is parsed (the lines kept while the save streams).
+            early = {
+                b.family: b.read(natbox_only=True, keep=WATCHED, early=True)
+                for b in families(backend)
+            }
             now = nft_generation()
-            return self._read_dashboard(), now
+            return self._read_dashboard(early if now == generation else {}), now
 
         self._first = in_background(first)
-
-    def _take_prefetched(self) -> dict[int, Ruleset]:
-        """The prefetched rulesets per family (once), if nothing changed since they were read."""
-        if self._early is None:
-            return {}
-        generation, result = self._early
-        self._early = None
-        try:
-            rulesets = result()
-        except NatboxError:
-            return {}
-        return rulesets if nft_generation() == generation else {}
 
     def fingerprint(self) -> Hashable:
         """The nft ruleset generation and the conntrack count (two cheap reads, no iptables-save).
@@ -223,11 +204,12 @@ class Engine:
                 return replace(fresh, recovered=fresh.recovered or data.recovered)
         return self._read_dashboard()
 
-    def _read_dashboard(self) -> Dashboard:
+    def _read_dashboard(self, early: dict[int, Ruleset] | None = None) -> Dashboard:
+        """A Dashboard read now; `early`: rulesets per family read before (and still current)."""
         taken_at = time.time()
+        early = early or {}
         try:
             backend = self.backend()
-            early = self._take_prefetched()
             rs: Ruleset | None = early.get(backend.family) or backend.read()
             failed = ""
         except NatboxError as exc:

@@ -260,9 +260,9 @@ def prefetch(box: BoxFacts, forwards: list[Forward], *, probe: bool) -> None:
             list(pool.map(box.probe, todo.values()))
 
 
-def flows_near(fwd: Forward) -> list[conntrack.Flow] | None:
-    """The flows to `fwd`'s listen address and ports, asked of the kernel by a filtered ctnetlink
-    dump per protocol (tens of milliseconds where the whole table of 100,000 flows takes half a
+def listen_flows(fwd: Forward, proto: str) -> list[conntrack.Flow] | None:
+    """The `proto` flows to `fwd`'s listen address and ports, asked of the kernel by a filtered
+    ctnetlink dump (tens of milliseconds where the whole table of 100,000 flows takes half a
     second); None where only a whole read can tell (no ctnetlink, or the /proc reader is forced)."""
     from natbox.conntrack import dump
     from natbox.conntrack.read import reader
@@ -271,11 +271,20 @@ def flows_near(fwd: Forward) -> list[conntrack.Flow] | None:
         return None
     ports = range(fwd.listen.port, fwd.listen.port_end + 1)
     try:
-        return [
-            f for proto in fwd.protocols for f in dump.flows_to(str(fwd.listen.ip), proto, ports)
-        ]
+        return dump.flows_to(str(fwd.listen.ip), proto, ports)
     except (NatboxError, OSError):
         return None
+
+
+def flows_near(fwd: Forward) -> list[conntrack.Flow] | None:
+    """The flows to `fwd`'s listen address and ports, all its protocols (see listen_flows)."""
+    out: list[conntrack.Flow] = []
+    for proto in fwd.protocols:
+        found = listen_flows(fwd, proto)
+        if found is None:
+            return None
+        out.extend(found)
+    return out
 
 
 FILTERED_DUMPS_MAX = 8

@@ -309,25 +309,13 @@ that way)."""
 
 
 def find_stale(fwd: Forward, runner: Runner) -> StaleFlows:
-    """The flows to `fwd`'s listen address and ports, per protocol, over ctnetlink: the kernel finds
-    them (a filtered dump: ~40 ms at 100,000 flows, where `conntrack -D` dumps the whole table for
-    each protocol and port). Only where the runner's commands run in this process's namespace (no
-    prefix), and never for a recording runner (a test's: the host's flows are not its)."""
-    from natbox.conntrack import dump
+    """The flows to `fwd`'s listen address and ports, per protocol, found by a filtered ctnetlink
+    dump (facts.listen_flows). Only where the runner's commands run in this process's namespace
+    (no prefix), and never for a recording runner (a test's: the host's flows are not its)."""
+    from natbox.facts import listen_flows
 
-    out: StaleFlows = {}
     here = type(runner) is Runner and not runner.prefix
-    for proto in fwd.protocols:
-        out[proto] = None
-        if not here:
-            continue
-        try:
-            out[proto] = dump.flows_to(
-                str(fwd.listen.ip), proto, range(fwd.listen.port, fwd.listen.port_end + 1)
-            )
-        except (NatboxError, OSError):
-            continue
-    return out
+    return {proto: listen_flows(fwd, proto) if here else None for proto in fwd.protocols}
 
 
 def _flush_by_netlink(stale: list[Any] | None) -> int | None:

@@ -111,18 +111,23 @@ async def test_forwards_and_rules_show_while_the_flows_are_still_read() -> None:
         assert int(str(screen.forwards_table.get_cell("web", "flows"))) > 0
 
 
+async def add_tcp_8082(pilot: Any) -> None:
+    """Through the wizard: listen port 8082, backend 10.0.2.50:80, the defaults, then apply."""
+    await pilot.press("a", "tab", *"8082", "enter", *"10.0.2.50:80")
+    await settle(pilot)
+    await pilot.press("enter", "enter")
+    await settle(pilot)
+    await pilot.press("enter")
+    await settle(pilot)
+
+
 async def test_window_running_out_says_the_forward_was_rolled_back() -> None:
     now = [1000.0]
     engine = SampleEngine()
     app = make_app(engine, confirm_seconds=30, clock=lambda: now[0])
     async with app.run_test(size=(100, 34)) as pilot:
         await settle(pilot)
-        await pilot.press("a", "tab", *"8082", "enter", *"10.0.2.50:80")
-        await settle(pilot)
-        await pilot.press("enter", "enter")
-        await settle(pilot)
-        await pilot.press("enter")
-        await settle(pilot)
+        await add_tcp_8082(pilot)
         assert isinstance(app.screen, CountdownScreen)
         engine.waiting = None  # the watchdog rolled it back at the deadline, before the TUI asked
         engine.forwards = [f for f in engine.forwards if f.name != "tcp-8082"]
@@ -549,12 +554,7 @@ async def test_a_change_in_the_kernel_whose_record_failed_still_gets_its_countdo
     app = make_app(engine, confirm_seconds=30)
     async with app.run_test(size=(100, 34)) as pilot:
         await settle(pilot)
-        await pilot.press("a", "tab", *"8082", "enter", *"10.0.2.50:80")
-        await settle(pilot)
-        await pilot.press("enter", "enter")
-        await settle(pilot)
-        await pilot.press("enter")
-        await settle(pilot)
+        await add_tcp_8082(pilot)
         assert isinstance(app.screen, CountdownScreen)
         (board,) = [s for s in app.screen_stack if isinstance(s, DashboardScreen)]
         assert any("journal could not be cleared" in e for e in board.events), board.events
