@@ -163,9 +163,15 @@ class EngineAPI(Protocol):
         """One read of the rules (both families), forwards, facts and interfaces; no flows, no health."""
         ...
 
+    def interfaces(self) -> tuple[InterfaceStat, ...]:
+        """This host's interfaces and their counters now (no ruleset read), the default route's
+        first: what the Interfaces tab polls."""
+        ...
+
     def ready_dashboard(self) -> Dashboard | None:
         """The first Dashboard, if it was made ahead (while the UI loaded), is there already and
-        is still current; never blocks. None: read one with `dashboard` as usual."""
+        is still current; never blocks. None: read one with `dashboard` as usual. Its interfaces
+        may be empty (not read yet): `interfaces` reads them."""
         ...
 
     def health(self, data: Dashboard) -> Mapping[str, Sequence[Finding]]:

@@ -156,7 +156,7 @@ class Engine:
                 for b in families(backend)
             }
             now = nft_generation()
-            return self._read_dashboard(early if now == generation else {}), now
+            return self._read_dashboard(early if now == generation else {}, interfaces=False), now
 
         self._first = in_background(first)
 
@@ -172,7 +172,8 @@ class Engine:
 
     def ready_dashboard(self) -> Dashboard | None:
         """The Dashboard `prefetch` made, if it is done and its nft generation is still the current
-        one (taken once); None otherwise, without waiting (`dashboard` then reads, or waits)."""
+        one (taken once); None otherwise, without waiting (`dashboard` then reads, or waits). Its
+        interfaces are not read (empty): `interfaces` reads them."""
         first = self._first
         if first is None or not first.done():
             return None
@@ -196,7 +197,7 @@ class Engine:
             except NatboxError:
                 data, generation = None, None
             if data is not None and generation is not None and nft_generation() == generation:
-                return data
+                return replace(data, interfaces=self.interfaces())
             if data is not None and data.recovered:
                 # Its recovery (or rollback) changed the rules, so it is read again: what natbox
                 # did must still be said (the read again does not recover twice).
@@ -204,8 +205,17 @@ class Engine:
                 return replace(fresh, recovered=fresh.recovered or data.recovered)
         return self._read_dashboard()
 
-    def _read_dashboard(self, early: dict[int, Ruleset] | None = None) -> Dashboard:
-        """A Dashboard read now; `early`: rulesets per family read before (and still current)."""
+    def interfaces(self) -> tuple[InterfaceStat, ...]:
+        """This host's interfaces and their counters now, the default route's first, lo last."""
+        first = default_route_dev()
+        return tuple(sorted(interface_stats(), key=lambda i: (i.name == "lo", i.name != first)))
+
+    def _read_dashboard(
+        self, early: dict[int, Ruleset] | None = None, interfaces: bool = True
+    ) -> Dashboard:
+        """A Dashboard read now; `early`: rulesets per family read before (and still current);
+        without `interfaces` its interfaces are left empty (the first one's, made while Textual
+        loads: psutil's import alone is ~20 ms of the first frame, for a tab not shown yet)."""
         taken_at = time.time()
         early = early or {}
         try:
@@ -214,16 +224,13 @@ class Engine:
             failed = ""
         except NatboxError as exc:
             rs, failed = None, exc.one_line().removeprefix("natbox: ")
-        first = default_route_dev()
         base = Dashboard(
             host=socket.gethostname(),
             backend="?",
             read_only=self.read_only,
             ip_forward=ip_forward_enabled(),
             fill=conntrack.table_fill(),
-            interfaces=tuple(
-                sorted(interface_stats(), key=lambda i: (i.name == "lo", i.name != first))
-            ),
+            interfaces=self.interfaces() if interfaces else (),
             taken_at=taken_at,
         )
         if rs is None:

@@ -142,6 +142,7 @@ class SampleEngine:
     """The forward in its confirm window (the sample has no watchdog process: rollback() is called)."""
     killed: list[conntrack.Flow] = field(default_factory=list)
     reads: int = 0
+    interface_reads: int = 0
     health_reads: int = 0
     polls: int = 0
     """fingerprint() calls: what a poll that finds nothing changed costs."""
@@ -180,10 +181,6 @@ class SampleEngine:
         rs = parse_save(sample_save(self.forwards))
         rs6 = parse_save(FOREIGN6)
 
-        def wave(step: int) -> int:
-            # Traffic that rises and falls from read to read, so sparklines have a shape.
-            return sum(step * (1 + (i * 7) % 5) // 3 for i in range(self.reads))
-
         return Dashboard(
             host="natbox-lab",
             backend="restore (nft)",
@@ -196,29 +193,43 @@ class SampleEngine:
                 for family, r in ((4, rs), (6, rs6))
                 for table, chain in display_chains(r)
             ),
-            interfaces=(
-                InterfaceStat(
-                    "lan0",
-                    ("192.168.1.30",),
-                    1500,
-                    True,
-                    9_000_000 + wave(48_000),
-                    4_000_000 + wave(31_000),
-                ),
-                InterfaceStat(
-                    "dmz0",
-                    ("10.0.2.40",),
-                    1400,
-                    True,
-                    5_100_000 + wave(30_000),
-                    8_800_000 + wave(47_000),
-                ),
-                InterfaceStat("lo", ("127.0.0.1",), 65536, True, 1000, 1000),
-            ),
+            interfaces=self._interfaces(),
             taken_at=1_700_000_000.0 + 3 * self.reads,
             saved=frozenset(self.saved),
             rulesets=(rs,),
             disabled=tuple(self.disabled),
+        )
+
+    def interfaces(self) -> tuple[InterfaceStat, ...]:
+        """The sample's two sides and lo, their counters moving with each read."""
+        self.interface_reads += 1
+        return self._interfaces()
+
+    def _interfaces(self) -> tuple[InterfaceStat, ...]:
+        def wave(step: int) -> int:
+            # Traffic that rises and falls from read to read, so sparklines have a shape.
+            return sum(
+                step * (1 + (i * 7) % 5) // 3 for i in range(self.reads + self.interface_reads)
+            )
+
+        return (
+            InterfaceStat(
+                "lan0",
+                ("192.168.1.30",),
+                1500,
+                True,
+                9_000_000 + wave(48_000),
+                4_000_000 + wave(31_000),
+            ),
+            InterfaceStat(
+                "dmz0",
+                ("10.0.2.40",),
+                1400,
+                True,
+                5_100_000 + wave(30_000),
+                8_800_000 + wave(47_000),
+            ),
+            InterfaceStat("lo", ("127.0.0.1",), 65536, True, 1000, 1000),
         )
 
     def health(self, data: Dashboard) -> dict[str, list[Finding]]:

@@ -29,9 +29,14 @@ async def settle(pilot: Pilot[int]) -> None:
             for w in pilot.app.workers
             if w._thread_worker and w.state in (WorkerState.PENDING, WorkerState.RUNNING)
         ]
+        # Work the dashboard holds back until its first frame is out (its flow count, its health).
+        waiting = any(getattr(screen, "starting", 0) for screen in pilot.app.screen_stack)
         if busy:
             quiet = 0
             await asyncio.wait([asyncio.ensure_future(w.wait()) for w in busy], timeout=10)
+        elif waiting:
+            quiet = 0
+            await asyncio.sleep(0.05)
         else:
             quiet += 1
             if quiet == 2:

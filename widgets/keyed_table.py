@@ -84,7 +84,24 @@ class KeyedTable(DataTable[Cell]):
             # The row under the cursor went: stay at the same height, not at the top.
             self.move_cursor(row=min(keep_index, self.row_count - 1), scroll=False)
         self.updates = changes
+        self.measure_now()
         return changes
+
+    def measure_now(self) -> None:
+        """Measure new rows and changed cells now, as DataTable does when idle: a table filled while
+        the app is busy (its first frame, during the first reads) would otherwise be painted blank
+        until the message queue runs dry, a frame or more later (#13)."""
+        if not (self._require_update_dimensions or self._updated_cells):
+            return
+        if self._updated_cells:
+            updated, self._updated_cells = self._updated_cells, set()
+            self._update_column_widths(updated)
+        if self._require_update_dimensions:
+            self._require_update_dimensions = False
+            new_rows, self._new_rows = self._new_rows, set()
+            self._update_dimensions(new_rows)
+        self._update_count += 1
+        self.refresh(layout=True)
 
     async def _on_idle(self, event: events.Idle) -> None:
         # DataTable measures new rows' widths when idle but keeps lines it rendered before with

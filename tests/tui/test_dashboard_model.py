@@ -111,6 +111,66 @@ async def test_forwards_and_rules_show_while_the_flows_are_still_read() -> None:
         assert int(str(screen.forwards_table.get_cell("web", "flows"))) > 0
 
 
+async def test_the_first_dashboard_made_ahead_shows_at_once_and_its_interfaces_follow() -> None:
+    """The Dashboard made while Textual loaded (ready_dashboard) goes in without a rule read, and
+    without interfaces (not read ahead: psutil's import for a tab not shown); they are read once
+    the first frame is out, alone (no second rule read), and fill the Interfaces tab."""
+    from dataclasses import replace
+
+    engine = SampleEngine()
+    ahead = replace(engine.dashboard(), interfaces=())
+    given: list[Dashboard] = [ahead]
+    engine.ready_dashboard = lambda: given.pop() if given else None  # type: ignore[method-assign]
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        await settle(pilot)
+        assert names(screen) == ["dns", "web"]
+        assert engine.reads == 1, "the Dashboard made ahead was shown, not read again"
+        assert engine.interface_reads == 1
+        assert screen.query_one("#ifaces").row_count == 3  # type: ignore[attr-defined]
+        assert screen.local_addresses()[0] == ("192.168.1.30", "lan0")
+
+
+async def test_rows_synced_into_a_busy_table_are_measured_at_once() -> None:
+    """DataTable measures new rows only when its app goes idle; a table synced while the app is
+    busy (its first frame) was painted blank until then. KeyedTable.sync measures them at once."""
+    from textual.app import App, ComposeResult
+
+    from widgets.keyed_table import KeyedTable
+
+    class One(App[None]):
+        def compose(self) -> ComposeResult:
+            yield KeyedTable()
+
+    async with One().run_test(size=(60, 10)) as pilot:
+        table = pilot.app.query_one(KeyedTable)
+        table.add_column("A", key="a")
+        table.add_column("B", key="b")
+        table.sync([(f"r{i}", [f"row {i}", "x" * 20]) for i in range(5)])
+        # No await in between: nothing has gone idle yet.
+        assert table.virtual_size.height == 6, "header + 5 rows measured without waiting"
+        assert table.columns["b"].content_width == 20  # type: ignore[index]
+
+
+async def test_the_collector_is_back_on_once_the_first_frame_is_out() -> None:
+    """natbox.__main__ starts the dashboard with the cyclic collector off (start-up speed); the
+    dashboard turns it on (after gc.freeze) once its first frame is out, or the process would
+    never collect a cycle."""
+    import gc
+
+    gc.disable()
+    try:
+        app = make_app(SampleEngine())
+        async with app.run_test(size=(100, 30)) as pilot:
+            await settle(pilot)
+            assert gc.isenabled()
+    finally:
+        gc.unfreeze()
+        gc.enable()
+
+
 async def add_tcp_8082(pilot: Any) -> None:
     """Through the wizard: listen port 8082, backend 10.0.2.50:80, the defaults, then apply."""
     await pilot.press("a", "tab", *"8082", "enter", *"10.0.2.50:80")

@@ -8,9 +8,11 @@ its polling, so a failure is seen and the dashboard keeps going.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, ClassVar, NamedTuple
 
 from rich.text import Text
@@ -56,6 +58,9 @@ FORWARD_ROWS = 7
 OWNER_STYLE = {"docker": "cyan", "kube": "magenta", "other": "", "natbox": "green"}
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
 FILTER_DELAY = 0.15
+FIRST_FRAME_OUT = 0.15
+"""After the first paint, this long before the flow count and the health check start: their
+threads take the GIL and a CPU, and the frame must reach the terminal (tmux, sshd) first (#13)."""
 SORTS = ("name", "flows", "bytes", "health")
 MARK = "▶"
 
@@ -362,6 +367,8 @@ class DashboardScreen(Screen[None]):
         """The seq of the read on screen: an older read that ends later never replaces it."""
         self._flows_started = False
         """Whether the flow count has started (after the first rule read, never before)."""
+        self.starting = 0
+        """Work waiting for the first frame to be out (_after_first_frame); tests settle on it."""
 
     def compose(self) -> ComposeResult:
         yield Header(icon="≡")
@@ -400,18 +407,40 @@ class DashboardScreen(Screen[None]):
         # Tab goes from the forwards straight to the rules (1-4 switch tabs; no stop on the tab bar).
         self.query_one("#tabs", TabbedContent).query_one(Tabs).can_focus = False
         self.forwards_table.focus()
-        # The rules first: the flow count (a read of up to 100,000s of flows) starts once the first
-        # rule read is on screen, so it never holds the forwards back (#13).
+        # The first read goes in after Textual's start-up batch (see _first_read); until then the
+        # tables are hidden, so the frame Textual makes and drops costs little.
+        self.query_one("#tabs", TabbedContent).display = False
+        self.call_after_refresh(self._first_read)
+
+    def _first_read(self) -> None:
+        """Show the Dashboard made while the UI loaded (Engine.prefetch), if it is done and still
+        current, else start a read. Called after Textual's start-up batch, whose frame Textual makes
+        and drops: filled in there, the tables would be rendered twice before anything is seen."""
         ready = self.engine.ready_dashboard()
         if ready is None:
             self._read_rules(None)
-            return
-        # Made while the UI loaded (and still current): in the first frame, with no worker to
-        # wait for; polling goes on as after a read.
-        self._reads += 1
-        self._loaded(DashboardLoaded(ready, self.engine.fingerprint(), self._reads))
-        self._schedule("rules", RULES_EVERY, self._poll_rules)
-        self.call_after_refresh(self._start_flows)
+        else:
+            self._reads += 1
+            self._loaded(DashboardLoaded(ready, self.engine.fingerprint(), self._reads))
+            self._schedule("rules", RULES_EVERY, self._poll_rules)
+            # The rules first: the flow count (a read of up to 100,000s of flows) starts once the
+            # first rule read is on screen, so it never holds the forwards back (#13).
+            self._after_first_frame(self._start_flows)
+            if not ready.interfaces:  # not read ahead (a tab not shown yet): read after
+                self._after_first_frame(self.read_interfaces, self.engine)
+        # Shown now, once: Textual's dropped frame had no tables in it to render (on_mount).
+        self.query_one("#tabs", TabbedContent).display = True
+
+    def _after_first_frame(self, callback: Callable[..., object], *args: object) -> None:
+        """Run `callback` FIRST_FRAME_OUT after the next paint (the flow count, the health check:
+        threads that would hold the first frame back on its way to the terminal)."""
+        self.starting += 1
+
+        def run() -> None:
+            self.starting -= 1
+            callback(*args)
+
+        self.call_after_refresh(self.set_timer, FIRST_FRAME_OUT, run)
 
     # ---------------------------------------------------------------- workers
 
@@ -426,7 +455,7 @@ class DashboardScreen(Screen[None]):
         if last is not None and fingerprint == last:
             ifaces = None
             if interfaces:
-                ifaces = engine.dashboard().interfaces
+                ifaces = engine.interfaces()
             self.post_message(DashboardUnchanged(ifaces, time.time()))
             return
         self.post_message(DashboardLoaded(engine.dashboard(), fingerprint, seq))
@@ -438,6 +467,11 @@ class DashboardScreen(Screen[None]):
         if fresh:
             self._fresh_from = self._reads
         self.read_rules(self.engine, last, interfaces, self._reads)
+
+    @work(thread=True, group="interfaces", exit_on_error=False, description="reading interfaces")
+    def read_interfaces(self, engine: EngineAPI) -> None:
+        """The interfaces and their counters alone (no ruleset read)."""
+        self.post_message(DashboardUnchanged(engine.interfaces(), time.time()))
 
     @work(
         thread=True,
@@ -487,7 +521,7 @@ class DashboardScreen(Screen[None]):
                 self._schedule("rules", RULES_EVERY, self._poll_rules)
                 if not self._flows_started:
                     # After the screen has been painted: its thread would hold up the paint.
-                    self.call_after_refresh(self._start_flows)
+                    self._after_first_frame(self._start_flows)
             elif worker.group == "flows":
                 self._schedule("flows", FLOWS_EVERY, self._poll_flows)
 
@@ -496,6 +530,9 @@ class DashboardScreen(Screen[None]):
         # the refresh) is asked again when the next rule read ends.
         if not self._flows_started:
             self._flows_started = True
+            if not gc.isenabled():  # natbox.__main__ starts the dashboard without it
+                gc.freeze()
+                gc.enable()
             self.count_flows(self.engine, None)
 
     def _polling_paused(self) -> bool:
@@ -549,12 +586,18 @@ class DashboardScreen(Screen[None]):
             self._fill_rules()
             self._fill_interfaces(data.interfaces, data.taken_at)
             self._fill_health()
-        # After the paint (the check may read the whole ruleset first: Dashboard.complete).
-        self.call_after_refresh(self.check_health, self.engine, data)
+        # After the paint (the check may read the whole ruleset first: Dashboard.complete); the
+        # first one after the first frame is out.
+        if self._flows_started:
+            self.call_after_refresh(self.check_health, self.engine, data)
+        else:
+            self._after_first_frame(self.check_health, self.engine, data)
 
     @on(DashboardUnchanged)
     def _unchanged(self, message: DashboardUnchanged) -> None:
         if message.interfaces is not None:
+            if self.data is not None:  # the wizard's address choices come from them too
+                self.data = replace(self.data, interfaces=message.interfaces)
             self._fill_interfaces(message.interfaces, message.taken_at)
 
     @on(HealthChecked)
