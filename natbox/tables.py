@@ -14,6 +14,8 @@ tables are kernel modules that stay loaded: nothing to do there.
 from __future__ import annotations
 
 import json
+import socket
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +23,7 @@ from pathlib import Path
 from natbox.backends import Backend
 from natbox.errors import NatboxError
 from natbox.paths import read_json, remove, state_dir, write_json
+from natbox.runner import Runner
 
 # The tables natbox writes, per nft family.
 _MINE = {"ip nat", "ip filter", "ip6 nat", "ip6 filter"}
@@ -34,14 +37,63 @@ _PROBE = {"nat": "POSTROUTING", "filter": "FORWARD"}
 """The built-in chain natbox always writes to in each table: if it is there, the table is."""
 
 
+_FAMILIES = {2: "ip", 10: "ip6"}  # NFPROTO_IPV4, NFPROTO_IPV6
+
+
+def listed() -> set[str] | None:
+    """Every ip/ip6 nft table of this process's network namespace ("ip nat", ...), from one
+    NFT_MSG_GETTABLE dump over netlink (~1 ms, no rules fetched); None where it cannot be read."""
+    request = struct.pack("=IHHII", 20, (10 << 8) | 1, 0x301, 1, 0)  # GETTABLE, REQUEST|DUMP
+    request += struct.pack("=BBH", 0, 0, 0)  # nfgenmsg: every family
+    found: set[str] = set()
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12) as sock:  # NETLINK_NETFILTER
+            sock.settimeout(1.0)
+            sock.send(request)
+            while True:
+                data = sock.recv(1 << 16)
+                offset = 0
+                while offset + 16 <= len(data):
+                    length, kind = struct.unpack_from("=IH", data, offset)
+                    if length < 16 or kind == 2:  # malformed, or NLMSG_ERROR
+                        return None
+                    if kind == 3:  # NLMSG_DONE
+                        return found
+                    if kind == (10 << 8) and length >= 20:  # NFT_MSG_NEWTABLE
+                        family = _FAMILIES.get(data[offset + 16])
+                        name = _attr(data, offset + 20, offset + length, 1)  # NFTA_TABLE_NAME
+                        if family and name is not None:
+                            found.add(f"{family} {name}")
+                    offset += (length + 3) & ~3
+                if not data:
+                    return None
+    except OSError:
+        return None
+
+
+def _attr(data: bytes, start: int, end: int, wanted: int) -> str | None:
+    while start + 4 <= end:
+        length, kind = struct.unpack_from("=HH", data, start)
+        if length < 4:
+            return None
+        if kind & 0x7FFF == wanted:
+            return data[start + 4 : start + length].split(b"\0", 1)[0].decode(errors="replace")
+        start += (length + 3) & ~3
+    return None
+
+
 def present(backend: Backend) -> set[str] | None:
     """The nft tables natbox could create that exist now (None: not an nft host, or no `nft`).
 
-    One `nft list chain` per table (a few ms each): `nft list tables` fetches every rule of every
+    From one netlink dump of the tables (`listed`) when the backend runs here; else one
+    `nft list chain` per table (a few ms each): `nft list tables` fetches every rule of every
     table first, 0.85 s on a 10,000-rule kube-proxy node.
     """
     if backend.flavour != "nft":
         return None
+    runner = backend.runner
+    if type(runner) is Runner and not runner.prefix and (tables := listed()) is not None:
+        return tables & _MINE
     found: set[str] = set()
     for table in sorted(_MINE):
         family, name = table.split()

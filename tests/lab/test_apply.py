@@ -355,6 +355,29 @@ def test_no_trace_left_on_an_nft_host_without_tables(box: Lab) -> None:
     assert (box.save("nft", counters=True), save6(box, "nft"), nft_ruleset(box)) == before
 
 
+LISTED = (
+    "from natbox.tables import listed; t = listed(); print('failed' if t is None else sorted(t))"
+)
+
+
+def test_the_netlink_table_list_matches_nft(box: Lab) -> None:
+    """tables.listed() (one NFT_MSG_GETTABLE dump) names exactly the ip/ip6 tables `nft list
+    tables` shows, with native tables of other families beside them left out."""
+    assert box.nat_exec(sys.executable, "-c", LISTED).stdout.strip() == "[]"
+    box.nat_exec("iptables-nft", "-t", "nat", "-A", "POSTROUTING", "-j", "ACCEPT")
+    box.nat_exec("ip6tables-nft", "-t", "filter", "-A", "FORWARD", "-j", "ACCEPT")
+    box.nat_exec("nft", "add", "table", "inet", "mine")
+    box.nat_exec("nft", "add", "table", "ip", "natbox-is-not-nat")  # a table without base chains
+    shown = box.nat_exec("nft", "list", "tables").stdout.split("\n")
+    expected = sorted(
+        line.removeprefix("table ").strip()
+        for line in shown
+        if line.startswith(("table ip ", "table ip6 "))
+    )
+    assert expected == ["ip nat", "ip natbox-is-not-nat", "ip6 filter"]
+    assert box.nat_exec(sys.executable, "-c", LISTED).stdout.strip() == str(expected)
+
+
 def test_no_trace_never_deletes_a_table_someone_used(box: Lab) -> None:
     out = box.natbox("add", f"{NAT_LAN_IP}:1234", f"{SERVER_IP}:80", "--yes")
     assert out.returncode == 0, out.stderr
