@@ -150,8 +150,11 @@ class NatboxApp(App[int]):
         finally:
             self._holding = False
 
-    def on_mount(self) -> None:
-        self.push_screen(DashboardScreen(self.engine, self.confirm_seconds, self.clock))
+    def get_default_screen(self) -> Screen[Any]:
+        # The dashboard is the first screen itself (not pushed over an empty one): composed with
+        # the app, laid out once Textual's start-up batch is over, so its first frame is not made
+        # inside the batch and dropped (#13).
+        return DashboardScreen(self.engine, self.confirm_seconds, self.clock)
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

@@ -227,7 +227,7 @@ async def test_enter_on_a_forward_opens_its_flows() -> None:
         await settle(pilot)
         viewer = app.screen
         assert isinstance(viewer, ConntrackScreen) and viewer.forward == "web"
-        assert len(app.screen_stack) == 3, "one viewer, not two"
+        assert len(app.screen_stack) == 2, "the dashboard and one viewer, not two"
         rows = viewer.query_one(FlowTable).rows
         assert rows and all(f.orig.dport == 1234 for f in rows)
 

@@ -407,15 +407,11 @@ class DashboardScreen(Screen[None]):
         # Tab goes from the forwards straight to the rules (1-4 switch tabs; no stop on the tab bar).
         self.query_one("#tabs", TabbedContent).query_one(Tabs).can_focus = False
         self.forwards_table.focus()
-        # The first read goes in after Textual's start-up batch (see _first_read); until then the
-        # tables are hidden, so the frame Textual makes and drops costs little.
-        self.query_one("#tabs", TabbedContent).display = False
-        self.call_after_refresh(self._first_read)
+        self._first_read()
 
     def _first_read(self) -> None:
-        """Show the Dashboard made while the UI loaded (Engine.prefetch), if it is done and still
-        current, else start a read. Called after Textual's start-up batch, whose frame Textual makes
-        and drops: filled in there, the tables would be rendered twice before anything is seen."""
+        """Show the Dashboard made while the UI loaded (Engine.prefetch) in the first frame, if it
+        is done and still current, else start a read."""
         ready = self.engine.ready_dashboard()
         if ready is None:
             self._read_rules(None)
@@ -428,8 +424,6 @@ class DashboardScreen(Screen[None]):
             self._after_first_frame(self._start_flows)
             if not ready.interfaces:  # not read ahead (a tab not shown yet): read after
                 self._after_first_frame(self.read_interfaces, self.engine)
-        # Shown now, once: Textual's dropped frame had no tables in it to render (on_mount).
-        self.query_one("#tabs", TabbedContent).display = True
 
     def _after_first_frame(self, callback: Callable[..., object], *args: object) -> None:
         """Run `callback` FIRST_FRAME_OUT after the next paint (the flow count, the health check:
