@@ -42,33 +42,45 @@ _FAMILIES = {2: "ip", 10: "ip6"}  # NFPROTO_IPV4, NFPROTO_IPV6
 
 def listed() -> set[str] | None:
     """Every ip/ip6 nft table of this process's network namespace ("ip nat", ...), from one
-    NFT_MSG_GETTABLE dump over netlink (~1 ms, no rules fetched); None where it cannot be read."""
+    NFT_MSG_GETTABLE dump over netlink (~1 ms, no rules fetched); None where it cannot be read.
+    A dump the kernel marks interrupted (a table came or went meanwhile) is asked again, once."""
+    for _ in range(2):
+        try:
+            found = _dump_tables()
+        except (OSError, struct.error):
+            return None
+        if found is not None:
+            return found
+    return None
+
+
+def _dump_tables() -> set[str] | None:
+    """One dump: the tables, or None when the kernel said it was interrupted (NLM_F_DUMP_INTR)."""
     request = struct.pack("=IHHII", 20, (10 << 8) | 1, 0x301, 1, 0)  # GETTABLE, REQUEST|DUMP
     request += struct.pack("=BBH", 0, 0, 0)  # nfgenmsg: every family
     found: set[str] = set()
-    try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12) as sock:  # NETLINK_NETFILTER
-            sock.settimeout(1.0)
-            sock.send(request)
-            while True:
-                data = sock.recv(1 << 16)
-                offset = 0
-                while offset + 16 <= len(data):
-                    length, kind = struct.unpack_from("=IH", data, offset)
-                    if length < 16 or kind == 2:  # malformed, or NLMSG_ERROR
-                        return None
-                    if kind == 3:  # NLMSG_DONE
-                        return found
-                    if kind == (10 << 8) and length >= 20:  # NFT_MSG_NEWTABLE
-                        family = _FAMILIES.get(data[offset + 16])
-                        name = _attr(data, offset + 20, offset + length, 1)  # NFTA_TABLE_NAME
-                        if family and name is not None:
-                            found.add(f"{family} {name}")
-                    offset += (length + 3) & ~3
-                if not data:
-                    return None
-    except OSError:
-        return None
+    interrupted = False
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12) as sock:  # NETLINK_NETFILTER
+        sock.settimeout(1.0)
+        sock.send(request)
+        while True:
+            data = sock.recv(1 << 16)
+            if not data:
+                raise OSError("netlink: no answer")
+            offset = 0
+            while offset + 16 <= len(data):
+                length, kind, flags = struct.unpack_from("=IHH", data, offset)
+                if length < 16 or kind == 2:  # malformed, or NLMSG_ERROR
+                    raise OSError("netlink: error")
+                interrupted = interrupted or bool(flags & 0x10)  # NLM_F_DUMP_INTR
+                if kind == 3:  # NLMSG_DONE
+                    return None if interrupted else found
+                if kind == (10 << 8) and length >= 20:  # NFT_MSG_NEWTABLE
+                    family = _FAMILIES.get(data[offset + 16])
+                    name = _attr(data, offset + 20, offset + length, 1)  # NFTA_TABLE_NAME
+                    if family and name is not None:
+                        found.add(f"{family} {name}")
+                offset += (length + 3) & ~3
 
 
 def _attr(data: bytes, start: int, end: int, wanted: int) -> str | None:
@@ -76,24 +88,38 @@ def _attr(data: bytes, start: int, end: int, wanted: int) -> str | None:
         length, kind = struct.unpack_from("=HH", data, start)
         if length < 4:
             return None
-        if kind & 0x7FFF == wanted:
+        if kind & 0x3FFF == wanted:  # NLA_TYPE_MASK
             return data[start + 4 : start + length].split(b"\0", 1)[0].decode(errors="replace")
         start += (length + 3) & ~3
     return None
 
 
-def present(backend: Backend) -> set[str] | None:
-    """The nft tables natbox could create that exist now (None: not an nft host, or no `nft`).
-
-    From one netlink dump of the tables (`listed`) when the backend runs here; else one
-    `nft list chain` per table (a few ms each): `nft list tables` fetches every rule of every
-    table first, 0.85 s on a 10,000-rule kube-proxy node.
-    """
+def how(backend: Backend) -> str | None:
+    """How `present` looks, chosen once per change so that before and after are compared alike:
+    "netlink" (`listed`, when the backend runs in this process's namespace and the dump works),
+    "probes" (one `nft list chain` per table), None when not an nft host."""
     if backend.flavour != "nft":
         return None
     runner = backend.runner
-    if type(runner) is Runner and not runner.prefix and (tables := listed()) is not None:
-        return tables & _MINE
+    if type(runner) is Runner and not runner.prefix and listed() is not None:
+        return "netlink"
+    return "probes"
+
+
+def present(backend: Backend, way: str | None = None) -> set[str] | None:
+    """The nft tables natbox could create that exist now (None: not an nft host, no `nft`, or the
+    way chosen (`how`, asked now when not given) cannot answer).
+
+    "netlink": every table there, with or without natbox's base chain in it. "probes": one
+    `nft list chain` per table (a few ms each), a table counts only with its base chain in it
+    (`nft list tables` would fetch every rule of every table first, 0.85 s on a 10,000-rule
+    kube-proxy node)."""
+    way = way or how(backend)
+    if way is None:
+        return None
+    if way == "netlink":
+        tables = listed()
+        return None if tables is None else tables & _MINE
     found: set[str] = set()
     for table in sorted(_MINE):
         family, name = table.split()
@@ -124,11 +150,12 @@ def _write(names: set[str]) -> None:
         remove(_path())
 
 
-def remember_created(backend: Backend, before: set[str] | None) -> None:
-    """Remember the tables that exist now but did not before natbox's write."""
+def remember_created(backend: Backend, before: set[str] | None, way: str | None = None) -> None:
+    """Remember the tables that exist now but did not before natbox's write (`way`: as `before`
+    was found, see `how`)."""
     if before is None:
         return
-    now = present(backend)
+    now = present(backend, way)
     if now is None or not now - before:
         return
     _write(remembered() | (now - before))
@@ -154,13 +181,15 @@ def _empty_base_chains(backend: Backend, table: str) -> list[str] | None:
     return chains
 
 
-def drop_created_if_empty(backend: Backend) -> list[str]:
+def drop_created_if_empty(backend: Backend, way: str | None = None) -> list[str]:
     """Delete the tables natbox created that are empty now; returns the ones deleted."""
     mine = remembered()
     if not mine or backend.flavour != "nft":
         return []
     try:
-        now = present(backend) or set()
+        now = present(backend, way)
+        if now is None:
+            return []  # cannot tell which are there now: forget nothing, delete nothing
         gone: list[str] = []
         for table in sorted(mine):
             if table not in now:
@@ -182,10 +211,12 @@ def drop_created_if_empty(backend: Backend) -> list[str]:
 
 @contextmanager
 def tracked(backend: Backend) -> Iterator[None]:
-    """Around a write: remember the tables it creates; afterwards delete those left empty."""
-    before = present(backend)
+    """Around a write: remember the tables it creates; afterwards delete those left empty. The
+    tables are found the same way before and after (`how`)."""
+    way = how(backend)
+    before = present(backend, way)
     try:
         yield
     finally:  # a failed write that was undone can leave an empty table behind too
-        remember_created(backend, before)
-        drop_created_if_empty(backend)
+        remember_created(backend, before, way)
+        drop_created_if_empty(backend, way)

@@ -26,11 +26,17 @@ class DashboardLoaded(Message):
 
 
 class DashboardUnchanged(Message):
-    """The fingerprint said nothing changed: only the interface counters were read."""
+    """The fingerprint said nothing changed: only the interface counters were read (or only they
+    were asked for)."""
 
-    def __init__(self, interfaces: tuple[InterfaceStat, ...] | None, taken_at: float) -> None:
+    def __init__(
+        self, interfaces: tuple[InterfaceStat, ...] | None, taken_at: float, seq: int = 0
+    ) -> None:
         self.interfaces = interfaces
         self.taken_at = taken_at
+        self.seq = seq
+        """Which read this is (as DashboardLoaded's): interfaces from an older read that ends
+        after a newer one are dropped."""
         super().__init__()
 
 

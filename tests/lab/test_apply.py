@@ -356,14 +356,15 @@ def test_no_trace_left_on_an_nft_host_without_tables(box: Lab) -> None:
 
 
 LISTED = (
-    "from natbox.tables import listed; t = listed(); print('failed' if t is None else sorted(t))"
+    "import json; from natbox.tables import listed; t = listed(); "
+    "print(json.dumps('failed' if t is None else sorted(t)))"
 )
 
 
 def test_the_netlink_table_list_matches_nft(box: Lab) -> None:
     """tables.listed() (one NFT_MSG_GETTABLE dump) names exactly the ip/ip6 tables `nft list
     tables` shows, with native tables of other families beside them left out."""
-    assert box.nat_exec(sys.executable, "-c", LISTED).stdout.strip() == "[]"
+    assert json.loads(box.nat_exec(sys.executable, "-c", LISTED).stdout) == []
     box.nat_exec("iptables-nft", "-t", "nat", "-A", "POSTROUTING", "-j", "ACCEPT")
     box.nat_exec("ip6tables-nft", "-t", "filter", "-A", "FORWARD", "-j", "ACCEPT")
     box.nat_exec("nft", "add", "table", "inet", "mine")
@@ -375,7 +376,32 @@ def test_the_netlink_table_list_matches_nft(box: Lab) -> None:
         if line.startswith(("table ip ", "table ip6 "))
     )
     assert expected == ["ip nat", "ip natbox-is-not-nat", "ip6 filter"]
-    assert box.nat_exec(sys.executable, "-c", LISTED).stdout.strip() == str(expected)
+    assert json.loads(box.nat_exec(sys.executable, "-c", LISTED).stdout) == expected
+
+
+def test_the_netlink_table_list_reads_a_dump_of_many_parts(box: Lab) -> None:
+    """2,000 tables do not fit one netlink datagram: every one is still named, once."""
+    script = "".join(f"add table ip t{i:04d}-{'x' * 40}\n" for i in range(2000))
+    assert box.nat_exec("nft", "-f", "-", stdin=script).returncode == 0
+    box.nat_exec("nft", "add", "table", "ip6", "zz-last")
+    names = json.loads(box.nat_exec(sys.executable, "-c", LISTED).stdout)
+    assert len(names) == 2001 and len(set(names)) == 2001
+    assert names[0] == f"ip t0000-{'x' * 40}" and names[-1] == "ip6 zz-last"
+
+
+def test_no_trace_never_deletes_a_table_that_was_there_without_natbox_chains(box: Lab) -> None:
+    """A bare `ip nat` table (a base chain of its own, not natbox's POSTROUTING) was there before
+    natbox's add: after the remove it is still there (natbox did not create it)."""
+    box.nat_exec("nft", "add", "table", "ip", "nat")
+    box.nat_exec(
+        "nft", "add", "chain", "ip", "nat", "PREROUTING",
+        "{ type nat hook prerouting priority -100; policy accept; }",
+    )  # fmt: skip
+    out = box.natbox("add", f"{NAT_LAN_IP}:1234", f"{SERVER_IP}:80", "--yes")
+    assert out.returncode == 0, out.stderr
+    out = box.natbox("remove", "tcp-1234", "--yes")
+    assert out.returncode == 0, out.stderr
+    assert "table ip nat" in nft_ruleset(box)
 
 
 def test_no_trace_never_deletes_a_table_someone_used(box: Lab) -> None:

@@ -115,12 +115,8 @@ async def test_the_first_dashboard_made_ahead_shows_at_once_and_its_interfaces_f
     """The Dashboard made while Textual loaded (ready_dashboard) goes in without a rule read, and
     without interfaces (not read ahead: psutil's import for a tab not shown); they are read once
     the first frame is out, alone (no second rule read), and fill the Interfaces tab."""
-    from dataclasses import replace
-
     engine = SampleEngine()
-    ahead = replace(engine.dashboard(), interfaces=())
-    given: list[Dashboard] = [ahead]
-    engine.ready_dashboard = lambda: given.pop() if given else None  # type: ignore[method-assign]
+    made_ahead(engine)
     app = make_app(engine)
     async with app.run_test(size=(100, 30)) as pilot:
         screen = app.screen
@@ -154,21 +150,59 @@ async def test_rows_synced_into_a_busy_table_are_measured_at_once() -> None:
         assert table.columns["b"].content_width == 20  # type: ignore[index]
 
 
-async def test_the_collector_is_back_on_once_the_first_frame_is_out() -> None:
+def made_ahead(engine: SampleEngine) -> None:
+    """The engine hands out a first Dashboard made ahead (without interfaces), as Engine does."""
+    from dataclasses import replace
+
+    given = [replace(engine.dashboard(), interfaces=())]
+    engine.ready_dashboard = lambda: given.pop() if given else None  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("ahead", [False, True], ids=["read-by-a-worker", "made-ahead"])
+async def test_the_collector_is_back_on_once_the_first_frame_is_out(ahead: bool) -> None:
     """natbox.__main__ starts the dashboard with the cyclic collector off (start-up speed); the
     dashboard turns it on (after gc.freeze) once its first frame is out, or the process would
-    never collect a cycle."""
+    never collect a cycle: whether the first Dashboard was made ahead or read by a worker."""
     import gc
 
+    engine = SampleEngine()
+    if ahead:
+        made_ahead(engine)
     gc.disable()
     try:
-        app = make_app(SampleEngine())
+        app = make_app(engine)
         async with app.run_test(size=(100, 30)) as pilot:
             await settle(pilot)
             assert gc.isenabled()
+            assert engine.flow_reads == 1
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+async def test_a_wizard_typed_ahead_at_start_up_has_the_boxs_addresses() -> None:
+    """`a` typed before the first Dashboard's interfaces were read (a paste, a laggy link): the
+    wizard still lists this box's addresses (read on the key), and a late interface read that
+    started before a newer one never replaces it."""
+    from tui.screens.wizard import WizardScreen
+
+    engine = SampleEngine()
+    made_ahead(engine)
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("a")
+        wizard = app.screen
+        assert isinstance(wizard, WizardScreen)
+        assert ("192.168.1.30", "lan0") in wizard.addresses
+        await pilot.press("escape")
+        await settle(pilot)
+        board = app.screen
+        assert isinstance(board, DashboardScreen) and board.data is not None
+        newer = board.data.interfaces
+        older = tuple(i for i in newer if i.name != "lan0")
+        board._show_interfaces(older, 0.0, seq=1)  # started before the reads shown: dropped
+        assert board.data.interfaces == newer
+        assert board.query_one("#ifaces").row_count == len(newer)  # type: ignore[attr-defined]
 
 
 async def add_tcp_8082(pilot: Any) -> None:

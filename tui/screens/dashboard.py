@@ -34,6 +34,7 @@ from natbox.model import Forward, Rule
 from natbox.paths import StateWriteError
 from natbox.plan import build_plan
 from natbox.ruleset import ForwardState
+from natbox.system import InterfaceStat
 from natbox.txn import Outcome
 from tui.messages import (
     DashboardLoaded,
@@ -61,6 +62,8 @@ FILTER_DELAY = 0.15
 FIRST_FRAME_OUT = 0.15
 """After the first paint, this long before the flow count and the health check start: their
 threads take the GIL and a CPU, and the frame must reach the terminal (tmux, sshd) first (#13)."""
+FIRST_FRAME_MAX = 2.0
+"""... and they start after this long in any case."""
 SORTS = ("name", "flows", "bytes", "health")
 MARK = "▶"
 
@@ -369,6 +372,10 @@ class DashboardScreen(Screen[None]):
         """Whether the flow count has started (after the first rule read, never before)."""
         self.starting = 0
         """Work waiting for the first frame to be out (_after_first_frame); tests settle on it."""
+        self._interfaces: tuple[InterfaceStat, ...] = ()
+        self._interfaces_seq = 0
+        """The interfaces on screen and the read they came from: an older read never replaces
+        them."""
 
     def compose(self) -> ComposeResult:
         yield Header(icon="≡")
@@ -423,18 +430,25 @@ class DashboardScreen(Screen[None]):
             # first rule read is on screen, so it never holds the forwards back (#13).
             self._after_first_frame(self._start_flows)
             if not ready.interfaces:  # not read ahead (a tab not shown yet): read after
-                self._after_first_frame(self.read_interfaces, self.engine)
+                self._after_first_frame(self._read_interfaces)
 
     def _after_first_frame(self, callback: Callable[..., object], *args: object) -> None:
         """Run `callback` FIRST_FRAME_OUT after the next paint (the flow count, the health check:
-        threads that would hold the first frame back on its way to the terminal)."""
+        threads that would hold the first frame back on its way to the terminal), or after
+        FIRST_FRAME_MAX at the latest (an after-refresh callback is lost when the screen it went to
+        is gone before its next refresh)."""
         self.starting += 1
+        done = False
 
         def run() -> None:
-            self.starting -= 1
-            callback(*args)
+            nonlocal done
+            if not done:
+                done = True
+                self.starting -= 1
+                callback(*args)
 
         self.call_after_refresh(self.set_timer, FIRST_FRAME_OUT, run)
+        self.set_timer(FIRST_FRAME_MAX, run)
 
     # ---------------------------------------------------------------- workers
 
@@ -450,7 +464,7 @@ class DashboardScreen(Screen[None]):
             ifaces = None
             if interfaces:
                 ifaces = engine.interfaces()
-            self.post_message(DashboardUnchanged(ifaces, time.time()))
+            self.post_message(DashboardUnchanged(ifaces, time.time(), seq))
             return
         self.post_message(DashboardLoaded(engine.dashboard(), fingerprint, seq))
 
@@ -462,10 +476,14 @@ class DashboardScreen(Screen[None]):
             self._fresh_from = self._reads
         self.read_rules(self.engine, last, interfaces, self._reads)
 
+    def _read_interfaces(self) -> None:
+        self._reads += 1
+        self.read_interfaces(self.engine, self._reads)
+
     @work(thread=True, group="interfaces", exit_on_error=False, description="reading interfaces")
-    def read_interfaces(self, engine: EngineAPI) -> None:
+    def read_interfaces(self, engine: EngineAPI, seq: int) -> None:
         """The interfaces and their counters alone (no ruleset read)."""
-        self.post_message(DashboardUnchanged(engine.interfaces(), time.time()))
+        self.post_message(DashboardUnchanged(engine.interfaces(), time.time(), seq))
 
     @work(
         thread=True,
@@ -525,6 +543,8 @@ class DashboardScreen(Screen[None]):
         if not self._flows_started:
             self._flows_started = True
             if not gc.isenabled():  # natbox.__main__ starts the dashboard without it
+                # Start-up's garbage goes first (~20 ms); what lives on is never walked again.
+                gc.collect()
                 gc.freeze()
                 gc.enable()
             self.count_flows(self.engine, None)
@@ -578,7 +598,8 @@ class DashboardScreen(Screen[None]):
             problem.set_class(bool(lines), "-visible")
             self._fill_forwards()
             self._fill_rules()
-            self._fill_interfaces(data.interfaces, data.taken_at)
+            # The first Dashboard may come without them (read after the first frame).
+            self._show_interfaces(data.interfaces, data.taken_at, message.seq)
             self._fill_health()
         # After the paint (the check may read the whole ruleset first: Dashboard.complete); the
         # first one after the first frame is out.
@@ -590,9 +611,19 @@ class DashboardScreen(Screen[None]):
     @on(DashboardUnchanged)
     def _unchanged(self, message: DashboardUnchanged) -> None:
         if message.interfaces is not None:
-            if self.data is not None:  # the wizard's address choices come from them too
-                self.data = replace(self.data, interfaces=message.interfaces)
-            self._fill_interfaces(message.interfaces, message.taken_at)
+            self._show_interfaces(message.interfaces, message.taken_at, message.seq)
+
+    def _show_interfaces(
+        self, interfaces: tuple[InterfaceStat, ...], taken_at: float, seq: int
+    ) -> None:
+        """Show interfaces (a Dashboard's, or read alone: the Interfaces tab's polls, the first
+        Dashboard's late ones) unless they are none or from a read older than the one shown (it
+        ended late); self.data keeps the ones shown (the wizard's address choices)."""
+        if interfaces and seq >= self._interfaces_seq:
+            self._interfaces, self._interfaces_seq = interfaces, seq
+            self._fill_interfaces(interfaces, taken_at)
+        if self.data is not None and self.data.interfaces != self._interfaces:
+            self.data = replace(self.data, interfaces=self._interfaces)
 
     @on(HealthChecked)
     def _health_checked(self, message: HealthChecked) -> None:
@@ -1038,10 +1069,16 @@ class DashboardScreen(Screen[None]):
         return not self._applying
 
     def local_addresses(self) -> list[tuple[str, str]]:
-        """This box's addresses from the last read, the default route's interface first."""
+        """This box's addresses from the last read, the default route's interface first (read
+        now if the first Dashboard came without them and their read has not ended yet: `a`
+        typed ahead at start-up)."""
         data = self.data
         if data is None:
             return []
+        if not data.interfaces:
+            self._reads += 1
+            self._show_interfaces(self.engine.interfaces(), time.time(), self._reads)
+            data = self.data or data
         return [(a, i.name) for i in data.interfaces for a in i.addresses]
 
     @work(exclusive=True, group="wizard", exit_on_error=False, description="applying")
