@@ -158,28 +158,6 @@ def made_ahead(engine: SampleEngine) -> None:
     engine.ready_dashboard = lambda: given.pop() if given else None  # type: ignore[method-assign]
 
 
-@pytest.mark.parametrize("ahead", [False, True], ids=["read-by-a-worker", "made-ahead"])
-async def test_the_collector_is_back_on_once_the_first_frame_is_out(ahead: bool) -> None:
-    """natbox.__main__ starts the dashboard with the cyclic collector off (start-up speed); the
-    dashboard turns it on (after gc.freeze) once its first frame is out, or the process would
-    never collect a cycle: whether the first Dashboard was made ahead or read by a worker."""
-    import gc
-
-    engine = SampleEngine()
-    if ahead:
-        made_ahead(engine)
-    gc.disable()
-    try:
-        app = make_app(engine)
-        async with app.run_test(size=(100, 30)) as pilot:
-            await settle(pilot)
-            assert gc.isenabled()
-            assert engine.flow_reads == 1
-    finally:
-        gc.unfreeze()
-        gc.enable()
-
-
 async def test_a_wizard_typed_ahead_at_start_up_has_the_boxs_addresses() -> None:
     """`a` typed before the first Dashboard's interfaces were read (a paste, a laggy link): the
     wizard still lists this box's addresses (read on the key), and a late interface read that

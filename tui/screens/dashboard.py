@@ -8,7 +8,6 @@ its polling, so a failure is seen and the dashboard keeps going.
 
 from __future__ import annotations
 
-import gc
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -542,11 +541,6 @@ class DashboardScreen(Screen[None]):
         # the refresh) is asked again when the next rule read ends.
         if not self._flows_started:
             self._flows_started = True
-            if not gc.isenabled():  # natbox.__main__ starts the dashboard without it
-                # Start-up's garbage goes first (~20 ms); what lives on is never walked again.
-                gc.collect()
-                gc.freeze()
-                gc.enable()
             self.count_flows(self.engine, None)
 
     def _polling_paused(self) -> bool:
