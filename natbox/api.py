@@ -11,16 +11,18 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from natbox import conntrack
-from natbox.checks import ERROR, Finding
 from natbox.model import Chain, Forward, Ruleset
 from natbox.ruleset import ForwardState
 from natbox.system import InterfaceStat
-from natbox.trace import Result as TraceResult
-from natbox.trace import TracedPacket
-from natbox.txn import Outcome
+
+if TYPE_CHECKING:  # annotations only: the diagnosis and the trace load when first used (#13)
+    from natbox.checks import Finding
+    from natbox.trace import Result as TraceResult
+    from natbox.trace import TracedPacket
+    from natbox.txn import Outcome
 
 __all__ = [
     "ChangePreview",
@@ -114,6 +116,8 @@ class ChangePreview:
     @property
     def blocked(self) -> bool:
         """Whether a preflight error stops the change."""
+        from natbox.checks import ERROR
+
         return any(f.severity == ERROR for f in self.findings)
 
 

@@ -25,9 +25,7 @@ from natbox import (
 from natbox.api import ChangePreview, Dashboard, Derived, EngineAPI, FlowSnapshot, ShownChain
 from natbox.backends import Backend, families
 from natbox.backends.detect import choose_backend
-from natbox.checks import ERROR, Finding, diagnose, preflight
 from natbox.errors import NatboxError, NotFoundError
-from natbox.facts import BoxFacts, box_facts, gather_facts, listeners, prefetch, probed
 from natbox.lazy import OnUse
 from natbox.model import Forward, Ruleset
 from natbox.overlap import Later, in_background
@@ -47,11 +45,18 @@ from natbox.system import (
 )
 
 if TYPE_CHECKING:
+    from natbox import checks as _checks
     from natbox import export, modify, trace
-else:  # edit/disable/enable, the trace and export are imported when first used
+    from natbox import facts as _facts
+    from natbox.checks import Finding
+    from natbox.facts import BoxFacts
+else:  # edit/disable/enable, the trace, export and the diagnosis are imported when first used
     export = OnUse("natbox.export")
     modify = OnUse("natbox.modify")
     trace = OnUse("natbox.trace")
+    # Not before the dashboard's first frame: the path walk alone is ~5 ms of imports (#13).
+    _checks = OnUse("natbox.checks")
+    _facts = OnUse("natbox.facts")
 
 __all__ = [
     "Dashboard",
@@ -331,24 +336,24 @@ class Engine:
         box: BoxFacts | None = None
         forwards = [s.forward for s in states if s.forward is not None]
         if forwards:
-            box = box_facts(flows=flows, only=forwards)  # once for all forwards
-            prefetch(box, forwards, probe=probe)  # each backend once, in parallel
+            box = _facts.box_facts(flows=flows, only=forwards)  # once for all forwards
+            _facts.prefetch(box, forwards, probe=probe)  # each backend once, in parallel
         for state in states:
             findings = [
-                Finding(
+                _checks.Finding(
                     "broken",
-                    ERROR,
+                    _checks.ERROR,
                     f"forward {state.name}: {p}",
                     f"natbox remove {state.name}, then add it again",
                 )
                 for p in state.problems
             ]
             if state.forward is not None:
-                box = box or box_facts(flows=flows)  # once for all forwards
-                facts = gather_facts(
+                box = box or _facts.box_facts(flows=flows)  # once for all forwards
+                facts = _facts.gather_facts(
                     state.forward, other_side=self._other_side(), probe=probe, box=box, rs=rs
                 )
-                findings += diagnose(state.forward, rs, facts, existing=True)
+                findings += _checks.diagnose(state.forward, rs, facts, existing=True)
             out[state.name] = findings
         return out
 
@@ -373,7 +378,7 @@ class Engine:
 
     def listening_ports(self) -> frozenset[tuple[str, int]]:
         """(proto, port) of local listening sockets."""
-        return frozenset((proto, port) for _addr, port, proto in listeners())
+        return frozenset((proto, port) for _addr, port, proto in _facts.listeners())
 
     def apply_preview(self, fwd: Forward) -> dict[str, list[str]]:
         """The exact restore lines apply(fwd) would commit on this box now."""
@@ -408,10 +413,10 @@ class Engine:
         """Everything that would make `fwd` fail here, before it is applied."""
         # The box's facts are read while iptables-save runs (both mostly wait on the kernel).
         other_side = self._other_side()
-        facts = in_background(lambda: gather_facts(fwd, other_side=other_side, probe=False))
+        facts = in_background(lambda: _facts.gather_facts(fwd, other_side=other_side, probe=False))
         # The whole ruleset, read once: foreign DNATs and DROPs are what the checks look for.
         rs = self.backend().for_family(fwd.family).read()
-        return preflight(fwd, rs, probed(facts(), fwd, rs))
+        return _checks.preflight(fwd, rs, _facts.probed(facts(), fwd, rs))
 
     def doctor(self, name: str | None = None, probe: bool = True) -> dict[str, list[Finding]]:
         """Findings for the forwards in the kernel (or one), broken ones included."""
@@ -443,10 +448,10 @@ class Engine:
         if judge is not None:
             other_side = self._other_side()
             # Read while the change takes the lock and iptables-save runs: the gate waits for it.
-            facts = in_background(lambda: gather_facts(fwd, other_side=other_side))
+            facts = in_background(lambda: _facts.gather_facts(fwd, other_side=other_side))
 
             def gate(rs: Ruleset) -> None:
-                judge(preflight(fwd, rs, facts()))
+                judge(_checks.preflight(fwd, rs, facts()))
 
         def run() -> txn.Outcome:
             with tables.tracked(backend):  # an nft table this creates goes again once empty

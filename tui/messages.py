@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from textual.message import Message
 
 from natbox.api import Dashboard, FlowSnapshot, InterfaceStat
-from natbox.checks import Finding
 from natbox.conntrack import Fill, Flow
+
+if TYPE_CHECKING:  # the diagnosis loads when first used (not before the first frame, #13)
+    from natbox.checks import Finding
 
 
 class DashboardLoaded(Message):

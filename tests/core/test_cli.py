@@ -148,6 +148,18 @@ def test_list_imports_only_what_it_runs() -> None:
     assert out.stdout.strip() == ""
 
 
+def test_the_dashboards_first_frame_imports_no_diagnosis() -> None:
+    """What `natbox` imports before its first frame (the CLI, the engine, the app) leaves out the
+    diagnosis, the path walk, the box's facts and the trace: they load when first used (#13)."""
+    code = (
+        "import sys; import natbox.cli, natbox.engine, tui.app; "
+        "print(' '.join(m for m in ('natbox.checks', 'natbox.facts', 'natbox.pathmatch', "
+        "'natbox.trace', 'natbox.export', 'natbox.modify') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
 def _subcommands(parser: argparse.ArgumentParser) -> list[str]:
     (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     return list(sub.choices)

@@ -12,7 +12,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from rich.text import Text
 from textual import on, work
@@ -27,7 +27,6 @@ from textual.widgets import Header, Input, Static, TabbedContent, TabPane, Tabs
 from textual.worker import Worker, WorkerFailed, WorkerState
 
 from natbox.api import ChangePreview, Dashboard, EngineAPI, ShownChain
-from natbox.checks import Finding, worst
 from natbox.errors import NatboxError
 from natbox.model import Forward, Rule
 from natbox.paths import StateWriteError
@@ -49,6 +48,9 @@ from widgets.keyed_table import Cell, KeyedTable, Row, path_text
 from widgets.rule_text import shown_rule, split_target
 from widgets.sparkline import rate, spark
 from widgets.status_bar import StatusBar
+
+if TYPE_CHECKING:  # the diagnosis loads when first used (not before the first frame, #13)
+    from natbox.checks import Finding
 
 RULES_EVERY = 3.0
 FLOWS_EVERY = 1.0
@@ -93,6 +95,8 @@ def health_cell(findings: Sequence[Finding] | None, intact: bool) -> Text:
         return Text("error", style="bold red")
     if findings is None:
         return Text("…", style="dim")
+    from natbox.checks import worst
+
     level = worst(findings)
     if level == "error":
         return Text("error", style="bold red")
