@@ -186,6 +186,19 @@ async def test_the_footer_is_rebuilt_once_per_burst_of_binding_changes(
         assert not any("Add" in str(k.render()) for k in footer.query("FooterKey"))
 
 
+async def test_a_wizard_typed_ahead_before_the_first_read_has_the_boxs_addresses() -> None:
+    """`a` typed before the first rule read is in (it is slow here): the wizard reads this box's
+    addresses itself, as in a real terminal where the key arrives 0.15 s after start."""
+    from tui.screens.wizard import WizardScreen
+
+    app = make_app(SampleEngine(dashboard_delay=1.0))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("a")
+        wizard = app.screen
+        assert isinstance(wizard, WizardScreen)
+        assert ("192.168.1.30", "lan0") in wizard.addresses
+
+
 async def test_a_wizard_typed_ahead_at_start_up_has_the_boxs_addresses() -> None:
     """`a` typed before the first Dashboard's interfaces were read (a paste, a laggy link): the
     wizard still lists this box's addresses (read on the key), and a late interface read that

@@ -1069,16 +1069,17 @@ class DashboardScreen(Screen[None]):
 
     def local_addresses(self) -> list[tuple[str, str]]:
         """This box's addresses from the last read, the default route's interface first (read
-        now if the first Dashboard came without them and their read has not ended yet: `a`
-        typed ahead at start-up)."""
-        data = self.data
-        if data is None:
-            return []
-        if not data.interfaces:
+        now if no read has brought them yet: `a` typed ahead at start-up, before the first
+        Dashboard or its interfaces are in)."""
+        interfaces = self.data.interfaces if self.data is not None else ()
+        if not interfaces:
             self._reads += 1
-            self._show_interfaces(self.engine.interfaces(), time.time(), self._reads)
-            data = self.data or data
-        return [(a, i.name) for i in data.interfaces for a in i.addresses]
+            try:
+                interfaces = self.engine.interfaces()
+            except OSError:
+                return []
+            self._show_interfaces(interfaces, time.time(), self._reads)
+        return [(a, i.name) for i in interfaces for a in i.addresses]
 
     @work(exclusive=True, group="wizard", exit_on_error=False, description="applying")
     async def _apply_result(self, fwd: Forward, enable_forwarding: bool) -> None:
