@@ -60,6 +60,9 @@ def measure(forwards: int, seconds: float) -> tuple[float, float]:
         return ready, 100 * used / (time.monotonic() - t0)
     finally:
         subprocess.run([*tmux, "kill-server"], check=False)
+        path = os.path.join(os.environ.get("TMUX_TMPDIR", "/tmp"), f"tmux-{os.getuid()}", sock)
+        if os.path.exists(path):
+            os.unlink(path)  # tmux leaves its socket file behind
 
 
 def main() -> int:

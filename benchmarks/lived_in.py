@@ -137,9 +137,11 @@ class Tmux:
 
     def kill(self) -> None:
         """End the server and remove its socket file (tmux leaves it behind)."""
+        tmpdir = os.environ.get("TMUX_TMPDIR", "/tmp")
         path = self.run("display-message", "-p", "-t", "b", "#{socket_path}").strip()
+        path = path or os.path.join(tmpdir, f"tmux-{os.getuid()}", self.socket)  # server gone
         self.run("kill-server")
-        if path and os.path.exists(path):
+        if os.path.exists(path):
             os.unlink(path)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -61,7 +62,11 @@ class Tmux:
             time.sleep(0.15)
 
     def kill(self) -> None:
+        """End the server and remove its socket file (tmux leaves it behind)."""
         self.run("kill-server")
+        tmpdir = os.environ.get("TMUX_TMPDIR", "/tmp")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(tmpdir, f"tmux-{os.getuid()}", self.socket))
 
 
 def start(lab: Lab, tmux: Tmux, window: float = 30, extra_env: str = "") -> None:
