@@ -158,34 +158,6 @@ def made_ahead(engine: SampleEngine) -> None:
     engine.ready_dashboard = lambda: given.pop() if given else None  # type: ignore[method-assign]
 
 
-async def test_the_footer_is_rebuilt_once_per_burst_of_binding_changes(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A screen's start changes its bindings five times in a row (mount, focus, app focus, ...);
-    Textual's Footer rebuilt its ten keys after each. KeyFooter rebuilds once per burst, and still
-    shows the keys of what has the focus."""
-    from widgets.key_footer import KeyFooter
-
-    rebuilds = 0
-    original = KeyFooter.recompose
-
-    async def counted(self: KeyFooter) -> None:
-        nonlocal rebuilds
-        rebuilds += 1
-        await original(self)
-
-    monkeypatch.setattr(KeyFooter, "recompose", counted)
-    app = make_app(SampleEngine())
-    async with app.run_test(size=(120, 30)) as pilot:
-        await settle(pilot)
-        assert rebuilds <= 2, rebuilds
-        footer = app.screen.query_one(KeyFooter)
-        assert any("Add" in str(k.render()) for k in footer.query("FooterKey"))
-        await pilot.press("/")  # the filter box takes the focus: its keys replace the table's
-        await settle(pilot)
-        assert not any("Add" in str(k.render()) for k in footer.query("FooterKey"))
-
-
 async def test_a_wizard_typed_ahead_before_the_first_read_has_the_boxs_addresses() -> None:
     """`a` typed before the first rule read is in (it is slow here): the wizard reads this box's
     addresses itself, as in a real terminal where the key arrives 0.15 s after start."""
