@@ -372,12 +372,7 @@ async def test_a_read_overtaken_by_a_change_never_moves_the_mark(
                 break
             await asyncio.sleep(0.02)
         assert started.is_set(), "a poll read is under way"
-        await pilot.press("a", "tab", *"8082", "enter", *"10.0.2.50:80")
-        await settle(pilot)
-        await pilot.press("enter", "enter")
-        await settle(pilot)
-        await pilot.press("enter")
-        await settle(pilot)
+        await add_tcp_8082(pilot)
         assert isinstance(app.screen, CountdownScreen)
         await pilot.press("y")
         await settle(pilot)
