@@ -71,11 +71,15 @@ class NatboxApp(App[int]):
         engine: EngineAPI,
         confirm_seconds: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        polling: bool = True,
     ) -> None:
         super().__init__()
         self.engine = engine
         self.clock = clock
         """Seconds, for countdowns (snapshots freeze it)."""
+        self.polling = polling
+        """Whether screens read again on their timers (the dashboard's polls, the viewer's refresh).
+        Snapshots turn it off: a poll that fires while a slow machine reaches a state changes it."""
         self.confirm_seconds = confirm_seconds
         """How long a new forward waits for `y` before it is rolled back."""
         self._typeahead: deque[events.Key] = deque()
@@ -167,13 +171,15 @@ def make_app(
     engine: EngineAPI | None = None,
     confirm_seconds: float = 30.0,
     clock: Callable[[], float] = time.monotonic,
+    polling: bool = True,
 ) -> NatboxApp:
-    """Build the app around `engine` (the real Engine when None) and `clock` (frozen in snapshots)."""
+    """Build the app around `engine` (the real Engine when None) and `clock` (frozen in snapshots);
+    `polling` False: nothing is read on a timer, only on a key or after a change (snapshots)."""
     if engine is None:
         from natbox.engine import Engine
 
         engine = Engine()
-    return NatboxApp(engine, confirm_seconds, clock)
+    return NatboxApp(engine, confirm_seconds, clock, polling)
 
 
 def run(

@@ -66,8 +66,9 @@ class State:
     after: Callable[[Pilot[int]], Awaitable[None]] | None = field(default=None, compare=False)
 
     def app(self) -> NatboxApp:
-        """A fresh app over a fresh sample engine, with a frozen clock."""
-        return make_app(SampleEngine(flow_count=self.flows), clock=lambda: 1000.0)
+        """A fresh app over a fresh sample engine, with a frozen clock and no timed polls (a
+        state reached on a slow machine is the same state)."""
+        return make_app(SampleEngine(flow_count=self.flows), clock=lambda: 1000.0, polling=False)
 
     async def reach(self, pilot: Pilot[int]) -> None:
         """Drive the app to this state."""

@@ -234,7 +234,9 @@ class ConntrackScreen(Screen[None]):
     def _schedule(self) -> None:
         if self._timer is not None:
             self._timer.stop()
-        self._timer = self.set_timer(self._interval, self._tick)
+        # Off in snapshots (NatboxApp.polling); a screen in another app (a test's) polls.
+        if getattr(self.app, "polling", True):
+            self._timer = self.set_timer(self._interval, self._tick)
 
     def _tick(self) -> None:
         if self.paused or self.app.screen is not self:

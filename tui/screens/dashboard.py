@@ -555,7 +555,9 @@ class DashboardScreen(Screen[None]):
         # One pending poll per kind: a manual refresh must not double the polling.
         if what in self._polls:
             self._polls[what].stop()
-        self._polls[what] = self.set_timer(delay, callback)
+        # Off in snapshots (NatboxApp.polling); a screen in another app (a test's) polls.
+        if getattr(self.app, "polling", True):
+            self._polls[what] = self.set_timer(delay, callback)
 
     def _poll_rules(self) -> None:
         if self._polling_paused():
