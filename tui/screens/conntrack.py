@@ -16,7 +16,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import Footer, Header, Input, Static
+from textual.widgets import Header, Input, Static
 
 from natbox.api import EngineAPI, FlowSnapshot
 from natbox.conntrack import Flow, ForwardIndex, locate, select
@@ -24,6 +24,7 @@ from natbox.conntrack.select import DESCENDING, FlowFilter, row_text
 from natbox.errors import NatboxError
 from tui.messages import FlowsRefreshed
 from widgets.flow_table import FlowTable, compact_path
+from widgets.key_bar import KeyBar
 
 REFRESH_EVERY = 1.0
 KEYS_PENDING_RECHECK = 0.02
@@ -148,7 +149,7 @@ class ConntrackScreen(Screen[None]):
         yield Static("", id="columns")
         yield FlowTable(id="flows")
         yield Static("reading conntrack…", id="state")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.title = f"flows of {self.forward}" if self.forward else "flows"

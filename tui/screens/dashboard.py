@@ -23,7 +23,7 @@ from textual.events import Resize, ScreenResume
 from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
-from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane, Tabs
+from textual.widgets import Header, Input, Static, TabbedContent, TabPane, Tabs
 from textual.worker import Worker, WorkerFailed, WorkerState
 
 from natbox.api import ChangePreview, Dashboard, EngineAPI, ShownChain
@@ -43,6 +43,7 @@ from tui.messages import (
     HealthChecked,
 )
 from widgets.flow_table import human_bytes
+from widgets.key_bar import KeyBar
 from widgets.keyed_table import Cell, KeyedTable, Row, path_text
 from widgets.rule_text import shown_rule, split_target
 from widgets.sparkline import rate, spark
@@ -400,7 +401,7 @@ class DashboardScreen(Screen[None]):
             with TabPane("4 History", id="history"):
                 with VerticalScroll():
                     yield Static("nothing changed in this session yet", id="history-log")
-        yield Footer(compact=True, show_command_palette=False)
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.title = "natbox"

@@ -17,11 +17,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, RichLog, Static
+from textual.widgets import RichLog, Static
 
 from natbox import trace
 from natbox.errors import NatboxError
 from natbox.model import Forward
+from widgets.key_bar import KeyBar
 
 Tracer = Callable[..., trace.Result]
 
@@ -69,7 +70,7 @@ class TraceScreen(Screen[None]):
         )
         yield RichLog(id="trace-log", wrap=True, markup=False, highlight=False)
         yield Static("", id="trace-status")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self._start()

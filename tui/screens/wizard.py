@@ -21,7 +21,6 @@ from textual.screen import Screen
 from textual.suggester import SuggestFromList
 from textual.widgets import (
     ContentSwitcher,
-    Footer,
     Header,
     Input,
     Label,
@@ -37,6 +36,7 @@ from natbox.checks import ERROR, Finding
 from natbox.errors import NatboxError, ValidationError
 from natbox.model import Endpoint, Forward, name_problem, parse_cidr, parse_ip, parse_port_range
 from natbox.plan import build_plan
+from widgets.key_bar import KeyBar
 from widgets.rule_text import split_target
 from widgets.step_bar import StepBar
 from widgets.toggles import StateCheckbox as Checkbox
@@ -291,7 +291,7 @@ class WizardScreen(Screen[WizardResult | None]):
                             yield Static("", id="restore", markup=False)
                 yield Static("", id="findings")
                 yield Static("", id="apply-state")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.call_after_refresh(self._accept_keys)
