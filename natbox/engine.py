@@ -33,7 +33,7 @@ from natbox.paths import StateWriteError, writes
 from natbox.plan import OWN_CHAINS, build_plan, jump_rule
 from natbox.prefetch import generation as early_generation
 from natbox.prefetch import nft_generation
-from natbox.ruleset import WATCHED, ForwardState, forward_states, tampering
+from natbox.ruleset import ForwardState, forward_states, tampering
 from natbox.status import disabled_forwards, display_chains
 from natbox.system import (
     InterfaceStat,
@@ -155,11 +155,8 @@ class Engine:
 
         def first() -> tuple[Dashboard, int | None]:
             # The whole first Dashboard, while Textual loads: the screen shows it once mounted.
-            # Only what the dashboard shows is parsed (the lines kept while the save streams).
-            early = {
-                b.family: b.read(natbox_only=True, keep=WATCHED, early=True)
-                for b in families(backend)
-            }
+            # Only what the dashboard shows is read (its chains listed one by one, not saved).
+            early = {b.family: b.read_shown() for b in families(backend)}
             now = nft_generation()
             return self._read_dashboard(early if now == generation else {}, interfaces=False), now
 

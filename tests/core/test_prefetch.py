@@ -11,6 +11,8 @@ import pytest
 from natbox import cli, prefetch, watchdog
 from natbox.backends.detect import detect
 from natbox.backends.restore import RestoreBackend
+from natbox.plan import OWN_CHAINS
+from natbox.ruleset import WATCHED
 from natbox.status import listing_read
 
 SAVE = r"*nat\n:PREROUTING ACCEPT [0:0]\n[1:60] -A PREROUTING -m comment --comment %s -j ACCEPT\nCOMMIT\n"
@@ -82,24 +84,99 @@ def test_only_a_listing_or_the_dashboard_with_the_automatic_backend_starts_one(
     assert not prefetch._started
 
 
-def test_the_dashboard_starts_its_saves_early_and_notes_the_generation_first(
+def test_the_dashboard_lists_its_chains_early_and_notes_the_generation_first(
     tools: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`natbox` alone (the dashboard) starts both saves; the nft generation is noted before they
-    start, so the dashboard can tell whether the rules moved since (Engine.prefetch)."""
+    """`natbox` alone (the dashboard) lists the chains it shows (both families), only those that
+    netlink says exist; the nft generation is noted before they start, so the dashboard can tell
+    whether the rules moved since (Engine.prefetch)."""
+    listing = (
+        "-P PREROUTING ACCEPT -c 5 300\n-A PREROUTING -m comment --comment x -c 1 60 -j ACCEPT"
+    )
+    (tools.parent / "iptables-nft").write_text(f"#!/bin/sh\ncat <<'EOF'\n{listing}\nEOF\n")
+    (tools.parent / "iptables-nft").chmod(0o755)
     noted: list[int] = []
+    asked: list[int] = []
     monkeypatch.setattr(
         prefetch, "nft_generation", lambda: noted.append(len(prefetch._started)) or 41
     )
+
+    def present(family: int, wanted: dict[str, tuple[str, ...]]) -> dict[str, list[str]]:
+        asked.append(family)
+        assert wanted == prefetch.SHOWN_CHAINS
+        return {"nat": ["PREROUTING"]} if family == 4 else {}
+
+    monkeypatch.setattr(prefetch, "chains_present", present)
     prefetch.start([])
-    assert set(prefetch._started) == {("iptables-nft-save", "-c"), ("ip6tables-nft-save", "-c")}
-    assert noted == [0] and prefetch.generation() == 41
+    assert set(prefetch._started) == {("-S", "iptables-nft"), ("-S", "ip6tables-nft")}
+    assert noted == [0] and prefetch.generation() == 41 and asked == [4, 6]
+    text = prefetch.shown(4, 5.0)
+    assert text == (
+        "*nat\n:PREROUTING ACCEPT [5:300]\n"
+        "[1:60] -A PREROUTING -m comment --comment x -j ACCEPT\nCOMMIT\n"
+    )
+    assert prefetch.shown(6, 5.0) == ""  # no table of IPv6: an empty save
+    assert not prefetch._started  # taken once each
+    # A save (a listing's read) never takes them: only read_shown() does.
+    prefetch.start([])
+    assert prefetch.take(["iptables-nft-save", "-c"], 5.0, WATCHED) is None
     prefetch.discard()
-    assert prefetch.generation() is None
+    assert prefetch.generation() is None and not prefetch._started
     # Without a generation the dashboard could not tell a stale early read: none is started.
     monkeypatch.setattr(prefetch, "nft_generation", lambda: None)
     prefetch.start([])
     assert not prefetch._started
+
+
+def test_a_failed_listing_gives_nothing_so_the_read_saves_instead(
+    tools: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chain iptables cannot list (a native nft chain, `incompatible`) fails the whole shown
+    read: the backend then saves the whole ruleset (read_shown falls back to read)."""
+    (tools.parent / "iptables-nft").write_text("#!/bin/sh\necho incompatible >&2; exit 1\n")
+    (tools.parent / "iptables-nft").chmod(0o755)
+    monkeypatch.setattr(prefetch, "chains_present", lambda f, w: {"nat": ["PREROUTING"]})
+    assert prefetch.shown(4, 5.0) is None
+    backend = RestoreBackend("nft")
+    monkeypatch.setattr(RestoreBackend, "read", lambda self, *a, **k: "saved")
+    assert backend.read_shown() == "saved"
+
+
+@pytest.mark.parametrize(
+    ("listed", "saved"),
+    [
+        ("-P FORWARD DROP -c 7 420", ":FORWARD DROP [7:420]"),
+        ("-N NATBOX-FORWARD", ":NATBOX-FORWARD - [0:0]"),
+        ("-A FORWARD -s 1.2.3.4/32 -c 0 0", "[0:0] -A FORWARD -s 1.2.3.4/32"),
+        ("-A FORWARD -c 3 9 -g FOO", "[3:9] -A FORWARD -g FOO"),
+        (
+            '-A FORWARD -m comment --comment "a -c 1 2 -j X" -c 4 5 -j ACCEPT',
+            '[4:5] -A FORWARD -m comment --comment "a -c 1 2 -j X" -j ACCEPT',
+        ),
+        (
+            '-A FORWARD -c 6 7 -j LOG --log-prefix " -c 3 4 -j Z"',
+            '[6:7] -A FORWARD -j LOG --log-prefix " -c 3 4 -j Z"',
+        ),
+        (
+            '-A FORWARD -m comment --comment "say \\" -c 1 2" -c 8 9 -j ACCEPT',
+            '[8:9] -A FORWARD -m comment --comment "say \\" -c 1 2" -j ACCEPT',
+        ),
+    ],
+)
+def test_listed_lines_become_the_saves(listed: str, saved: str) -> None:
+    """`iptables -S -v` prints counters as ` -c PKTS BYTES` before the target; the save prints
+    them as `[PKTS:BYTES]` first. A `-c` inside a quoted comment or log prefix is text."""
+    chain = "NATBOX-FORWARD" if "NATBOX" in listed else "FORWARD"
+    lines = prefetch.as_save({"filter": [chain]}, {("filter", chain): listed + "\n"})
+    assert lines == ["*filter\n", saved + "\n", "COMMIT\n"]
+
+
+def test_the_shown_chains_are_the_watched_ones_and_natboxs_own() -> None:
+    for table in ("nat", "filter"):
+        own = sorted(chain for _, chain in OWN_CHAINS[table])
+        shown = prefetch.SHOWN_CHAINS[table]
+        assert set(shown) == {*WATCHED[table], *own}
+        assert shown[-len(own) :] == tuple(own)  # natbox's last, by name, as the save has them
 
 
 def test_supervise_that_did_something_discards_it(

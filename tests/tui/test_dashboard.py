@@ -4,12 +4,14 @@ of widgets): every key of the issue, and the behaviours behind them."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 from rich.text import Text
 from textual.widgets import DataTable, Static
 
 import tui.screens.dashboard as dashboard_module
+from natbox.api import Dashboard
 from natbox.sample import SampleEngine
 from tests.tui.conftest import settle
 from tui.app import make_app
@@ -283,3 +285,31 @@ async def test_health_column_and_tab() -> None:
             and "IPv4 forwarding is off" in detail
             and "fix: sysctl" in detail
         )
+
+
+class FirstShownOnly(SampleEngine):
+    """The first Dashboard holds only the chains shown (Engine.prefetch's): complete=False."""
+
+    def dashboard(self) -> Dashboard:
+        return replace(super().dashboard(), complete=self.reads > 1)
+
+
+@pytest.mark.parametrize("first_complete", [False, True])
+async def test_after_a_first_read_of_the_shown_chains_the_next_poll_reads_it_all(
+    monkeypatch: pytest.MonkeyPatch, first_complete: bool
+) -> None:
+    """A tampering warning about a natbox tag in another software's chain is not in the first
+    Dashboard (the chains shown, listed while Textual loaded): the first poll reads the whole
+    ruleset though nothing changed. After a whole read, a poll that finds nothing changed reads
+    nothing."""
+    monkeypatch.setattr(dashboard_module, "RULES_EVERY", 0.05)
+    engine = SampleEngine() if first_complete else FirstShownOnly()
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        await asyncio.sleep(0.4)  # several polls
+        await pilot.pause()
+        if first_complete:
+            assert engine.reads == 1, "nothing changed: the polls compared generations only"
+        else:
+            assert engine.reads == 2, "one whole read after the first, then generations only"

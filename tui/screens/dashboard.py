@@ -587,7 +587,9 @@ class DashboardScreen(Screen[None]):
         data = message.data
         self.data = data
         self.off_forwards = {f.name: f for f in data.disabled}
-        self._rules_fingerprint = message.fingerprint
+        # A Dashboard of only the chains shown (the first, read while Textual loaded) lacks lines
+        # naming natbox elsewhere (tampering warnings): the next poll reads the whole ruleset.
+        self._rules_fingerprint = message.fingerprint if data.complete else None
         self._unchanged_polls = 0
         if data.recovered:
             self.say(data.recovered, title="natbox recovered", severity="warning", timeout=10)
