@@ -74,20 +74,21 @@ name order, as iptables-nft-save sorts user chains."""
 
 class _EarlyChains:
     """The dashboard's first read of one family: `iptables-nft -S CHAIN -v` of each chain it shows
-    that exists, started together; `result()` gives them as the lines of a save (what a save with
-    -c would hold for those chains), or None when any of them failed."""
+    that exists, all started at once; once the thread is done, `shown` holds them as the lines of
+    a save (what a save with -c holds for those chains), or None when any of them failed."""
 
     __slots__ = ("procs", "shown", "thread")
 
     def __init__(self, tool: str, chains: dict[str, list[str]]) -> None:
         self.procs: list[tuple[str, str, subprocess.Popen[str]]] = []
-        for table, names in chains.items():
-            for name in names:
-                proc = _run([tool, "-t", table, "-S", name, "-v"])
-                if proc is None:
-                    self.kill()
-                    break
-                self.procs.append((table, name, proc))
+        wanted = [(table, name) for table, names in chains.items() for name in names]
+        for table, name in wanted:
+            proc = _run([tool, "-t", table, "-S", name, "-v"])
+            if proc is None:  # no such tool: none of it is taken (shown stays None)
+                self.kill()
+                self.procs = []
+                break
+            self.procs.append((table, name, proc))
         self.shown: list[str] | None = None
         self.thread = threading.Thread(target=self._collect, args=(chains,), daemon=True)
         self.thread.start()
@@ -103,7 +104,10 @@ class _EarlyChains:
                 return  # shown stays None: the read falls back to the save
             listed[(table, name)] = out
         if len(listed) == sum(len(names) for names in chains.values()):
-            self.shown = as_save(chains, listed)
+            try:
+                self.shown = as_save(chains, listed)
+            except ValueError:
+                return  # a line not as expected (no counters): the save is read instead
 
     def kill(self) -> None:
         for _, _, proc in self.procs:
@@ -137,13 +141,13 @@ def as_save(chains: dict[str, list[str]], listed: dict[tuple[str, str], str]) ->
 
 def _counters(line: str) -> tuple[str, str]:
     """A `-S -v` line without its counters (` -c PKTS BYTES`, the first such option outside
-    quotes) and them in the save's form, `[PKTS:BYTES]`."""
-    quoted = False
+    quotes) and them in the save's form, `[PKTS:BYTES]`; ValueError when it has none (counters
+    are never made up)."""
     at = 0
     while True:
         at = line.find(" -c ", at)
         if at < 0:
-            return line, "[0:0]"
+            raise ValueError(f"no counters in {line!r}")
         # Inside a quoted string (a comment, a log prefix) when an odd number of unescaped
         # double quotes come before it.
         quoted = (line.count('"', 0, at) - line.count('\\"', 0, at)) % 2 == 1

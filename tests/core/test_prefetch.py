@@ -247,3 +247,10 @@ def test_the_screen_takes_the_first_dashboard_only_when_it_is_ready_and_current(
     generation[0] = 7
     assert engine.ready_dashboard() is board
     assert engine.ready_dashboard() is None  # once
+
+
+def test_a_rule_listed_without_counters_is_not_given_zero_counters() -> None:
+    """An iptables whose `-S -v` prints no counters: the listing is not taken (the save is read
+    instead), never shown with made-up zeros."""
+    with pytest.raises(ValueError):
+        prefetch.as_save({"filter": ["FORWARD"]}, {("filter", "FORWARD"): "-A FORWARD -j ACCEPT\n"})
