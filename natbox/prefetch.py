@@ -57,6 +57,7 @@ class _Early:
 
 
 SHOWN_CHAINS: dict[str, tuple[str, ...]] = {
+    "filter": ("FORWARD", "NATBOX-FORWARD"),
     "nat": (
         "PREROUTING",
         "OUTPUT",
@@ -65,22 +66,25 @@ SHOWN_CHAINS: dict[str, tuple[str, ...]] = {
         "NATBOX-POSTROUTING",
         "NATBOX-PREROUTING",
     ),
-    "filter": ("FORWARD", "NATBOX-FORWARD"),
 }
 """The chains the dashboard shows, per table (ruleset.WATCHED and natbox's own, plan.OWN_CHAINS;
-a test holds them equal): built-ins in the order iptables-save declares them, then natbox's in
-name order, as iptables-nft-save sorts user chains."""
+a test holds them equal), in the order iptables-nft-save prints them: its tables in a fixed order
+(filter before nat, whatever order the kernel has them in), the built-ins in hook order, then
+user chains by name."""
 
 
 class _EarlyChains:
     """The dashboard's first read of one family: `iptables-nft -S CHAIN -v` of each chain it shows
     that exists, all started at once; once the thread is done, `shown` holds them as the lines of
-    a save (what a save with -c holds for those chains), or None when any of them failed."""
+    a save (what a save with -c holds for those chains), or None when any of them failed, and
+    `errors` what they printed on stderr (the save's warnings, e.g. legacy tables present)."""
 
-    __slots__ = ("procs", "shown", "thread")
+    __slots__ = ("errors", "procs", "shown", "thread")
 
     def __init__(self, tool: str, chains: dict[str, list[str]]) -> None:
         self.procs: list[tuple[str, str, subprocess.Popen[str]]] = []
+        self.shown: list[str] | None = None
+        self.errors = ""
         wanted = [(table, name) for table, names in chains.items() for name in names]
         for table, name in wanted:
             proc = _run([tool, "-t", table, "-S", name, "-v"])
@@ -89,30 +93,35 @@ class _EarlyChains:
                 self.procs = []
                 break
             self.procs.append((table, name, proc))
-        self.shown: list[str] | None = None
         self.thread = threading.Thread(target=self._collect, args=(chains,), daemon=True)
         self.thread.start()
 
     def _collect(self, chains: dict[str, list[str]]) -> None:
         listed: dict[tuple[str, str], str] = {}
+        errors: list[str] = []
         for table, name, proc in self.procs:
             try:
-                out, _ = proc.communicate()
+                out, err = proc.communicate()
             except (OSError, ValueError):
                 return
             if proc.returncode != 0:
                 return  # shown stays None: the read falls back to the save
             listed[(table, name)] = out
+            errors.append(err)
         if len(listed) == sum(len(names) for names in chains.values()):
             try:
                 self.shown = as_save(chains, listed)
             except ValueError:
                 return  # a line not as expected (no counters): the save is read instead
+            self.errors = "".join(dict.fromkeys(errors))
 
     def kill(self) -> None:
+        """Stop the listings; their thread (if it runs) reaps them."""
         for _, _, proc in self.procs:
             proc.kill()
-            proc.communicate()
+        if not hasattr(self, "thread"):  # (before it started: reaped here)
+            for _, _, proc in self.procs:
+                proc.wait()
 
 
 def as_save(chains: dict[str, list[str]], listed: dict[tuple[str, str], str]) -> list[str]:
@@ -123,7 +132,14 @@ def as_save(chains: dict[str, list[str]], listed: dict[tuple[str, str], str]) ->
     for table, names in chains.items():
         out.append(f"*{table}\n")
         rules: list[str] = []
-        for name in names:
+        # iptables-nft makes built-in chains on first use, and its save declares all of a table's
+        # (`:FORWARD ACCEPT [0:0]`) whether they are there or not: so do these lines.
+        known = SHOWN_CHAINS.get(table, ())
+        order = [n for n in known if n in names or not n.startswith("NATBOX-")]
+        for name in order + [n for n in names if n not in known]:
+            if name not in names:
+                out.append(f":{name} ACCEPT [0:0]\n")
+                continue
             for line in listed[(table, name)].split("\n"):
                 if line.startswith("-P "):
                     rule, counters = _counters(line)
@@ -140,22 +156,30 @@ def as_save(chains: dict[str, list[str]], listed: dict[tuple[str, str], str]) ->
 
 
 def _counters(line: str) -> tuple[str, str]:
-    """A `-S -v` line without its counters (` -c PKTS BYTES`, the first such option outside
-    quotes) and them in the save's form, `[PKTS:BYTES]`; ValueError when it has none (counters
-    are never made up)."""
-    at = 0
-    while True:
-        at = line.find(" -c ", at)
-        if at < 0:
-            raise ValueError(f"no counters in {line!r}")
-        # Inside a quoted string (a comment, a log prefix) when an odd number of unescaped
-        # double quotes come before it.
-        quoted = (line.count('"', 0, at) - line.count('\\"', 0, at)) % 2 == 1
-        parts = line[at + 4 :].split(" ", 2)
-        if not quoted and len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
-            rest = " " + parts[2] if len(parts) > 2 else ""
-            return line[:at] + rest, f"[{parts[0]}:{parts[1]}]"
-        at += 4
+    """A `-S -v` line without its counters (the one ` -c PKTS BYTES` outside quotes) and them in
+    the save's form, `[PKTS:BYTES]`. ValueError when there is none, or more than one (an
+    interface name with spaces is printed unquoted): the save is read instead, counters and
+    rules are never guessed."""
+    found: list[int] = []
+    quoted = False
+    escaped = False
+    for at, char in enumerate(line):
+        if escaped:
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True  # iptables escapes `"` and `\` inside quotes
+        elif char == '"':
+            quoted = not quoted
+        elif not quoted and char == " " and line.startswith(" -c ", at):
+            parts = line[at + 4 :].split(" ", 2)
+            if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+                found.append(at)
+    if len(found) != 1:
+        raise ValueError(f"{len(found)} counters in {line!r}")
+    at = found[0]
+    parts = line[at + 4 :].split(" ", 2)
+    rest = " " + parts[2] if len(parts) > 2 else ""
+    return line[:at] + rest, f"[{parts[0]}:{parts[1]}]"
 
 
 _started: dict[tuple[str, ...], _Early | _EarlyChains] = {}
@@ -214,6 +238,9 @@ def start(args: list[str]) -> None:
                 _started[("-S", f"{prefix}tables-nft")] = _EarlyChains(
                     f"{prefix}tables-nft", present
                 )
+            elif (proc := _run([f"{prefix}tables-nft-save", "-c"])) is not None:
+                # Netlink cannot tell (a chain iptables cannot own): the save, early, as before.
+                _started[(f"{prefix}tables-nft-save", "-c")] = _Early(proc)
         return
     for tool in (f"iptables-{flavour}-save", f"ip6tables-{flavour}-save"):
         if (proc := _run([tool, "-c"])) is not None:
@@ -249,10 +276,11 @@ def take(argv: list[str], timeout: float, keep: object = None) -> tuple[int, str
     return proc.returncode, "".join(early.shown), err
 
 
-def shown(family: int, timeout: float) -> str | None:
+def shown(family: int, timeout: float) -> tuple[str, str] | None:
     """The chains the dashboard shows (SHOWN_CHAINS) of nft family `family` (4, 6), as the lines
-    of a save: the listings start() began with the process, taken once, or listed now. None when
-    they cannot be had (the caller saves the whole ruleset)."""
+    of a save, and what the listings printed on stderr: the listings start() began with the
+    process, taken once, or listed now. None when they cannot be had (the caller saves the whole
+    ruleset)."""
     tool = f"ip{'6' if family == 6 else ''}tables-nft"
     early = _started.pop(("-S", tool), None)
     if not isinstance(early, _EarlyChains):
@@ -264,7 +292,7 @@ def shown(family: int, timeout: float) -> str | None:
     if early.thread.is_alive() or early.shown is None:
         early.kill()
         return None
-    return "".join(early.shown)
+    return "".join(early.shown), early.errors
 
 
 def generation() -> int | None:
@@ -317,15 +345,15 @@ def nft_generation() -> int | None:
 def chains_present(family: int, wanted: dict[str, tuple[str, ...]]) -> dict[str, list[str]] | None:
     """Which of the `wanted` chains (per table) exist in nftables family `family` (4, 6), asked
     over netlink (the table list, then one NFT_MSG_GETCHAIN per chain of a table that is there,
-    ~0.05 ms each), tables in the kernel's order (iptables-nft-save's), those without any left
-    out. None when netlink cannot say (the caller reads the whole ruleset instead)."""
+    ~0.05 ms each); each table that is there is in it, in `wanted`'s order, even with none of
+    them. None when netlink cannot say, or a built-in's name is a chain iptables did not make (no
+    hook: a native nft chain named PREROUTING, whose rules `iptables -S` would not show): the
+    caller reads the whole ruleset instead."""
     tables = nft_tables()
     if tables is None:
         return None
     prefix = "ip6 " if family == 6 else "ip "
-    order = [
-        t[len(prefix) :] for t in tables if t.startswith(prefix) and t[len(prefix) :] in wanted
-    ]
+    order = [t for t in wanted if prefix + t in tables]
     nlmsg_type = (10 << 8) | 4  # NFNL_SUBSYS_NFTABLES, NFT_MSG_GETCHAIN
     nfproto = 2 if family == 4 else 10
     asked: dict[int, tuple[str, str]] = {}
@@ -357,15 +385,19 @@ def chains_present(family: int, wanted: dict[str, tuple[str, ...]]) -> dict[str,
                         if error not in (0, -2):
                             return None
                     elif kind == (10 << 8) | 3:  # NFT_MSG_NEWCHAIN: it is there
+                        name = asked.get(seq, ("", "NATBOX-"))[1]
+                        hooked = _has_attr(reply, offset + 20, offset + length, 4)  # HOOK
+                        if not name.startswith("NATBOX-") and not hooked:
+                            return None
                         found.add(seq)
                     answered.add(seq)
                     offset += (length + 3) & ~3
     except (OSError, struct.error):
         return None
-    present: dict[str, list[str]] = {}
+    present: dict[str, list[str]] = {table: [] for table in order}
     for seq, (table, name) in asked.items():
         if seq in found:
-            present.setdefault(table, []).append(name)
+            present[table].append(name)
     return present
 
 
@@ -414,6 +446,17 @@ def _dump_tables() -> list[str] | None:
                     if family and name is not None:
                         found.append(f"{family} {name}")
                 offset += (length + 3) & ~3
+
+
+def _has_attr(data: bytes, start: int, end: int, wanted: int) -> bool:
+    while start + 4 <= end:
+        length, kind = struct.unpack_from("=HH", data, start)
+        if length < 4:
+            return False
+        if kind & 0x3FFF == wanted:  # NLA_TYPE_MASK
+            return True
+        start += (length + 3) & ~3
+    return False
 
 
 def _attr(data: bytes, start: int, end: int, wanted: int) -> str | None:

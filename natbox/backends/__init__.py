@@ -90,9 +90,7 @@ class Backend(ABC):
                 "is the iptables package installed and the kernel's netfilter available?",
             )
         rs = parse_save(res.stdout, natbox_only, keep)
-        rs.warnings.extend(
-            line.lstrip("# ").strip() for line in res.stderr.splitlines() if "Warning" in line
-        )
+        rs.warnings.extend(_save_warnings(res.stderr))
         return rs
 
     def read_shown(self) -> Ruleset:
@@ -102,9 +100,15 @@ class Backend(ABC):
         save is ~250 ms); elsewhere, or when a listing fails, from the whole save. Lines that
         name natbox in other chains are not in it (a tampering warning waits for a whole read)."""
         if self.flavour == "nft" and type(self.runner) is Runner and not self.runner.prefix:
-            text = prefetch.shown(self.family, self.runner.timeout)
-            if text is not None:
-                return parse_save(text, natbox_only=True, keep=WATCHED)
+            try:
+                got = prefetch.shown(self.family, self.runner.timeout)
+            except (OSError, ValueError):
+                got = None
+            if got is not None:
+                text, stderr = got
+                rs = parse_save(text, natbox_only=True, keep=WATCHED)
+                rs.warnings.extend(_save_warnings(stderr))
+                return rs
         return self.read(natbox_only=True, keep=WATCHED, early=True)
 
     def read_chains(
@@ -185,6 +189,15 @@ class Backend(ABC):
     @abstractmethod
     def commit(self, table: str, lines: list[str]) -> None:
         """Apply `lines` to `table` as one transaction; raise BackendError if the kernel refuses."""
+
+
+def _save_warnings(stderr: str) -> list[str]:
+    """The warnings iptables printed (legacy tables present beside nft ones, ...), each once."""
+    return list(
+        dict.fromkeys(
+            line.lstrip("# ").strip() for line in stderr.splitlines() if "Warning" in line
+        )
+    )
 
 
 def families(backend: Backend) -> list[Backend]:

@@ -295,21 +295,21 @@ class FirstShownOnly(SampleEngine):
 
 
 @pytest.mark.parametrize("first_complete", [False, True])
-async def test_after_a_first_read_of_the_shown_chains_the_next_poll_reads_it_all(
-    monkeypatch: pytest.MonkeyPatch, first_complete: bool
+async def test_after_a_first_read_of_the_shown_chains_the_whole_ruleset_is_read_at_once(
+    first_complete: bool,
 ) -> None:
-    """A tampering warning about a natbox tag in another software's chain is not in the first
-    Dashboard (the chains shown, listed while Textual loaded): the first poll reads the whole
-    ruleset though nothing changed. After a whole read, a poll that finds nothing changed reads
-    nothing."""
-    monkeypatch.setattr(dashboard_module, "RULES_EVERY", 0.05)
+    """A tampering warning about a natbox tag in another software's chain, or a table iptables
+    cannot show, is not in the first Dashboard (the chains shown, listed while Textual loaded):
+    the whole ruleset is read right after the first frame, not at the first poll, and the health
+    check runs on that read only. After a whole read, nothing is read again until a poll."""
     engine = SampleEngine() if first_complete else FirstShownOnly()
-    app = make_app(engine)
+    app = make_app(engine, polling=False)
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot)
-        await asyncio.sleep(0.4)  # several polls
-        await pilot.pause()
         if first_complete:
-            assert engine.reads == 1, "nothing changed: the polls compared generations only"
+            assert (engine.reads, engine.health_reads) == (1, 1)
         else:
-            assert engine.reads == 2, "one whole read after the first, then generations only"
+            assert (engine.reads, engine.health_reads) == (2, 1)
+            screen = app.screen
+            assert isinstance(screen, DashboardScreen) and screen.data is not None
+            assert screen.data.complete
