@@ -17,9 +17,11 @@ shows (`iptables-nft -t TABLE -S CHAIN -v`, ~4 ms each, in parallel, where one s
 10,000-rule box is ~250 ms of a CPU that Python's imports then compete for), each only once netlink
 says the chain exists (iptables-nft prints a default policy for a built-in chain of a table that
 is not there, and older versions may create the table), and turns their lines into the save's
-(SHOWN_CHAINS, _EarlyChains). Anything unexpected (a chain iptables cannot show, a failed listing)
-and the first read falls back to the save. Lines naming natbox outside those chains (tampering())
-are not in it: the dashboard's next read is a whole one (Dashboard.complete is False).
+(SHOWN_CHAINS, _EarlyChains). Anything unexpected (a built-in's name on a native chain, a failed
+listing, counters not certain) and the first read falls back to the save. Lines naming natbox
+outside those chains (tampering()), or a native rule that makes iptables disown a table, are not
+in it: the dashboard reads the whole ruleset right after its first frame (Dashboard.complete is
+False).
 """
 
 from __future__ import annotations
