@@ -313,3 +313,19 @@ async def test_after_a_first_read_of_the_shown_chains_the_whole_ruleset_is_read_
             screen = app.screen
             assert isinstance(screen, DashboardScreen) and screen.data is not None
             assert screen.data.complete
+
+
+async def test_a_poll_before_the_whole_read_is_the_whole_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a big box the whole read after an incomplete first Dashboard takes seconds: a poll due
+    meanwhile is that read (its fingerprint is None), and the one asked after the first frame is
+    then not started as well: one whole read, never two saves at once."""
+    monkeypatch.setattr(dashboard_module, "RULES_EVERY", 0.02)
+    monkeypatch.setattr(dashboard_module, "FULL_READ_EVERY", 1000)  # (its own whole reads)
+    engine = FirstShownOnly(dashboard_delay=0.2)
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await asyncio.sleep(1.2)
+        await pilot.pause()
+        assert engine.reads == 2, "the first read and one whole read, then generations only"

@@ -376,6 +376,9 @@ class DashboardScreen(Screen[None]):
         """Whether the flow count has started (after the first rule read, never before)."""
         self.starting = 0
         """Work waiting for the first frame to be out (_after_first_frame); tests settle on it."""
+        self._whole_due = False
+        """An incomplete Dashboard (the chains shown only) is on screen and no whole read has
+        started since."""
         self._interfaces: tuple[InterfaceStat, ...] = ()
         self._interfaces_seq = 0
         """The interfaces on screen and the read they came from: an older read never replaces
@@ -478,7 +481,17 @@ class DashboardScreen(Screen[None]):
         self._reads += 1
         if fresh:
             self._fresh_from = self._reads
+        if last is None:
+            self._whole_due = False
         self.read_rules(self.engine, last, interfaces, self._reads)
+
+    def _read_whole(self) -> None:
+        """The whole read an incomplete Dashboard asks for, unless one has started since (a poll
+        whose fingerprint was None): never two saves of a big box at once."""
+        if self._whole_due:
+            if (poll := self._polls.pop("rules", None)) is not None:
+                poll.stop()  # the read's end schedules the next poll
+            self._read_rules(None)
 
     def _read_interfaces(self) -> None:
         self._reads += 1
@@ -609,7 +622,8 @@ class DashboardScreen(Screen[None]):
             # Only the chains shown (listed while Textual loaded): the whole ruleset is read at
             # once after the first frame (~0.3 s on a 10,000-rule box), for what only it shows (a
             # natbox tag elsewhere, a table iptables cannot show); the health check runs on it.
-            self._after_first_frame(self._read_rules, None)
+            self._whole_due = True
+            self._after_first_frame(self._read_whole)
         elif self._flows_started:
             self.call_after_refresh(self.check_health, self.engine, data)
         else:
