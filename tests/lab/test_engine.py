@@ -304,8 +304,8 @@ def test_the_dashboards_first_read_lists_its_chains_and_they_read_as_the_save_do
     with counters moving) the chains the dashboard shows, listed one by one (`-S CHAIN -v`, a few
     ms each), parse to what the whole save (~250 ms at 10,000 rules) gives for them: the same
     chains, rules, counters, forwards. What they cannot hold is a natbox tag in another
-    software's chain: that tampering warning waits for the next whole read (Dashboard.complete
-    is False, so the dashboard's next poll is one)."""
+    software's chain: that tampering warning waits for the whole read (Dashboard.complete is
+    False, so the dashboard reads the whole ruleset right after its first frame)."""
     lab.nat_exec(
         "iptables-nft-restore",
         "--noflush",
