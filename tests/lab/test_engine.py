@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from natbox import hostshapes
-from natbox.lab import NAT_LAN_IP, PAGE_TOKEN, SERVER_IP, Lab
+from natbox.lab import NAT_LAN_IP, NAT_LAN_IP6, PAGE_TOKEN, SERVER_IP, SERVER_IP6, Lab
 
 FOREIGN = (Path(__file__).parents[1] / "fixtures" / "foreign.rules").read_text()
 FLAVOUR = {"restore": "nft", "iptc": "legacy"}
@@ -322,6 +322,8 @@ def test_the_dashboards_first_read_lists_its_chains_and_they_read_as_the_save_do
         ).returncode
         == 0
     )
+    six = lab.natbox("add", f"[{NAT_LAN_IP6}]:8443", f"[{SERVER_IP6}]:443", "--yes")
+    assert six.returncode == 0, six.stderr
     assert lab.fetch() is not None  # counters that are not all zero
     got = _shown(lab)
     for family in ("4", "6"):
@@ -331,6 +333,7 @@ def test_the_dashboards_first_read_lists_its_chains_and_they_read_as_the_save_do
         assert one["forwards"][0] == one["forwards"][1], "\n".join(one["forwards"])
         assert one["tampering"] == [[], []], one["tampering"]
     assert "tcp-1234" in got["4"]["forwards"][0] and "udp-5353" in got["4"]["forwards"][0]
+    assert "tcp6-8443" in got["6"]["forwards"][0], got["6"]["forwards"][0]
     assert re.search(r"packets=[1-9]", got["4"]["forwards"][0]), "the counters were carried over"
 
     lab.nat_exec(
