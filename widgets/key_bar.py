@@ -10,7 +10,7 @@ dashboard's first frame: ~5 ms sooner in process, within the noise in tmux; #13.
 from __future__ import annotations
 
 from itertools import groupby
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from rich.text import Text
 from textual import events
@@ -83,32 +83,29 @@ class KeyBar(Widget, can_focus=False):
         key_style = self.get_component_rich_style("key-bar--key", partial=True)
         text_style = self.get_component_rich_style("key-bar--description", partial=True)
         dim = self.get_component_rich_style("key-bar--disabled", partial=True)
-        line = Text(" ", no_wrap=True, overflow="ellipsis", end="")
-        spans: list[tuple[int, int, Binding, bool]] = []
+        entries: list[_Entry] = []
 
-        def add(binding: Binding, enabled: bool, description: str) -> None:
-            start = line.cell_len
-            line.append(
-                self.app.get_key_display(binding), key_style if enabled else key_style + dim
-            )
-            spans.append((start, line.cell_len, binding, enabled))
-            if description:
-                line.append(" " + description, text_style if enabled else text_style + dim)
+        def entry(pairs: list[tuple[Binding, bool]], description: str) -> None:
+            text = Text()
+            spans: list[tuple[int, int, Binding, bool]] = []
+            for binding, enabled in pairs:
+                start = text.cell_len
+                shown = self.app.get_key_display(binding)
+                text.append(shown, key_style if enabled else key_style + dim)
+                spans.append((start, text.cell_len, binding, enabled))
+            enabled = any(on for _, on in pairs)
+            text.append(" " + description, text_style if enabled else text_style + dim)
+            kept = any(binding.action in KEPT for binding, _ in pairs)
+            entries.append(_Entry(text, spans, kept))
 
         for group, members in groupby(self.keys(), lambda pair: pair[0].group):
             pairs = list(members)
             if group is not None and len(pairs) > 1:
-                # Keys of one group share its description: `1234 tabs`.
-                for binding, enabled in pairs:
-                    add(binding, enabled, "")
-                line.append(" " + group.description + SEPARATOR, text_style)
+                entry(pairs, group.description)  # keys of one group share it: `1234 tabs`
             else:
-                for binding, enabled in pairs:
-                    add(binding, enabled, binding.description)
-                    line.append(SEPARATOR)
-        self._spans = spans
-        if self.size.width and line.cell_len > self.size.width:
-            line.truncate(self.size.width, overflow="ellipsis")
+                for pair in pairs:
+                    entry([pair], pair[0].description)
+        line, self._spans = _lay_out(entries, self.size.width or 1_000)
         return line
 
     def key_at(self, x: int) -> tuple[Binding, bool] | None:
@@ -131,3 +128,50 @@ class KeyBar(Widget, can_focus=False):
             self.app.simulate_key(binding.key)
         else:
             self.app.bell()
+
+
+KEPT = frozenset({"back", "help", "quit"})
+"""Actions whose keys stay when the line is too narrow for all: the ways out, and help."""
+
+
+class _Entry(NamedTuple):
+    text: Text
+    spans: list[tuple[int, int, Binding, bool]]
+    """(first cell, end cell, binding, enabled) of each key in `text`."""
+    kept: bool
+
+
+def _lay_out(
+    entries: list[_Entry], width: int
+) -> tuple[Text, list[tuple[int, int, Binding, bool]]]:
+    """The line (` key text  key text`) and where each key is in it. Too narrow for all: the
+    first keys that fit, `…`, then the KEPT ones (whole keys only, never one cut in two; nothing
+    to click on the `…`)."""
+    gap = len(SEPARATOR)
+
+    def length(some: list[_Entry]) -> int:
+        return sum(e.text.cell_len for e in some) + gap * max(0, len(some) - 1)
+
+    chosen = entries
+    if 1 + length(entries) > width:
+        kept = [e for e in entries if e.kept]
+        tail = length(kept) + 1 + (gap if kept else 0)  # `…` and its gap before them
+        if 1 + tail > width:
+            kept, tail = [], 1
+        chosen = []
+        for e in entries:
+            if e.kept and kept:
+                continue
+            if 1 + length([*chosen, e]) + gap + tail > width:
+                break
+            chosen.append(e)
+        chosen = [*chosen, _Entry(Text("…"), [], False), *kept]
+    line = Text(" ", no_wrap=True, end="")
+    spans: list[tuple[int, int, Binding, bool]] = []
+    for i, e in enumerate(chosen):
+        if i:
+            line.append(SEPARATOR)
+        at = line.cell_len
+        spans.extend((at + a, at + b, binding, on) for a, b, binding, on in e.spans)
+        line.append_text(e.text)
+    return line, spans

@@ -46,8 +46,10 @@ class StatusBar(Static):
         fill: Fill,
         read_only: bool,
         warnings: int,
+        partial: bool = False,
     ) -> None:
-        """Redraw with these facts."""
+        """Redraw with these facts; `partial`: only some chains are read yet (the first screen),
+        so the warnings are counted so far, not all."""
         parts = Text.assemble(
             (host, "bold"),
             "  backend ",
@@ -61,6 +63,8 @@ class StatusBar(Static):
             parts.append(
                 f"  ⚠ {warnings} warning{'s' if warnings > 1 else ''}", style="bold yellow"
             )
+        if partial:
+            parts.append(" so far, checking the rest…" if warnings else "  checking…", style="dim")
         if read_only:
             parts.append("  READ-ONLY: run with sudo to change anything", style="bold")
         self.set_class(read_only, "-read-only")

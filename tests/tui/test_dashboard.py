@@ -329,3 +329,21 @@ async def test_a_poll_before_the_whole_read_is_the_whole_read(
         await asyncio.sleep(1.2)
         await pilot.pause()
         assert engine.reads == 2, "the first read and one whole read, then generations only"
+
+
+async def test_warnings_of_a_first_read_of_the_shown_chains_are_counted_so_far() -> None:
+    """Until the whole ruleset is read, the status line does not present the warnings of the
+    chains shown as all of them (a natbox tag in another chain is found by the whole read)."""
+    engine = FirstShownOnly(dashboard_delay=0.3)
+    app = make_app(engine, polling=False)
+    async with app.run_test(size=(140, 30)) as pilot:
+        for _ in range(100):  # the first Dashboard on screen, the whole read on its way
+            await asyncio.sleep(0.02)
+            screen = app.screen
+            if isinstance(screen, DashboardScreen) and screen.data is not None:
+                break
+        assert isinstance(screen, DashboardScreen) and screen.data is not None
+        assert not screen.data.complete
+        assert "checking" in str(screen.status_bar.render())
+        await settle(pilot)
+        assert screen.data.complete and "checking" not in str(screen.status_bar.render())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import pytest
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import Input
@@ -96,11 +97,24 @@ async def test_a_click_presses_the_key_and_a_disabled_key_dims_and_rings() -> No
         assert dims, "the disabled key is drawn dim"
 
 
-async def test_keys_that_do_not_fit_are_cut_with_an_ellipsis() -> None:
+@pytest.mark.parametrize("width", range(8, 33))  # the whole line is 33 wide
+async def test_keys_that_do_not_fit_give_way_to_an_ellipsis_and_the_ways_out_stay(
+    width: int,
+) -> None:
+    """Whole keys only (never `c All flow…`), then `…`, then the keys that lead out (q Quit,
+    esc Back, ? Help) while they fit; a click on the `…` presses nothing (it pressed the first
+    key cut off, which could be q Quit)."""
     app = Keys()
-    async with app.run_test(size=(20, 5)) as pilot:
+    async with app.run_test(size=(width, 5)) as pilot:
         app.set_focus(None)
         await pilot.pause()
-        drawn = app.query_one(KeyBar).render_line(0).text
-        assert drawn.startswith(" a Add  d Remove")
-        assert drawn.rstrip().endswith("…")
+        bar = app.query_one(KeyBar)
+        drawn = bar.render_line(0).text.rstrip()
+        assert "…" in drawn and len(drawn) <= width, drawn
+        cut = drawn.index("…")
+        left, right = drawn[:cut].rstrip(), drawn[cut + 1 :].strip()
+        assert left in ["", " a Add", " a Add  d Remove", " a Add  d Remove  12 Tabs"], drawn
+        assert right == ("q Quit" if width >= 10 else ""), drawn
+        assert bar.key_at(cut) is None
+        assert await pilot.click(KeyBar, offset=(cut, 0))
+        assert app.pressed == [] and app.is_running

@@ -11,6 +11,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
+from widgets.key_bar import KeyBar
+
 
 class ConfirmScreen(ModalScreen[bool]):
     """Ask before a change; `y` confirms, `n` or Escape declines. The question names the forward
@@ -74,6 +76,7 @@ class ConfirmScreen(ModalScreen[bool]):
             with Horizontal():
                 yield Button("No (n)", id="no", variant="default", compact=True)
                 yield Button("Yes (y)", id="yes", variant="warning", compact=True)
+        yield KeyBar()  # its own keys, over the stale ones of the screen below
 
     @on(Button.Pressed, "#yes")
     def _yes(self) -> None:
@@ -118,3 +121,4 @@ class TextScreen(ModalScreen[None]):
             scroll.border_title = self.heading
             scroll.border_subtitle = "Escape closes"
             yield Static(self.text, id="text", markup=False)
+        yield KeyBar()

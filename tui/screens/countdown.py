@@ -15,6 +15,8 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import ProgressBar, Static
 
+from widgets.key_bar import KeyBar
+
 Answer = Literal["keep", "rollback", "expired"]
 """keep (y), rollback (n or Escape), expired: nobody answered in time (the watchdog rolls back)."""
 
@@ -73,6 +75,7 @@ class CountdownScreen(ModalScreen[Answer]):
             yield Static("y = keep   n = roll back now", id="keys")
             yield Static(self._left_text(), id="left")
             yield ProgressBar(total=self.seconds, show_eta=False, show_percentage=False, id="bar")
+        yield KeyBar()  # its own keys, over the stale ones of the screen below
 
     def _now(self) -> float:
         return self.clock()

@@ -769,6 +769,7 @@ class DashboardScreen(Screen[None]):
             fill=fill or data.fill,
             read_only=data.read_only,
             warnings=len(data.warnings),
+            partial=not data.complete,
         )
 
     def _visible_forwards(self) -> list[ForwardState]:

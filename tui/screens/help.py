@@ -11,6 +11,8 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Static
 
+from widgets.key_bar import KeyBar
+
 GLOBAL_KEYS = [
     ("?", "this help"),
     ("ctrl+p", "command palette: every action by name"),
@@ -76,3 +78,4 @@ class HelpScreen(ModalScreen[None]):
                 "Escape, q or ? closes this help.",
                 classes="closing",
             )
+        yield KeyBar()  # its own keys, over the stale ones of the screen below
