@@ -388,7 +388,7 @@ def chains_present(family: int, wanted: dict[str, tuple[str, ...]]) -> dict[str,
                             return None
                     elif kind == (10 << 8) | 3:  # NFT_MSG_NEWCHAIN: it is there
                         name = asked.get(seq, ("", "NATBOX-"))[1]
-                        hooked = _has_attr(reply, offset + 20, offset + length, 4)  # HOOK
+                        hooked = _attr(reply, offset + 20, offset + length, 4) is not None  # HOOK
                         if not name.startswith("NATBOX-") and not hooked:
                             return None
                         found.add(seq)
@@ -448,17 +448,6 @@ def _dump_tables() -> list[str] | None:
                     if family and name is not None:
                         found.append(f"{family} {name}")
                 offset += (length + 3) & ~3
-
-
-def _has_attr(data: bytes, start: int, end: int, wanted: int) -> bool:
-    while start + 4 <= end:
-        length, kind = struct.unpack_from("=HH", data, start)
-        if length < 4:
-            return False
-        if kind & 0x3FFF == wanted:  # NLA_TYPE_MASK
-            return True
-        start += (length + 3) & ~3
-    return False
 
 
 def _attr(data: bytes, start: int, end: int, wanted: int) -> str | None:
