@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from rich.segment import Segment
 from textual.widgets import Button
 from textual.widgets._toast import Toast
 
@@ -148,6 +149,58 @@ async def test_rows_synced_into_a_busy_table_are_measured_at_once() -> None:
         # No await in between: nothing has gone idle yet.
         assert table.virtual_size.height == 6, "header + 5 rows measured without waiting"
         assert table.columns["b"].content_width == 20  # type: ignore[index]
+
+
+async def test_a_cell_drawn_the_short_way_is_the_same_as_datatables() -> None:
+    """KeyedTable draws a one-line text cell itself (#13): every kind of cell comes out the same,
+    character and style, as DataTable's own Styled(Padding(text)), cursor, hover and header too."""
+    from rich.style import Style
+    from rich.text import Text
+    from textual.app import App, ComposeResult
+    from textual.widgets import DataTable
+
+    from widgets.keyed_table import KeyedTable
+
+    class One(App[None]):
+        def compose(self) -> ComposeResult:
+            yield KeyedTable(cursor_type="row", zebra_stripes=True)
+
+    cells: list[str | Text] = [
+        "plain",
+        "[bold red]markup[/] and [reverse]more[/]",
+        Text("own style, no spans", style="green"),
+        Text.assemble(("ab", "bold"), "cd", ("ef", "italic blue"), style="underline"),
+        "x" * 40,  # cut to the column
+        Text("ellipsis " * 6, overflow="ellipsis", style="red"),
+        "宽字符宽字符宽字符宽字符宽字符",  # double-width, cut in the middle of one
+        "",
+        Text("two\nlines"),  # DataTable's path
+        Text("right", justify="right"),  # DataTable's path
+    ]
+
+    def chars(lines: list[list[Segment]]) -> list[tuple[str, Style | None]]:
+        return [(ch, seg.style) for line in lines for seg in line for ch in seg.text]
+
+    async with One().run_test(size=(60, 14)) as pilot:
+        table = pilot.app.query_one(KeyedTable)
+        table.add_column("[b]HEAD[/]", key="a", width=12)
+        table.add_column("B", key="b")
+        table.sync([(f"r{i}", [cell, cell]) for i, cell in enumerate(cells)])
+        await pilot.pause()
+        compared = 0
+        for row in range(-1, len(cells)):
+            for column, width in ((0, 14), (1, 9), (1, 1)):
+                for cursor, hover in ((False, False), (True, False), (False, True)):
+                    for base in (Style(), Style(bgcolor="black", bold=True)):
+                        table._cell_render_cache.clear()
+                        short = table._render_cell(row, column, base, width, cursor, hover)
+                        table._cell_render_cache.clear()
+                        rich = DataTable._render_cell(
+                            table, row, column, base, width, cursor, hover
+                        )
+                        assert chars(short) == chars(rich), (row, column, width, cursor, hover)
+                        compared += 1
+        assert compared == (len(cells) + 1) * 3 * 3 * 2
 
 
 def made_ahead(engine: SampleEngine) -> None:
