@@ -1389,7 +1389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser(command_of(args_list)).parse_args(args_list)
         if args.command is None:
-            return _run_tui(args.backend_choice, args.confirm_window)
+            return _run_tui(args.backend_choice, args.confirm_window)  # gc back on: see the TUI
+        gc.enable()  # off for the start-up (natbox.__main__)
         func: Callable[[argparse.Namespace], int] = args.func
         if args.command not in _UNSUPERVISED:
             _supervise()

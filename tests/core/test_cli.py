@@ -30,6 +30,28 @@ def test_version() -> None:
     assert out.returncode == 0 and out.stdout.startswith("natbox ")
 
 
+GC_PROBE = """
+import gc, sys
+import natbox.cli as cli
+from natbox.__main__ import run
+seen = []
+build = cli.build_parser
+cli.build_parser = lambda *a: (seen.append(gc.isenabled()), build(*a))[1]
+sys.argv = ["natbox", "plan", "192.168.1.30:1234", "10.0.2.50:80", "--snat", "10.0.2.40"]
+code = run()
+print(code, seen, gc.isenabled(), file=sys.stderr)
+"""
+
+
+def test_the_cycle_collector_is_off_for_the_start_up_only() -> None:
+    """natbox.__main__ turns Python's cycle collector off for the start-up (#13); a command turns it
+    back on once its command line is parsed (the dashboard after its first frame: test_dashboard)."""
+    out = subprocess.run(
+        [sys.executable, "-c", GC_PROBE], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert out.stderr.strip().splitlines()[-1] == "0 [False] True", out.stderr
+
+
 def test_plan_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", *SEED, "--name", "web", "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)

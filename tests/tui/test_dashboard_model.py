@@ -203,6 +203,22 @@ async def test_a_cell_drawn_the_short_way_is_the_same_as_datatables() -> None:
         assert compared == (len(cells) + 1) * 3 * 3 * 2
 
 
+async def test_the_cycle_collector_is_on_again_after_the_first_frame() -> None:
+    """natbox.__main__ turns Python's cycle collector off for the start-up (#13); the dashboard turns
+    it on again once its first frame is out, whether its first read was ready or not."""
+    import gc
+
+    for engine in (SampleEngine(), SampleEngine(dashboard_delay=0.3)):
+        gc.disable()
+        try:
+            async with make_app(engine, polling=False).run_test(size=(100, 30)) as pilot:
+                assert not gc.isenabled(), "not during the start-up"
+                await settle(pilot)
+                assert gc.isenabled()
+        finally:
+            gc.enable()
+
+
 def made_ahead(engine: SampleEngine) -> None:
     """The engine hands out a first Dashboard made ahead (without interfaces), as Engine does."""
     from dataclasses import replace

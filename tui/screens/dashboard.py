@@ -8,6 +8,7 @@ its polling, so a failure is seen and the dashboard keeps going.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -426,6 +427,8 @@ class DashboardScreen(Screen[None]):
     def _first_read(self) -> None:
         """Show the Dashboard made while the UI loaded (Engine.prefetch) in the first frame, if it
         is done and still current, else start a read."""
+        # Python's cycle collector is off for the start-up (natbox.__main__): on again after it.
+        self._after_first_frame(gc.enable)
         ready = self.engine.ready_dashboard()
         if ready is None:
             self._read_rules(None)
