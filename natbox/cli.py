@@ -1152,6 +1152,10 @@ class _OnlySub:
         return _Unbuilt()  # type: ignore[return-value]
 
 
+CONFIRM_WINDOW = 30.0
+"""Seconds a forward added in the dashboard waits for y (--confirm-window)."""
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole command line; with `command` (see command_of), only that subcommand's parser:
     what it parses is the same."""
@@ -1171,7 +1175,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--confirm-window",
         type=_window,
-        default=30.0,
+        default=CONFIRM_WINDOW,
         metavar="SECONDS",
         help="dashboard: how long a new forward waits for y before it is rolled back (default 30)",
     )
@@ -1387,6 +1391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The command line (the `natbox` script and `python -m natbox` run it: natbox.__main__)."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
+        if not args_list:  # the dashboard with its defaults: no parser to build (~6 ms, #13)
+            return _run_tui(None, CONFIRM_WINDOW)
         args = build_parser(command_of(args_list)).parse_args(args_list)
         if args.command is None:
             return _run_tui(args.backend_choice, args.confirm_window)  # gc back on: see the TUI

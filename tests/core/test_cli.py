@@ -52,6 +52,21 @@ def test_the_cycle_collector_is_off_for_the_start_up_only() -> None:
     assert out.stderr.strip().splitlines()[-1] == "0 [False] True", out.stderr
 
 
+def test_no_arguments_open_the_dashboard_as_the_parser_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`natbox` alone skips building the parser (#13): what it opens the dashboard with is what the
+    parser makes of no arguments."""
+    import natbox.cli as cli
+
+    opened: list[tuple[str | None, float]] = []
+    monkeypatch.setattr(cli, "_run_tui", lambda *a: opened.append(a) or 0)
+    assert main([]) == 0
+    parsed = build_parser().parse_args([])
+    assert parsed.command is None
+    assert opened == [(parsed.backend_choice, parsed.confirm_window)]
+
+
 def test_plan_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", *SEED, "--name", "web", "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
