@@ -149,6 +149,44 @@ async def test_rules_filter() -> None:
         assert len(col(screen.rules_table, "target")) > len(rules)
 
 
+async def test_tabs_switch_by_key_and_by_a_click_on_their_label() -> None:
+    """The tab strip (widgets/tab_strip.py): keys 1-4 and a click on a label show that tab and
+    move the bar under it; a click between two labels changes nothing."""
+    from textual.widgets import ContentSwitcher
+
+    from widgets.tab_strip import TabStrip
+
+    app = make_app(SampleEngine(), polling=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        strip = app.screen.query_one(TabStrip)
+        switcher = app.screen.query_one("#tabs", ContentSwitcher)
+
+        def shown() -> tuple[str | None, str, list[str]]:
+            lines = [str(line.text) for line in (strip.render_line(0), strip.render_line(1))]
+            return switcher.current, strip.active, lines
+
+        assert shown()[:2] == ("rules", "rules")
+        await pilot.press("3")
+        assert shown()[:2] == ("health", "health")
+        labels, bar = shown()[2]
+        start = labels.index("3 Health")
+        assert bar[start : start + len("3 Health")] == "━" * len("3 Health")
+        assert bar.count("━") == len("3 Health"), "the bar is under the active label alone"
+        pad = (
+            strip.styles.padding.left
+        )  # the lines are the content; a click is in the widget's cells
+        await pilot.click(TabStrip, offset=(pad + labels.index("2 Interfaces") + 3, 0))
+        await pilot.pause()
+        assert shown()[:2] == ("interfaces", "interfaces")
+        await pilot.click(TabStrip, offset=(pad + labels.index("2 Interfaces") - 1, 0))  # a gap
+        await pilot.pause()
+        assert shown()[:2] == ("interfaces", "interfaces")
+        await pilot.click(TabStrip, offset=(pad + labels.index("4 History"), 0))
+        await pilot.pause()
+        assert shown()[:2] == ("history", "history")
+
+
 async def test_help_lists_every_dashboard_key_and_polling_pauses(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

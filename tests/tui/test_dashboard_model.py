@@ -126,7 +126,7 @@ async def test_the_first_dashboard_made_ahead_shows_at_once_and_its_interfaces_f
         assert names(screen) == ["dns", "web"]
         assert engine.reads == 1, "the Dashboard made ahead was shown, not read again"
         assert engine.interface_reads == 1
-        assert screen.query_one("#ifaces").row_count == 3  # type: ignore[attr-defined]
+        assert screen.query_one("#interfaces").row_count == 3  # type: ignore[attr-defined]
         assert screen.local_addresses()[0] == ("192.168.1.30", "lan0")
 
 
@@ -262,7 +262,7 @@ async def test_a_wizard_typed_ahead_at_start_up_has_the_boxs_addresses() -> None
         older = tuple(i for i in newer if i.name != "lan0")
         board._show_interfaces(older, 0.0, seq=1)  # started before the reads shown: dropped
         assert board.data.interfaces == newer
-        assert board.query_one("#ifaces").row_count == len(newer)  # type: ignore[attr-defined]
+        assert board.query_one("#interfaces").row_count == len(newer)  # type: ignore[attr-defined]
 
 
 async def add_tcp_8082(pilot: Any) -> None:

@@ -24,7 +24,7 @@ from textual.events import Resize, ScreenResume
 from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
-from textual.widgets import Header, Input, Static, TabbedContent, TabPane, Tabs
+from textual.widgets import ContentSwitcher, Header, Input, Static
 from textual.worker import Worker, WorkerFailed, WorkerState
 
 from natbox.api import ChangePreview, Dashboard, EngineAPI, ShownChain
@@ -49,6 +49,7 @@ from widgets.keyed_table import Cell, KeyedTable, Row, path_text
 from widgets.rule_text import shown_rule, split_target
 from widgets.sparkline import rate, spark
 from widgets.status_bar import StatusBar
+from widgets.tab_strip import TabStrip
 
 if TYPE_CHECKING:  # the diagnosis loads when first used (not before the first frame, #13)
     from natbox.checks import Finding
@@ -62,6 +63,13 @@ FORWARD_ROWS = 7
 OWNER_STYLE = {"docker": "cyan", "kube": "magenta", "other": "", "natbox": "green"}
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
 FILTER_DELAY = 0.15
+TABS = [
+    ("rules", "1 Rules"),
+    ("interfaces", "2 Interfaces"),
+    ("health", "3 Health"),
+    ("history", "4 History"),
+]
+"""The tabs under the forwards: (id, label); keys 1-4 show them."""
 FIRST_FRAME_OUT = 0.15
 """After the first paint, this long before the flow count and the health check start: their
 threads take the GIL and a CPU, and the frame must reach the terminal (tmux, sshd) first (#13)."""
@@ -151,7 +159,7 @@ class DashboardScreen(Screen[None]):
         padding: 0 1;
         color: $text-muted;
     }
-    DashboardScreen TabbedContent {
+    DashboardScreen #tabs {
         height: 1fr;
     }
     DashboardScreen #filter {
@@ -392,19 +400,16 @@ class DashboardScreen(Screen[None]):
         yield Input(placeholder="filter: forwards and rules (Esc clears)", id="filter")
         yield KeyedTable(id="forwards", cursor_type="row", zebra_stripes=True)
         yield Static("reading the firewall…", id="forwards-empty")
-        with TabbedContent(id="tabs"):
-            with TabPane("1 Rules", id="rules"):
-                with Vertical():
-                    yield KeyedTable(id="rules-table", cursor_type="row")
-                    yield Static("", id="rule-detail", markup=False)
-            with TabPane("2 Interfaces", id="interfaces"):
-                yield KeyedTable(id="ifaces", cursor_type="row")
-            with TabPane("3 Health", id="health"):
-                with VerticalScroll():
-                    yield Static("", id="health-detail")
-            with TabPane("4 History", id="history"):
-                with VerticalScroll():
-                    yield Static("nothing changed in this session yet", id="history-log")
+        yield TabStrip(TABS, id="tab-strip")
+        with ContentSwitcher(id="tabs", initial=TABS[0][0]):
+            with Vertical(id="rules"):
+                yield KeyedTable(id="rules-table", cursor_type="row")
+                yield Static("", id="rule-detail", markup=False)
+            yield KeyedTable(id="interfaces", cursor_type="row")
+            with VerticalScroll(id="health"):
+                yield Static("", id="health-detail")
+            with VerticalScroll(id="history"):
+                yield Static("nothing changed in this session yet", id="history-log")
         yield KeyBar()
 
     def on_mount(self) -> None:
@@ -416,11 +421,9 @@ class DashboardScreen(Screen[None]):
             rules.add_column(label, key=key)
         rules.add_column("TARGET", key="target")
         rules.add_column("MATCH", key="match")
-        ifaces = self.query_one("#ifaces", KeyedTable)
+        ifaces = self.query_one("#interfaces", KeyedTable)
         for col in ("NAME", "UP", "MTU", "ADDRESSES", "RX", "TX", "TRAFFIC"):
             ifaces.add_column(col, key=col)
-        # Tab goes from the forwards straight to the rules (1-4 switch tabs; no stop on the tab bar).
-        self.query_one("#tabs", TabbedContent).query_one(Tabs).can_focus = False
         self.forwards_table.focus()
         self._first_read()
 
@@ -582,8 +585,7 @@ class DashboardScreen(Screen[None]):
             return
         self._unchanged_polls += 1
         last = self._rules_fingerprint if self._unchanged_polls < FULL_READ_EVERY else None
-        tabs = self.query_one("#tabs", TabbedContent)
-        self._read_rules(last, tabs.active == "interfaces")
+        self._read_rules(last, self.active_tab == "interfaces")
 
     def _poll_flows(self) -> None:
         if self._polling_paused():
@@ -1016,7 +1018,7 @@ class DashboardScreen(Screen[None]):
         self.query_one("#health-detail", Static).update(text)
 
     def _fill_interfaces(self, interfaces: Sequence[Any], now: float) -> None:
-        table = self.query_one("#ifaces", KeyedTable)
+        table = self.query_one("#interfaces", KeyedTable)
         rows: list[Row] = []
         for iface in interfaces:
             rx_rate = tx_rate = 0.0
@@ -1537,7 +1539,7 @@ class DashboardScreen(Screen[None]):
     def action_doctor(self) -> None:
         name = self._marked("diagnose", writes=False, live=True)
         if name is not None:
-            self.query_one("#tabs", TabbedContent).active = "health"
+            self.action_tab("health")
             self.query_one("#health-detail", Static).update(f"{name}: probing…")
             self._doctor(self.engine, name)
 
@@ -1635,13 +1637,23 @@ class DashboardScreen(Screen[None]):
         # Two places to be, so Tab is a switch, set now (not deferred): a key typed right after it
         # lands in the table it names, whatever the state of the screen's focus chain.
         if self.focused is self.forwards_table:
-            self.query_one("#tabs", TabbedContent).active = "rules"
+            self.action_tab("rules")
             self.set_focus(self.rules_table)
         else:
             self.set_focus(self.forwards_table)
 
+    @property
+    def active_tab(self) -> str:
+        """The id of the tab shown: rules, interfaces, health or history."""
+        return self.query_one("#tabs", ContentSwitcher).current or TABS[0][0]
+
     def action_tab(self, tab: str) -> None:
-        self.query_one("#tabs", TabbedContent).active = tab
+        self.query_one("#tabs", ContentSwitcher).current = tab
+        self.query_one(TabStrip).active = tab
+
+    @on(TabStrip.Chosen)
+    def _tab_clicked(self, message: TabStrip.Chosen) -> None:
+        self.action_tab(message.tab)
 
     def action_help(self) -> None:
         from tui.screens.help import HelpScreen
