@@ -397,7 +397,6 @@ class DashboardScreen(Screen[None]):
         yield Header(icon="≡")
         yield StatusBar("reading the firewall…", id="status")
         yield Static("", id="problem")
-        yield Input(placeholder="filter: forwards and rules (Esc clears)", id="filter")
         yield KeyedTable(id="forwards", cursor_type="row", zebra_stripes=True)
         yield Static("reading the firewall…", id="forwards-empty")
         yield TabStrip(TABS, id="tab-strip")
@@ -708,9 +707,9 @@ class DashboardScreen(Screen[None]):
         self._fill_rules()
 
     @on(Input.Submitted, "#filter")
-    def _filter_submitted(self) -> None:
+    def _filter_submitted(self, event: Input.Submitted) -> None:
         # Enter keeps the filter and gives the keys back to the forwards (d, Enter act on ▶).
-        box = self.query_one("#filter", Input)
+        box = event.input
         if self._filter_timer is not None:
             self._filter_timer.stop()
             self._apply_filter()
@@ -718,18 +717,35 @@ class DashboardScreen(Screen[None]):
             self._close_filter()
         self.forwards_table.focus()
 
+    @property
+    def _filter_box(self) -> Input | None:
+        """The filter box, once `/` or `g` made it (not before the first frame, #13)."""
+        boxes = self.query("#filter")
+        return boxes.first(Input) if boxes else None
+
+    async def _open_filter(self) -> Input:
+        """The filter box, made and mounted above the forwards the first time it is wanted (it is
+        hidden until then: its 14 style rules and its widget off the first frame, #13). Awaited,
+        so a key typed right after `/` (type-ahead) lands in it."""
+        box = self._filter_box
+        if box is None:
+            box = Input(placeholder="filter: forwards and rules (Esc clears)", id="filter")
+            await self.mount(box, before=self.forwards_table)
+        return box
+
     def on_key(self, event: Any) -> None:
-        box = self.query_one("#filter", Input)
-        if event.key == "escape" and box.has_class("-visible"):
+        box = self._filter_box
+        if event.key == "escape" and box is not None and box.has_class("-visible"):
             event.stop()
             self._close_filter()
 
     def _close_filter(self) -> None:
-        box = self.query_one("#filter", Input)
+        box = self._filter_box
         was_goto, self.goto_mode = self.goto_mode, False
-        box.remove_class("-visible")
-        if box.value:
-            box.value = ""
+        if box is not None:
+            box.remove_class("-visible")
+            if box.value:
+                box.value = ""
         if not was_goto and self.needle:
             self.needle = ""
             self._fill_forwards()
@@ -1604,15 +1620,15 @@ class DashboardScreen(Screen[None]):
         if not quiet:
             self.notify("reading", timeout=1)
 
-    def action_filter(self) -> None:
-        box = self.query_one("#filter", Input)
+    async def action_filter(self) -> None:
+        box = await self._open_filter()
         self.goto_mode = False
         box.placeholder = "filter: forwards and rules (Enter keeps it, Esc clears)"
         box.add_class("-visible")
         box.focus()
 
-    def action_goto(self) -> None:
-        box = self.query_one("#filter", Input)
+    async def action_goto(self) -> None:
+        box = await self._open_filter()
         self.goto_mode = True
         box.value = ""
         box.placeholder = "go to forward: type its name (Enter stays there)"
