@@ -187,6 +187,31 @@ async def test_tabs_switch_by_key_and_by_a_click_on_their_label() -> None:
         assert shown()[:2] == ("history", "history")
 
 
+async def test_the_title_line_names_natbox_and_its_icon_opens_the_commands() -> None:
+    """The top line (widgets/title_bar.py): the title centred between the icon and the right edge's
+    blank cells, as Textual's Header draws it; a click on the icon opens the command palette, a
+    click on the title does not."""
+    from textual.command import CommandPalette
+
+    from widgets.title_bar import ICON_CELLS, RIGHT_CELLS, TitleBar
+
+    app = make_app(SampleEngine(), polling=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        line = str(app.screen.query_one(TitleBar).render_line(0).text)
+        heading = "natbox — ? keys · ctrl+p commands"
+        assert line.startswith(" ≡ ") and heading in line
+        left = line.index(heading) - ICON_CELLS
+        right = 100 - RIGHT_CELLS - (line.index(heading) + len(heading))
+        assert left >= 0 and abs(left - right) <= 1, (left, right)
+        await pilot.click(TitleBar, offset=(40, 0))
+        await pilot.pause()
+        assert not isinstance(app.screen, CommandPalette)
+        await pilot.click(TitleBar, offset=(1, 0))
+        await pilot.pause()
+        assert isinstance(app.screen, CommandPalette)
+
+
 async def test_help_lists_every_dashboard_key_and_polling_pauses(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -24,7 +24,7 @@ from textual.events import Resize, ScreenResume
 from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
-from textual.widgets import ContentSwitcher, Header, Input, Static
+from textual.widgets import ContentSwitcher, Input, Static
 from textual.worker import Worker, WorkerFailed, WorkerState
 
 from natbox.api import ChangePreview, Dashboard, EngineAPI, ShownChain
@@ -50,6 +50,7 @@ from widgets.rule_text import shown_rule, split_target
 from widgets.sparkline import rate, spark
 from widgets.status_bar import StatusBar
 from widgets.tab_strip import TabStrip
+from widgets.title_bar import TitleBar
 
 if TYPE_CHECKING:  # the diagnosis loads when first used (not before the first frame, #13)
     from natbox.checks import Finding
@@ -63,6 +64,7 @@ FORWARD_ROWS = 7
 OWNER_STYLE = {"docker": "cyan", "kube": "magenta", "other": "", "natbox": "green"}
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
 FILTER_DELAY = 0.15
+SUB_TITLE = "? keys · ctrl+p commands"
 TABS = [
     ("rules", "1 Rules"),
     ("interfaces", "2 Interfaces"),
@@ -394,7 +396,7 @@ class DashboardScreen(Screen[None]):
         them."""
 
     def compose(self) -> ComposeResult:
-        yield Header(icon="≡")
+        yield TitleBar("natbox", SUB_TITLE)
         yield StatusBar("reading the firewall…", id="status")
         yield Static("", id="problem")
         yield KeyedTable(id="forwards", cursor_type="row", zebra_stripes=True)
@@ -413,7 +415,7 @@ class DashboardScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.title = "natbox"
-        self.sub_title = "? keys · ctrl+p commands"
+        self.sub_title = SUB_TITLE
         self.forwards_table.display = False
         rules = self.rules_table
         for key, label in (("n", "#"), ("owner", "OWNER"), ("pkts", "PKTS")):

@@ -1,0 +1,54 @@
+"""Provides TitleBar: the dashboard's top line, an icon and the title, as Textual's Header draws them.
+
+Header is four widgets (the bar, the icon, the title, the clock's space) and four watchers, each
+mounted and styled before the first frame; TitleBar is one (#13).
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import events
+from textual.widget import Widget
+
+ICON_CELLS = 8
+"""The icon's cells at the left (Header's HeaderIcon)."""
+RIGHT_CELLS = 10
+"""Blank cells at the right (Header's clock space): the title is centred between the two."""
+
+
+class TitleBar(Widget):
+    """`≡      natbox — ? keys · ctrl+p commands`: the title centred, the sub-title dim; a click on
+    the icon opens the command palette."""
+
+    DEFAULT_CSS = """
+    TitleBar {
+        dock: top;
+        width: 100%;
+        height: 1;
+        background: $panel;
+        color: $foreground;
+    }
+    """
+
+    def __init__(self, title: str, sub_title: str = "", *, icon: str = "≡") -> None:
+        super().__init__()
+        self.title, self.sub_title, self.icon = title, sub_title, icon
+
+    def render(self) -> Text:
+        heading = Text(self.title, no_wrap=True, overflow="ellipsis", end="")
+        if self.sub_title:
+            heading.append(" — ", style="dim")
+            heading.append(self.sub_title, style="dim")
+        space = max(0, self.size.width - ICON_CELLS - RIGHT_CELLS)
+        heading.truncate(space, overflow="ellipsis")
+        left = (space - heading.cell_len) // 2
+        line = Text(f" {self.icon}".ljust(ICON_CELLS) + " " * left, no_wrap=True, end="")
+        line.append_text(heading)
+        return line
+
+    async def on_click(self, event: events.Click) -> None:
+        if event.x < ICON_CELLS:
+            await self.run_action("app.command_palette")
+
+
+__all__ = ["TitleBar"]
