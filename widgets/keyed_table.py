@@ -168,7 +168,8 @@ class KeyedTable(DataTable[Cell]):
         hover: bool,
     ) -> list[Segment] | None:
         """A one-line text cell's segments, as Styled(Padding(text)) renders them; None for any
-        other cell (a row label, a fixed cell, a taller row, a justified or multi-line text)."""
+        other cell (a row label, a fixed cell, a taller row; a justified, wrapping, multi-line or
+        never-cut text, or one with an end)."""
         if column_index == -1 or row_index < -1 or self.fixed_rows or self.fixed_columns:
             return None
         header = row_index == -1
@@ -183,7 +184,13 @@ class KeyedTable(DataTable[Cell]):
             return None
         cell = self._get_row_renderables(row_index).cells[column_index]
         options = self.app.console_options
-        if not isinstance(cell, Text) or (cell.justify or options.justify) not in (None, "default"):
+        if (
+            not isinstance(cell, Text)
+            or (cell.justify or options.justify) not in (None, "default")
+            or cell.no_wrap is False  # DataTable wraps it, then shows the first line
+            or cell.overflow == "ignore"
+            or cell.end not in ("", "\n")  # DataTable draws the end too
+        ):
             return None
         plain = cell.plain
         if "\n" in plain or "\t" in plain:

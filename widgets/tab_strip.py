@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
+from rich.cells import cell_len, set_cell_size
 from rich.style import Style
 from rich.text import Text
 from textual import events
@@ -60,31 +61,43 @@ class TabStrip(Widget):
         self.tabs = list(tabs)
         self.set_reactive(TabStrip.active, active or self.tabs[0][0])
 
-    def _spans(self) -> list[tuple[str, int, int]]:
-        """(id, first cell, end cell) of each label, from the content's left edge."""
-        spans, x = [], 0
-        for tab, label in self.tabs:
-            spans.append((tab, x, x + len(label)))
-            x += len(label) + GAP
-        return spans
+    def _layout(self, width: int) -> list[tuple[str, str, int]]:
+        """(id, label as drawn, first cell) of each tab in `width` cells: the labels with GAP
+        between them; closer together, then cut evenly (`2 Inte…`) when they do not fit, so every
+        tab keeps a label to see and to click."""
+        labels = [label for _, label in self.tabs]
+        gap = GAP
+        if sum(map(cell_len, labels)) + gap * (len(labels) - 1) > width:
+            gap = 1
+            room = (width - gap * (len(labels) - 1)) // len(labels)
+            labels = [
+                label if cell_len(label) <= room else set_cell_size(label, max(1, room - 1)) + "…"
+                for label in labels
+            ]
+        layout, x = [], 0
+        for (tab, _), label in zip(self.tabs, labels, strict=True):
+            layout.append((tab, label, x))
+            x += cell_len(label) + gap
+        return layout
 
     def render(self) -> Text:
         bright = self.get_component_rich_style("tab-strip--active", partial=True)
         bar_style = self.get_component_rich_style("tab-strip--bar", partial=True)
-        labels, bar = Text(no_wrap=True, end=""), Text(no_wrap=True, end="")
-        for (tab, label), (_, start, end) in zip(self.tabs, self._spans(), strict=True):
-            if start:
-                labels.append(" " * GAP)
-                bar.append(" " * GAP)
+        labels = Text(no_wrap=True, overflow="crop", end="")
+        bar = Text(no_wrap=True, overflow="crop", end="")
+        for tab, label, start in self._layout(self.content_region.width):
+            labels.pad_right(start - labels.cell_len)
+            bar.pad_right(start - bar.cell_len)
             on = tab == self.active
             labels.append(label, style=bright if on else Style())
-            bar.append("━" * (end - start) if on else " " * (end - start), style=bar_style)
-        return Text("\n", end="").join([labels, bar])
+            bar.append(("━" if on else " ") * cell_len(label), style=bar_style)
+        return Text("\n", no_wrap=True, overflow="crop", end="").join([labels, bar])
 
     def on_click(self, event: events.Click) -> None:
         x = event.x - self.styles.padding.left
-        for tab, start, end in self._spans():
-            if start <= x < end:
+        for tab, label, start in self._layout(self.content_region.width):
+            if start <= x < start + cell_len(label):
+                event.stop()
                 self.post_message(self.Chosen(tab))
                 return
 

@@ -187,6 +187,41 @@ async def test_tabs_switch_by_key_and_by_a_click_on_their_label() -> None:
         assert shown()[:2] == ("history", "history")
 
 
+@pytest.mark.parametrize("width", [80, 44, 43, 30, 16])
+async def test_tab_labels_stay_on_one_line_and_clickable_when_narrow(width: int) -> None:
+    """Below the labels' width (44 columns) they were wrapped onto the bar's line: no tab showed as
+    active. Now they come closer, then are cut evenly: each is still drawn (its number first), the
+    active one is underlined, and a click on each drawn label chooses it."""
+    from textual.app import App, ComposeResult
+
+    from tui.screens.dashboard import TABS
+    from widgets.tab_strip import TabStrip
+
+    chosen: list[str] = []
+
+    class Strip(App[None]):
+        def compose(self) -> ComposeResult:
+            yield TabStrip(TABS, active="history")
+
+        def on_tab_strip_chosen(self, message: TabStrip.Chosen) -> None:
+            chosen.append(message.tab)
+
+    async with Strip().run_test(size=(width, 4)) as pilot:
+        strip = pilot.app.query_one(TabStrip)
+        labels, bar = (str(strip.render_line(y).text) for y in (0, 1))
+        starts = [labels.find(digit) for digit in "1234"]
+        assert -1 not in starts and starts == sorted(starts), labels
+        if width >= 44:
+            assert all(label in labels for _, label in TABS), "whole labels when they fit"
+        underlined = [i for i, ch in enumerate(bar) if ch == "━"]
+        assert underlined and underlined[0] == starts[3], (labels, bar)  # under "4 History" alone
+        assert len(underlined) == len(labels[starts[3] :].rstrip())
+        for x in starts:
+            await pilot.click(TabStrip, offset=(strip.styles.padding.left + x, 0))
+            await pilot.pause()
+        assert chosen == [tab for tab, _ in TABS], (labels, chosen)
+
+
 async def test_the_title_line_names_natbox_and_its_icon_opens_the_commands() -> None:
     """The top line (widgets/title_bar.py): the title centred between the icon and the right edge's
     blank cells, as Textual's Header draws it; a click on the icon opens the command palette, a

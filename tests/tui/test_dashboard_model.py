@@ -176,6 +176,9 @@ async def test_a_cell_drawn_the_short_way_is_the_same_as_datatables() -> None:
         "",
         Text("two\nlines"),  # DataTable's path
         Text("right", justify="right"),  # DataTable's path
+        Text("ab cdefgh ijkl mnop", no_wrap=False),  # DataTable wraps it: its path
+        Text("x" * 30, overflow="ignore"),  # never cut: DataTable's path
+        Text("ab", end="XYZ"),  # DataTable draws the end: its path
     ]
 
     def chars(lines: list[list[Segment]]) -> list[tuple[str, Style | None]]:
