@@ -6,7 +6,6 @@ Every user error is one line on stderr with a hint, and exit code 2. No argument
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import signal
@@ -16,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from natbox import __version__, disabled, prefetch, watchdog
+from natbox import __version__, disabled, gcpause, prefetch, watchdog
 from natbox.backends import Backend, families
 from natbox.backends.detect import BACKEND_CHOICES, choose_backend
 from natbox.errors import NatboxError, NotFoundError
@@ -996,39 +995,37 @@ def _conntrack_stream(args: argparse.Namespace, rules: _RulesRead) -> int | None
             put(dump.finish(kind, lines, keys, owners))
         waiting.clear()
 
-    gc_was_on = gc.isenabled()
-    gc.disable()  # no cycles among the strings made here; 100k of them would trigger it often
-    # The threads that receive the dump and read the rules need the GIL this loop holds, for a
-    # moment after each datagram or process: at the default 5 ms switch interval they waited for
-    # it longer than they worked.
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(0.0005)
-    try:
-        with dump.open_dump() as sock:
-            for data in dump.datagrams(sock):
-                if decoder.owners is None and not rules.running():
-                    name_forwards()
-                lines = decoder.feed(data)
-                if decoder.error:
-                    dump.check_error(decoder.error, decoder.count == 0)
-                if decoder.owners is None:
-                    waiting.append((lines, decoder.keys))
-                else:
-                    put(lines)
-                if decoder.done:
-                    break
-        if decoder.owners is None:
-            name_forwards()
-    except (dump.Unavailable, dump.Unsupported) as exc:
-        if written or conntrack.reader() == "netlink":
-            raise
-        if os.environ.get("NATBOX_DEBUG"):  # why the slower /proc reader takes over
-            print(f"natbox: ctnetlink reader gave way to /proc: {exc.message}", file=sys.stderr)
-        return None
-    finally:
-        sys.setswitchinterval(interval)
-        if gc_was_on:
-            gc.enable()
+    # No cycles among the strings made here; 100k of them would trigger the collector often.
+    with gcpause.paused():
+        # The threads that receive the dump and read the rules need the GIL this loop holds, for a
+        # moment after each datagram or process: at the default 5 ms switch interval they waited for
+        # it longer than they worked.
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(0.0005)
+        try:
+            with dump.open_dump() as sock:
+                for data in dump.datagrams(sock):
+                    if decoder.owners is None and not rules.running():
+                        name_forwards()
+                    lines = decoder.feed(data)
+                    if decoder.error:
+                        dump.check_error(decoder.error, decoder.count == 0)
+                    if decoder.owners is None:
+                        waiting.append((lines, decoder.keys))
+                    else:
+                        put(lines)
+                    if decoder.done:
+                        break
+            if decoder.owners is None:
+                name_forwards()
+        except (dump.Unavailable, dump.Unsupported) as exc:
+            if written or conntrack.reader() == "netlink":
+                raise
+            if os.environ.get("NATBOX_DEBUG"):  # why the slower /proc reader takes over
+                print(f"natbox: ctnetlink reader gave way to /proc: {exc.message}", file=sys.stderr)
+            return None
+        finally:
+            sys.setswitchinterval(interval)
     notes = [f"skipped {decoder.skipped} malformed lines"] if decoder.skipped else []
     if args.enable_accounting:
         notes.append("accounting is on: new flows count packets and bytes")
@@ -1396,7 +1393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser(command_of(args_list)).parse_args(args_list)
         if args.command is None:
             return _run_tui(args.backend_choice, args.confirm_window)  # gc back on: see the TUI
-        gc.enable()  # off for the start-up (natbox.__main__)
+        gcpause.start_up_over()  # gc was off for it (natbox.__main__)
         func: Callable[[argparse.Namespace], int] = args.func
         if args.command not in _UNSUPERVISED:
             _supervise()

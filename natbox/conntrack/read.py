@@ -5,13 +5,13 @@ Also how full the table is and the accounting switch (plain /proc/sys reads and 
 
 from __future__ import annotations
 
-import gc
 import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from natbox import gcpause
 from natbox.conntrack.flow import _LINE, _OTHER, Flow, parse_generic
 from natbox.errors import NatboxError, NotRootError
 from natbox.runner import Runner
@@ -43,9 +43,7 @@ def parse_text(text: str) -> FlowRead:
     """Parse conntrack output (proc or `conntrack -L [-o extended]` format) in one regex pass."""
     # 100k rows of small objects would trigger the cyclic GC dozens of times; none of them can form
     # a cycle, so it stays off for the bulk build (measured: build 4x faster).
-    gc_was_on = gc.isenabled()
-    gc.disable()
-    try:
+    with gcpause.paused():
         table = FlowRead([], 0, plain=_ESCAPED.search(text) is None)
         # Values that repeat across a big table (protocol, timeout, state, addresses, listen port)
         # are stored once; slice by slice, the duplicates are freed before the next slice.
@@ -57,9 +55,6 @@ def parse_text(text: str) -> FlowRead:
             _parse_rows(_LINE.findall(text, start, end), table, pool)
             start = end
         return table
-    finally:
-        if gc_was_on:
-            gc.enable()
 
 
 def _parse_rows(rows: list[tuple[str, ...]], table: FlowRead, pool: dict[str, str]) -> None:
@@ -129,17 +124,12 @@ def read_netlink() -> FlowRead:
     would: the caller reads /proc instead."""
     from natbox.conntrack import dump
 
-    gc_was_on = gc.isenabled()
-    gc.disable()  # as in parse_text: 100k rows that cannot form cycles
-    try:
+    with gcpause.paused():  # as in parse_text: 100k rows that cannot form cycles
         decoder = dump.Decoder("row")
         flows: list[Flow] = []
         for rows in dump.batches(decoder):
             flows += rows
         return FlowRead(flows, decoder.skipped, source="ctnetlink", plain=True)
-    finally:
-        if gc_was_on:
-            gc.enable()
 
 
 def read_flows(

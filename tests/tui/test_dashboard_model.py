@@ -219,6 +219,7 @@ async def test_the_cycle_collector_is_on_again_after_the_first_frame() -> None:
                 await settle(pilot)
                 assert gc.isenabled()
         finally:
+            gc.unfreeze()  # natbox.gcpause froze what the start-up made
             gc.enable()
 
 

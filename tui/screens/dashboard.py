@@ -8,7 +8,6 @@ its polling, so a failure is seen and the dashboard keeps going.
 
 from __future__ import annotations
 
-import gc
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -27,6 +26,7 @@ from textual.timer import Timer
 from textual.widgets import ContentSwitcher, Input, Static
 from textual.worker import Worker, WorkerFailed, WorkerState
 
+from natbox import gcpause
 from natbox.api import ChangePreview, Dashboard, EngineAPI, ShownChain
 from natbox.errors import NatboxError
 from natbox.model import Forward, Rule
@@ -432,7 +432,7 @@ class DashboardScreen(Screen[None]):
         """Show the Dashboard made while the UI loaded (Engine.prefetch) in the first frame, if it
         is done and still current, else start a read."""
         # Python's cycle collector is off for the start-up (natbox.__main__): on again after it.
-        self._after_first_frame(gc.enable)
+        self._after_first_frame(gcpause.start_up_over)
         ready = self.engine.ready_dashboard()
         if ready is None:
             self._read_rules(None)
