@@ -6,8 +6,11 @@ mounted and styled before the first frame; TitleBar is one (#13).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from rich.text import Text
 from textual import events
+from textual.reactive import reactive
 from textual.widget import Widget
 
 ICON_CELLS = 8
@@ -20,6 +23,7 @@ class TitleBar(Widget):
     """`≡      natbox — ? keys · ctrl+p commands`: the title centred, the sub-title dim; a click on
     the icon opens the command palette."""
 
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"title-bar--icon-hover"}
     DEFAULT_CSS = """
     TitleBar {
         dock: top;
@@ -28,7 +32,13 @@ class TitleBar(Widget):
         background: $panel;
         color: $foreground;
     }
+    TitleBar > .title-bar--icon-hover {
+        background: $foreground 10%;
+    }
     """
+
+    icon_hover: reactive[bool] = reactive(False)
+    """Whether the pointer is on the icon (it is lit, and its tooltip says what a click does)."""
 
     def __init__(self, title: str, sub_title: str = "", *, icon: str = "≡") -> None:
         super().__init__()
@@ -42,12 +52,25 @@ class TitleBar(Widget):
         space = max(0, self.size.width - ICON_CELLS - RIGHT_CELLS)
         heading.truncate(space, overflow="ellipsis")
         left = (space - heading.cell_len) // 2
-        line = Text(f" {self.icon}".ljust(ICON_CELLS) + " " * left, no_wrap=True, end="")
+        icon_style = self.get_component_rich_style("title-bar--icon-hover", partial=True)
+        line = Text(no_wrap=True, end="")
+        line.append(f" {self.icon}".ljust(ICON_CELLS), style=icon_style if self.icon_hover else "")
+        line.append(" " * left)
         line.append_text(heading)
         return line
 
+    def watch_icon_hover(self, hover: bool) -> None:
+        self.tooltip = "Open the command palette" if hover else None
+
+    def on_mouse_move(self, event: events.MouseMove) -> None:
+        self.icon_hover = event.x < ICON_CELLS
+
+    def on_leave(self) -> None:
+        self.icon_hover = False
+
     async def on_click(self, event: events.Click) -> None:
         if event.x < ICON_CELLS:
+            event.stop()
             await self.run_action("app.command_palette")
 
 

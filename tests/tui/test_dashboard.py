@@ -187,6 +187,26 @@ async def test_tabs_switch_by_key_and_by_a_click_on_their_label() -> None:
         assert shown()[:2] == ("history", "history")
 
 
+async def test_a_tab_that_hides_the_focused_table_gives_the_keys_to_the_forwards() -> None:
+    """Tab (to the rules), then 2: the rules table was hidden with the focus in it, and ↑↓ moved
+    nothing until Tab was pressed again (a newcomer's pass in tmux). The forwards have it now; a
+    tab switch from the forwards leaves the focus where it is."""
+    app = make_app(SampleEngine(), polling=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        await pilot.press("tab")
+        assert app.focused is screen.rules_table
+        await pilot.press("2")
+        assert app.focused is screen.forwards_table
+        before = screen.forwards_table.cursor_row
+        await pilot.press("down")
+        assert screen.forwards_table.cursor_row == before + 1
+        await pilot.press("3", "1")
+        assert app.focused is screen.forwards_table
+
+
 @pytest.mark.parametrize("width", [80, 44, 43, 30, 16])
 async def test_tab_labels_stay_on_one_line_and_clickable_when_narrow(width: int) -> None:
     """Below the labels' width (44 columns) they were wrapped onto the bar's line: no tab showed as
@@ -224,8 +244,8 @@ async def test_tab_labels_stay_on_one_line_and_clickable_when_narrow(width: int)
 
 async def test_the_title_line_names_natbox_and_its_icon_opens_the_commands() -> None:
     """The top line (widgets/title_bar.py): the title centred between the icon and the right edge's
-    blank cells, as Textual's Header draws it; a click on the icon opens the command palette, a
-    click on the title does not."""
+    blank cells, as Textual's Header draws it; the icon is lit under the pointer, with a tooltip; a
+    click on it opens the command palette, a click on the title does not."""
     from textual.command import CommandPalette
 
     from widgets.title_bar import ICON_CELLS, RIGHT_CELLS, TitleBar
@@ -239,6 +259,13 @@ async def test_the_title_line_names_natbox_and_its_icon_opens_the_commands() -> 
         left = line.index(heading) - ICON_CELLS
         right = 100 - RIGHT_CELLS - (line.index(heading) + len(heading))
         assert left >= 0 and abs(left - right) <= 1, (left, right)
+        bar = app.screen.query_one(TitleBar)
+        await pilot.hover(TitleBar, offset=(2, 0))
+        assert bar.icon_hover and bar.tooltip == "Open the command palette"
+        lit = bar.render_line(0)
+        await pilot.hover(TitleBar, offset=(40, 0))
+        assert not bar.icon_hover and bar.tooltip is None
+        assert bar.render_line(0) != lit, "the icon is lit only under the pointer"
         await pilot.click(TitleBar, offset=(40, 0))
         await pilot.pause()
         assert not isinstance(app.screen, CommandPalette)

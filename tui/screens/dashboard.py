@@ -1666,8 +1666,15 @@ class DashboardScreen(Screen[None]):
         return self.query_one("#tabs", ContentSwitcher).current or TABS[0][0]
 
     def action_tab(self, tab: str) -> None:
-        self.query_one("#tabs", ContentSwitcher).current = tab
+        switcher = self.query_one("#tabs", ContentSwitcher)
+        switcher.current = tab
         self.query_one(TabStrip).active = tab
+        focused = self.focused
+        if focused is not None and any(
+            node.parent is switcher and node.id != tab for node in focused.ancestors_with_self
+        ):
+            # Its tab is hidden now: the keys go back to the forwards, not to nothing.
+            self.set_focus(self.forwards_table)
 
     @on(TabStrip.Chosen)
     def _tab_clicked(self, message: TabStrip.Chosen) -> None:
