@@ -472,3 +472,27 @@ async def test_warnings_of_a_first_read_of_the_shown_chains_are_counted_so_far()
         assert "checking" in str(screen.status_bar.render())
         await settle(pilot)
         assert screen.data.complete and "checking" not in str(screen.status_bar.render())
+
+
+async def test_the_filter_box_key_line_says_what_enter_esc_and_tab_do() -> None:
+    """In the filter box the key line read only `/ Filter` (a key that types a slash there). Now it
+    says what Enter, Esc and Tab do in the box, and each does it."""
+    from widgets.key_bar import KeyBar
+
+    app = make_app(SampleEngine(), polling=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        bar = screen.query_one(KeyBar)
+        await pilot.press("slash")
+        line = str(bar.render_line(0).text)
+        assert "⏎ Done  esc Clear  tab Forwards" in line, line
+        assert "Filter" not in line and "Go to" not in line
+        await pilot.press("w", "e", "escape")
+        await pilot.pause()
+        assert screen.needle == "" and app.focused is screen.forwards_table
+        await pilot.press("slash", "w", "tab")
+        await pilot.pause(0.3)
+        assert screen.needle == "w" and app.focused is screen.forwards_table
+        assert "/ Filter" in str(bar.render_line(0).text)

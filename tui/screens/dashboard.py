@@ -43,6 +43,7 @@ from tui.messages import (
     ForwardRemoved,
     HealthChecked,
 )
+from widgets.filter_box import FilterBox
 from widgets.flow_table import human_bytes
 from widgets.key_bar import KeyBar
 from widgets.keyed_table import Cell, KeyedTable, Row, path_text
@@ -686,8 +687,9 @@ class DashboardScreen(Screen[None]):
         self._show_rule_detail()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Enter belongs to the filter box while it has the focus (it keeps the filter)."""
-        if action == "flows_of_forward" and isinstance(self.focused, Input):
+        """Enter belongs to the filter box while it has the focus (it keeps the filter), and so do
+        `/` and `g` (they are typed): their keys leave the key line then."""
+        if action in ("flows_of_forward", "filter", "goto") and isinstance(self.focused, Input):
             return False
         return True
 
@@ -731,9 +733,13 @@ class DashboardScreen(Screen[None]):
         so a key typed right after `/` (type-ahead) lands in it."""
         box = self._filter_box
         if box is None:
-            box = Input(placeholder="filter: forwards and rules (Esc clears)", id="filter")
+            box = FilterBox(placeholder="filter: forwards and rules (Esc clears)", id="filter")
             await self.mount(box, before=self.forwards_table)
         return box
+
+    @on(FilterBox.Cleared)
+    def _filter_cleared(self) -> None:
+        self._close_filter()
 
     def on_key(self, event: Any) -> None:
         box = self._filter_box
