@@ -1,4 +1,4 @@
-"""Provides TitleBar: the dashboard's top line, an icon and the title, as Textual's Header draws them.
+"""Provides TitleBar: a screen's top line, an icon and the title, as Textual's Header draws them.
 
 Header is four widgets (the bar, the icon, the title, the clock's space) and four watchers, each
 mounted and styled before the first frame; TitleBar is one (#13).
@@ -21,7 +21,8 @@ RIGHT_CELLS = 10
 
 class TitleBar(Widget):
     """`≡      natbox — ? keys · ctrl+p commands`: the title centred, the sub-title dim; a click on
-    the icon opens the command palette."""
+    the icon opens the command palette. Without a title given, it shows the screen's title and
+    sub-title, and follows them (the viewer's `12 of 100000 flows`)."""
 
     COMPONENT_CLASSES: ClassVar[set[str]] = {"title-bar--icon-hover"}
     DEFAULT_CSS = """
@@ -40,15 +41,32 @@ class TitleBar(Widget):
     icon_hover: reactive[bool] = reactive(False)
     """Whether the pointer is on the icon (it is lit, and its tooltip says what a click does)."""
 
-    def __init__(self, title: str, sub_title: str = "", *, icon: str = "≡") -> None:
+    def __init__(self, title: str | None = None, sub_title: str = "", *, icon: str = "≡") -> None:
         super().__init__()
         self.title, self.sub_title, self.icon = title, sub_title, icon
 
+    def on_mount(self) -> None:
+        if self.title is None:
+            self.watch(self.screen, "title", self._retitle, init=False)
+            self.watch(self.screen, "sub_title", self._retitle, init=False)
+
+    def _retitle(self, _: object) -> None:
+        self.refresh()
+
+    def _heading(self) -> tuple[str, str]:
+        if self.title is not None:
+            return self.title, self.sub_title
+        screen = self.screen
+        title = screen.title if screen.title is not None else self.app.title
+        sub_title = screen.sub_title if screen.sub_title is not None else self.app.sub_title
+        return title, sub_title
+
     def render(self) -> Text:
-        heading = Text(self.title, no_wrap=True, overflow="ellipsis", end="")
-        if self.sub_title:
+        title, sub_title = self._heading()
+        heading = Text(title, no_wrap=True, overflow="ellipsis", end="")
+        if sub_title:
             heading.append(" — ", style="dim")
-            heading.append(self.sub_title, style="dim")
+            heading.append(sub_title, style="dim")
         space = max(0, self.size.width - ICON_CELLS - RIGHT_CELLS)
         heading.truncate(space, overflow="ellipsis")
         left = (space - heading.cell_len) // 2

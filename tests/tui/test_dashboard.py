@@ -496,3 +496,30 @@ async def test_the_filter_box_key_line_says_what_enter_esc_and_tab_do() -> None:
         await pilot.pause(0.3)
         assert screen.needle == "w" and app.focused is screen.forwards_table
         assert "/ Filter" in str(bar.render_line(0).text)
+
+
+async def test_a_title_line_without_a_title_follows_the_screens() -> None:
+    """The wizard and the viewer give TitleBar no title: it shows the screen's, and follows it (the
+    viewer's `12 of 100000 flows` as the flows come in)."""
+    from textual.app import App, ComposeResult
+
+    from widgets.title_bar import TitleBar
+
+    class Titled(App[None]):
+        TITLE = "natbox"
+
+        def compose(self) -> ComposeResult:
+            yield TitleBar(icon="»")
+
+        def on_mount(self) -> None:
+            self.screen.title = "flows of web"
+            self.screen.sub_title = "reading…"
+
+    async with Titled().run_test(size=(80, 5)) as pilot:
+        bar = pilot.app.query_one(TitleBar)
+        await pilot.pause()
+        assert "flows of web — reading…" in str(bar.render_line(0).text)
+        pilot.app.screen.sub_title = "12 of 100000 flows"
+        await pilot.pause()
+        line = str(bar.render_line(0).text)
+        assert "flows of web — 12 of 100000 flows" in line and line.startswith(" » ")

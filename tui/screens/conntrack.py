@@ -16,7 +16,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import Header, Input, Static
+from textual.widgets import Input, Static
 
 from natbox.api import EngineAPI, FlowSnapshot
 from natbox.conntrack import Flow, ForwardIndex, locate, select
@@ -25,6 +25,7 @@ from natbox.errors import NatboxError
 from tui.messages import FlowsRefreshed
 from widgets.flow_table import FlowTable, compact_path
 from widgets.key_bar import KeyBar
+from widgets.title_bar import TitleBar
 
 REFRESH_EVERY = 1.0
 KEYS_PENDING_RECHECK = 0.02
@@ -144,7 +145,7 @@ class ConntrackScreen(Screen[None]):
         self._filter_timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
-        yield Header(icon="»")
+        yield TitleBar(icon="»")
         yield Input(placeholder=FILTER_HELP, id="filter")
         yield Static("", id="columns")
         yield FlowTable(id="flows")

@@ -21,7 +21,6 @@ from textual.screen import Screen
 from textual.suggester import SuggestFromList
 from textual.widgets import (
     ContentSwitcher,
-    Header,
     Input,
     Label,
     RadioSet,
@@ -39,6 +38,7 @@ from natbox.plan import build_plan
 from widgets.key_bar import KeyBar
 from widgets.rule_text import split_target
 from widgets.step_bar import StepBar
+from widgets.title_bar import TitleBar
 from widgets.toggles import StateCheckbox as Checkbox
 from widgets.toggles import StateRadioButton as RadioButton
 
@@ -221,7 +221,7 @@ class WizardScreen(Screen[WizardResult | None]):
         old = self.editing
         listen_ip = str(old.listen.ip) if old else (local[0] if local else "")
         proto = old.proto if old else PROTOS[0]
-        yield Header(icon="≡")
+        yield TitleBar(icon="≡")
         yield StepBar(STEPS, id="steps")
         with ContentSwitcher(initial="step-0"):
             with VerticalScroll(id="step-0", classes="step"):
