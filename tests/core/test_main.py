@@ -62,3 +62,19 @@ def test_not_a_terminal_is_left_alone() -> None:
     finally:
         os.close(read)
         os.close(write)
+
+
+def test_the_dashboards_options_are_the_parsers_global_options() -> None:
+    """opens_dashboard knows the global options without building the parser (start-up): the two
+    lists must not drift apart."""
+    from natbox.__main__ import GLOBAL_OPTIONS
+    from natbox.cli import build_parser
+
+    parser = build_parser()
+    taking_values = {
+        option
+        for action in parser._actions
+        if action.option_strings and action.nargs != 0 and action.dest not in ("help", "version")
+        for option in action.option_strings
+    }
+    assert taking_values == set(GLOBAL_OPTIONS)
